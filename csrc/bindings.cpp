@@ -1,0 +1,350 @@
+// pybind11 module pyregnet._core: argument checks, then dispatch on the arrays' device and
+// dtype; nothing else. NumPy arrays run on the CPU backend, CUDA arrays on the CUDA backend on
+// CuPy's current stream. Every check names the op and the argument (core/arrays.h).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <string>
+
+#include "core/arrays.h"
+#include "core/backend.h"
+#include "math/softmax_xent.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using namespace pyregnet;
+
+namespace {
+
+// Runs fn<T>(args...) on the call's backend for its dtype, without the GIL.
+#ifdef PYREGNET_WITH_CUDA
+#define PYREGNET_RUN(call, fn, ...)                                                        \
+  [&] {                                                                                    \
+    py::gil_scoped_release nogil;                                                          \
+    return (call).on_cuda() ? cuda::fn(__VA_ARGS__, (call).stream()) : cpu::fn(__VA_ARGS__); \
+  }()
+#else
+#define PYREGNET_RUN(call, fn, ...) \
+  [&] {                             \
+    py::gil_scoped_release nogil;   \
+    return cpu::fn(__VA_ARGS__);    \
+  }()
+#endif
+
+// Calls body(T{}) with T = float or double, the call's dtype.
+template <class Body>
+auto by_dtype(const Call& call, Body&& body) {
+  return call.dtype() == DType::f32 ? body(float{}) : body(double{});
+}
+
+ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding) {
+  call.ndim(x, 4, "(N, C, H, W)");
+  call.ndim(w, 4, "(K, C, R, S)");
+  call.positive_dims(x, "(N, C, H, W)");
+  call.positive_dims(w, "(K, C, R, S)");
+  call.dim_equals(w, 1, x.dim(1), "C, the input channels of x");
+  ConvShape s{x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(2), w.dim(3), padding, 0, 0};
+  s.P = s.H + 2 * padding - s.R + 1;
+  s.Q = s.W + 2 * padding - s.S + 1;
+  if (s.P < 1 || s.Q < 1)
+    call.value_error("w: expected a filter no larger than the padded input (" + std::to_string(s.H + 2 * padding) +
+                     ", " + std::to_string(s.W + 2 * padding) + ") but got R, S = " + std::to_string(s.R) + ", " +
+                     std::to_string(s.S) + ": the output size would be " + std::to_string(s.P) + " x " + std::to_string(s.Q));
+  call.fits_int32(x);
+  call.fits_int32(w);
+  if (s.N * s.K * s.P * s.Q > INT32_MAX) call.value_error("the output would have 2^31 or more elements");
+  return s;
+}
+
+PoolShape pool_shape(Call& call, const Array& x) {
+  call.ndim(x, 4, "(N, C, H, W)");
+  call.positive_dims(x, "(N, C, H, W)");
+  if (x.dim(2) < 2 || x.dim(3) < 2)
+    call.value_error(x.name + ": expected H and W >= 2 for a 2x2 window but got shape " + shape_str(x.shape) +
+                     ": the output size would be 0");
+  return PoolShape{x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(2) / 2, x.dim(3) / 2};
+}
+
+DenseShape dense_shape(Call& call, const Array& x, const Array& w) {
+  call.ndim(x, 2, "(N, in)");
+  call.ndim(w, 2, "(out, in)");
+  call.positive_dims(x, "(N, in)");
+  call.positive_dims(w, "(out, in)");
+  call.dim_equals(w, 1, x.dim(1), "in, the features of x");
+  call.fits_int32(x);
+  call.fits_int32(w);
+  return DenseShape{x.dim(0), x.dim(1), w.dim(0)};
+}
+
+py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handle padding_) {
+  Call call("conv2d_forward");
+  Array x = call.array(x_, "x"), w = call.array(w_, "w"), b = call.array(b_, "b");
+  call.floats({&x, &w, &b});
+  const int64_t padding = call.integer(padding_, "padding", 0, ">= 0");
+  const ConvShape s = conv_shape(call, x, w, padding);
+  call.ndim(b, 1, "(K,)");
+  call.dim_equals(b, 0, s.K, "K, the output channels of w");
+  Array y = call.empty({s.N, s.K, s.P, s.Q}, "y");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, conv2d_forward<T>, x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), s);
+  });
+  return y.owner;
+}
+
+py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle padding_) {
+  Call call("conv2d_backward");
+  Array x = call.array(x_, "x"), w = call.array(w_, "w"), dy = call.array(dy_, "dy");
+  call.floats({&x, &w, &dy});
+  const int64_t padding = call.integer(padding_, "padding", 0, ">= 0");
+  const ConvShape s = conv_shape(call, x, w, padding);
+  call.ndim(dy, 4, "(N, K, P, Q)");
+  if (dy.shape != std::vector<int64_t>{s.N, s.K, s.P, s.Q})
+    call.value_error("dy: expected the output shape (N, K, P, Q) = " + shape_str({s.N, s.K, s.P, s.Q}) + " but got " +
+                     shape_str(dy.shape));
+  Array dx = call.empty(x.shape, "dx"), dw = call.empty(w.shape, "dw"), db = call.empty({s.K}, "db");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, conv2d_backward<T>, x.ptr<T>(), w.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), dw.ptr<T>(),
+                 db.ptr<T>(), s);
+  });
+  return py::make_tuple(dx.owner, dw.owner, db.owner);
+}
+
+py::object maxpool2d_forward(py::handle x_) {
+  Call call("maxpool2d_forward");
+  Array x = call.array(x_, "x");
+  call.floats({&x});
+  const PoolShape s = pool_shape(call, x);
+  Array y = call.empty({s.N, s.C, s.P, s.Q}, "y");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, maxpool2d_forward<T>, x.ptr<T>(), y.ptr<T>(), s);
+  });
+  return y.owner;
+}
+
+py::object maxpool2d_backward(py::handle x_, py::handle dy_) {
+  Call call("maxpool2d_backward");
+  Array x = call.array(x_, "x"), dy = call.array(dy_, "dy");
+  call.floats({&x, &dy});
+  const PoolShape s = pool_shape(call, x);
+  if (dy.shape != std::vector<int64_t>{s.N, s.C, s.P, s.Q})
+    call.value_error("dy: expected the output shape (N, C, H//2, W//2) = " + shape_str({s.N, s.C, s.P, s.Q}) +
+                     " but got " + shape_str(dy.shape));
+  Array dx = call.empty(x.shape, "dx");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, maxpool2d_backward<T>, x.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), s);
+  });
+  return dx.owner;
+}
+
+py::object relu_forward(py::handle x_) {
+  Call call("relu_forward");
+  Array x = call.array(x_, "x");
+  call.floats({&x});
+  Array y = call.empty(x.shape, "y");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    if (x.numel() > 0) PYREGNET_RUN(call, relu_forward<T>, x.ptr<T>(), y.ptr<T>(), x.numel());
+  });
+  return y.owner;
+}
+
+py::object relu_backward(py::handle y_, py::handle dy_) {
+  Call call("relu_backward");
+  Array y = call.array(y_, "y"), dy = call.array(dy_, "dy");
+  call.floats({&y, &dy});
+  call.same_shape(y, dy);
+  Array dx = call.empty(y.shape, "dx");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    if (y.numel() > 0) PYREGNET_RUN(call, relu_backward<T>, y.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), y.numel());
+  });
+  return dx.owner;
+}
+
+py::object dense_forward(py::handle x_, py::handle w_, py::handle b_) {
+  Call call("dense_forward");
+  Array x = call.array(x_, "x"), w = call.array(w_, "w"), b = call.array(b_, "b");
+  call.floats({&x, &w, &b});
+  const DenseShape s = dense_shape(call, x, w);
+  call.ndim(b, 1, "(out,)");
+  call.dim_equals(b, 0, s.out, "out, the rows of w");
+  Array y = call.empty({s.N, s.out}, "y");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, dense_forward<T>, x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), s);
+  });
+  return y.owner;
+}
+
+py::tuple dense_backward(py::handle x_, py::handle w_, py::handle dy_) {
+  Call call("dense_backward");
+  Array x = call.array(x_, "x"), w = call.array(w_, "w"), dy = call.array(dy_, "dy");
+  call.floats({&x, &w, &dy});
+  const DenseShape s = dense_shape(call, x, w);
+  if (dy.shape != std::vector<int64_t>{s.N, s.out})
+    call.value_error("dy: expected the output shape (N, out) = " + shape_str({s.N, s.out}) + " but got " +
+                     shape_str(dy.shape));
+  Array dx = call.empty(x.shape, "dx"), dw = call.empty(w.shape, "dw"), db = call.empty({s.out}, "db");
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, dense_backward<T>, x.ptr<T>(), w.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), dw.ptr<T>(),
+                 db.ptr<T>(), s);
+  });
+  return py::make_tuple(dx.owner, dw.owner, db.owner);
+}
+
+py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_) {
+  Call call("softmax_cross_entropy");
+  Array logits = call.array(logits_, "logits"), labels = call.array(labels_, "labels");
+  call.floats({&logits});
+  call.integers(labels);
+  call.ndim(logits, 2, "(N, classes)");
+  call.positive_dims(logits, "(N, classes)");
+  call.ndim(labels, 1, "(N,)");
+  call.dim_equals(labels, 0, logits.dim(0), "N, the rows of logits");
+  const int64_t N = logits.dim(0), classes = logits.dim(1);
+  const Labels lab{labels.data, labels.dtype};
+  if (!call.on_cuda()) {  // on the GPU the kernel counts bad labels instead
+    for (int64_t i = 0; i < N; ++i) {
+      const int64_t l = label_at(lab, i);
+      if (l < 0 || l >= classes)
+        call.value_error("labels: expected class indices in [0, " + std::to_string(classes) + ") but got " +
+                         std::string(py::repr(labels.owner[py::int_(i)])) + " at index " + std::to_string(i));
+    }
+  }
+  Array dlogits = call.empty(logits.shape, "dlogits");
+  const XentTotals totals = by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    return PYREGNET_RUN(call, softmax_cross_entropy<T>, logits.ptr<T>(), lab, dlogits.ptr<T>(), N, classes);
+  });
+  if (totals.bad_labels > 0)
+    call.value_error("labels: expected class indices in [0, " + std::to_string(classes) + ") but " +
+                     std::to_string(totals.bad_labels) + " of " + std::to_string(N) + " are outside it");
+  return py::make_tuple(totals.loss_sum / double(N), dlogits.owner, totals.correct);
+}
+
+double penalty(py::handle w_, py::handle l1_, py::handle l2_) {
+  Call call("penalty");
+  Array w = call.array(w_, "w");
+  call.floats({&w});
+  const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
+  if (w.numel() == 0) return 0.0;
+  return by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    return PYREGNET_RUN(call, penalty<T>, w.ptr<T>(), w.numel(), l1, l2);
+  });
+}
+
+void adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, py::handle step_,
+                 py::handle lr_, py::handle beta1_, py::handle beta2_, py::handle eps_, py::handle l1_,
+                 py::handle l2_, py::handle penalized_) {
+  Call call("adam_update");
+  Array param = call.array(param_, "param"), grad = call.array(grad_, "grad"), m = call.array(m_, "m"),
+        v = call.array(v_, "v");
+  call.floats({&param, &grad, &m, &v});
+  call.same_shape(param, grad);
+  call.same_shape(param, m);
+  call.same_shape(param, v);
+  call.writable(param);
+  call.writable(m);
+  call.writable(v);
+  call.distinct(param, m);
+  call.distinct(param, v);
+  call.distinct(m, v);
+  const int64_t step = call.integer(step_, "step", 1, ">= 1");
+  const double lr = call.real(lr_, "lr"), beta1 = call.real(beta1_, "beta1"), beta2 = call.real(beta2_, "beta2"),
+               eps = call.real(eps_, "eps");
+  if (!(lr > 0.0) || std::isinf(lr)) call.value_error("lr: expected a finite number > 0 but got " + std::to_string(lr));
+  if (!(beta1 >= 0.0 && beta1 < 1.0)) call.value_error("beta1: expected a number in [0, 1) but got " + std::to_string(beta1));
+  if (!(beta2 >= 0.0 && beta2 < 1.0)) call.value_error("beta2: expected a number in [0, 1) but got " + std::to_string(beta2));
+  if (!(eps > 0.0) || std::isinf(eps)) call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
+  const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
+  const int64_t n = param.numel();
+  int64_t n_penalized = n;
+  if (!penalized_.is_none()) {
+    n_penalized = call.integer(penalized_, "penalized", 0, "in [0, param.size]");
+    if (n_penalized > n)
+      call.value_error("penalized: expected an integer in [0, param.size = " + std::to_string(n) + "] but got " +
+                       std::to_string(n_penalized));
+  }
+  const AdamStep s{adam_alpha(lr, beta1, beta2, step), beta1, beta2, eps, l1, l2};
+  if (n == 0) return;
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, adam_update<T>, param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), n, n_penalized, s);
+  });
+}
+
+int64_t sparsity_count(py::handle w_, py::handle threshold_) {
+  Call call("sparsity_count");
+  Array w = call.array(w_, "w");
+  call.floats({&w});
+  const double threshold = call.nonneg_real(threshold_, "threshold");
+  if (w.numel() == 0) return 0;
+  return by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    return PYREGNET_RUN(call, sparsity_count<T>, w.ptr<T>(), w.numel(), threshold);
+  });
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = PYREGNET_VERSION;
+  py::list archs;
+#ifdef PYREGNET_WITH_CUDA
+  info["cuda_compiled"] = true;
+  const int devices = cuda::device_count();
+  info["cuda_available"] = devices > 0;
+  info["cuda_device_count"] = devices;
+  info["cuda_runtime_version"] = cuda::runtime_version();
+  std::string list = PYREGNET_CUDA_ARCHS;
+  for (size_t start = 0; start <= list.size();) {
+    const size_t end = std::min(list.find(';', start), list.size());
+    if (end > start) archs.append(list.substr(start, end - start));
+    start = end + 1;
+  }
+#else
+  info["cuda_compiled"] = false;
+  info["cuda_available"] = false;
+  info["cuda_device_count"] = 0;
+  info["cuda_runtime_version"] = py::none();
+#endif
+  info["cuda_archs"] = archs;
+#ifdef _OPENMP
+  info["openmp"] = true;
+  info["cpu_threads"] = omp_get_max_threads();
+#else
+  info["openmp"] = false;
+  info["cpu_threads"] = 1;
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyregnet's compiled kernels (CPU backend, and CUDA backend when built with nvcc)";
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("padding"));
+  m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("padding"));
+  m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"));
+  m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"));
+  m.def("relu_forward", &relu_forward, py::arg("x"));
+  m.def("relu_backward", &relu_backward, py::arg("y"), py::arg("dy"));
+  m.def("dense_forward", &dense_forward, py::arg("x"), py::arg("w"), py::arg("b"));
+  m.def("dense_backward", &dense_backward, py::arg("x"), py::arg("w"), py::arg("dy"));
+  m.def("softmax_cross_entropy", &softmax_cross_entropy, py::arg("logits"), py::arg("labels"));
+  m.def("penalty", &penalty, py::arg("w"), py::arg("l1"), py::arg("l2"));
+  m.def("adam_update", &adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::kw_only(),
+        py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-7,
+        py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none());
+  m.def("sparsity_count", &sparsity_count, py::arg("w"), py::arg("threshold"));
+  m.def("build_info", &build_info);
+}

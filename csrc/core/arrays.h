@@ -1,0 +1,91 @@
+// The binding boundary: what an array argument is (NumPy or __cuda_array_interface__), and the
+// checks every op runs on its arguments before any backend sees them. A failed check raises
+// TypeError (wrong kind of thing) or ValueError (wrong value), naming the op and the argument:
+//   "conv2d_forward: w: expected a 4-d array (K, C, R, S) but got shape (3, 3)".
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "math/shapes.h"
+
+namespace pyregnet {
+namespace py = pybind11;
+
+std::string shape_str(const std::vector<int64_t>& shape);
+const char* dtype_name(DType dt);
+bool is_float(DType dt);
+bool is_integer(DType dt);
+
+// One array argument, as the kernels see it: a pointer to contiguous elements of one dtype.
+struct Array {
+  std::string name;      // the argument's name, for messages
+  py::object owner;      // keeps the Python object (and its memory) alive
+  void* data = nullptr;
+  DType dtype = DType::other;
+  std::string dtype_str;  // as Python spells it, for messages
+  std::vector<int64_t> shape;
+  bool on_cuda = false;
+  bool writable = true;
+  bool contiguous = true;
+
+  int64_t numel() const;
+  int64_t dim(size_t i) const { return shape[i]; }
+  template <class T>
+  T* ptr() const { return static_cast<T*>(data); }
+};
+
+// The arguments of one call of one op: collects them, checks them as a group, allocates
+// outputs on their device and knows the CUDA stream to run on.
+class Call {
+ public:
+  explicit Call(const char* op) : op_(op) {}
+
+  // Reads an argument; TypeError when it is neither a NumPy array nor a CUDA array.
+  Array array(py::handle obj, const char* name);
+
+  // Every array given: float32 or float64, all of one dtype, C-contiguous, on one device.
+  // Sets the call's device and dtype. Call once, after reading the arrays.
+  void floats(std::vector<const Array*> arrays);
+  // Integer dtype, C-contiguous, on the call's device (class labels).
+  void integers(const Array& a);
+  void writable(const Array& a);  // the kernel writes into it
+  void distinct(const Array& a, const Array& b);  // written arrays must not alias
+
+  void ndim(const Array& a, size_t n, const char* letters);
+  void dim_equals(const Array& a, size_t i, int64_t expected, const std::string& what);
+  void same_shape(const Array& a, const Array& b);
+  void positive_dims(const Array& a, const char* letters);  // no empty dimension
+  void fits_int32(const Array& a);  // GEMM kernels index with 32-bit ints
+
+  // Scalars. Python ints (or objects with __index__) and floats, checked for range.
+  int64_t integer(py::handle obj, const char* name, int64_t min_value, const char* expected);
+  double real(py::handle obj, const char* name);
+  double nonneg_real(py::handle obj, const char* name);  // finite and >= 0 (lambdas, thresholds)
+
+  // A new C-contiguous array of the call's dtype and device (NumPy, or CuPy for CUDA calls).
+  Array empty(std::vector<int64_t> shape, const char* name);
+
+  [[noreturn]] void value_error(const std::string& message) const;
+  [[noreturn]] void type_error(const std::string& message) const;
+
+  bool on_cuda() const { return on_cuda_; }
+  DType dtype() const { return dtype_; }
+  void* stream() const { return stream_; }
+  const char* op() const { return op_; }
+
+ private:
+  void set_device(const Array& a);
+
+  const char* op_;
+  bool device_set_ = false;
+  bool on_cuda_ = false;
+  int cuda_device_ = -1;
+  DType dtype_ = DType::other;
+  void* stream_ = nullptr;
+};
+
+}  // namespace pyregnet

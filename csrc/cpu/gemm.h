@@ -1,0 +1,125 @@
+// CPU matrix product for conv (through im2col) and dense: C = op(A) . op(B) (+ C).
+// BLIS-style: panels of op(A) and op(B) are packed into contiguous buffers (so transposes and
+// strides cost one O(MK + KN) pass, not a strided inner loop), and an MR x NR micro-kernel keeps
+// its accumulators in vector registers over a KC-long slice of k. Every element of C is summed
+// by one thread in one fixed k order, so results do not depend on the number of threads.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace pyregnet::cpu {
+
+template <class T>
+struct GemmTiles {
+  static constexpr int64_t MR = 6;                  // rows of C per micro-kernel
+  static constexpr int64_t NR = 128 / sizeof(T);    // columns: two 64-byte vectors
+  static constexpr int64_t KC = 256;                // k slice kept in cache while packed
+  static constexpr int64_t NC = 3072;               // columns of B packed at once
+};
+
+// Row-major matrix view with an optional transpose: at(i, k) = data[i*ld + k], or
+// data[k*ld + i] when transposed.
+template <class T>
+struct MatrixView {
+  const T* data;
+  int64_t ld;
+  bool transposed;
+  T at(int64_t i, int64_t k) const { return transposed ? data[k * ld + i] : data[i * ld + k]; }
+};
+
+namespace detail {
+
+// Packs rows [i0, i0 + rows) x k-slice [k0, k0 + kc) of op(A) as MR-row panels: panel p holds
+// kc groups of MR consecutive rows; rows past the matrix are zero.
+template <class T>
+void pack_a(const MatrixView<T>& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* out) {
+  constexpr int64_t MR = GemmTiles<T>::MR;
+  for (int64_t ip = 0; ip < rows; ip += MR) {
+    T* panel = out + ip * kc;
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t i = 0; i < MR; ++i)
+        panel[k * MR + i] = (ip + i < rows) ? a.at(i0 + ip + i, k0 + k) : T(0);
+  }
+}
+
+// Packs k-slice [k0, k0 + kc) x columns [j0, j0 + cols) of op(B) as NR-column panels.
+template <class T>
+void pack_b(const MatrixView<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* out) {
+  constexpr int64_t NR = GemmTiles<T>::NR;
+  for (int64_t jp = 0; jp < cols; jp += NR) {
+    T* panel = out + jp * kc;
+    const int64_t width = std::min(NR, cols - jp);
+    for (int64_t k = 0; k < kc; ++k) {
+      T* dst = panel + k * NR;
+      if (!b.transposed) {
+        const T* src = b.data + (k0 + k) * b.ld + j0 + jp;
+        for (int64_t j = 0; j < width; ++j) dst[j] = src[j];
+      } else {
+        for (int64_t j = 0; j < width; ++j) dst[j] = b.data[(j0 + jp + j) * b.ld + k0 + k];
+      }
+      for (int64_t j = width; j < NR; ++j) dst[j] = T(0);
+    }
+  }
+}
+
+// acc = Ap (MR x kc panel) . Bp (kc x NR panel); C[:rows, :cols] = acc, or += acc when `add`.
+template <class T>
+void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, int64_t rows,
+                  int64_t cols, bool add) {
+  constexpr int64_t MR = GemmTiles<T>::MR, NR = GemmTiles<T>::NR;
+  T acc[MR][NR] = {};
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* a = ap + k * MR;
+    const T* b = bp + k * NR;
+    for (int64_t i = 0; i < MR; ++i)
+#pragma omp simd
+      for (int64_t j = 0; j < NR; ++j) acc[i][j] += a[i] * b[j];
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    T* row = c + i * ldc;
+    if (add) {
+      for (int64_t j = 0; j < cols; ++j) row[j] += acc[i][j];
+    } else {
+      for (int64_t j = 0; j < cols; ++j) row[j] = acc[i][j];
+    }
+  }
+}
+
+}  // namespace detail
+
+// C (M x N, row-major, leading dimension ldc) = op(A) (M x K) . op(B) (K x N), plus the old C
+// when `accumulate`. `parallel` spreads the tiles of C over the OpenMP threads; callers that
+// already run in a parallel loop pass false.
+template <class T>
+void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* c, int64_t ldc,
+          bool accumulate, bool parallel) {
+  using Tiles = GemmTiles<T>;
+  constexpr int64_t MR = Tiles::MR, NR = Tiles::NR, KC = Tiles::KC, NC = Tiles::NC;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, T(0));
+    return;
+  }
+  const int64_t m_panels = (M + MR - 1) / MR;
+  std::vector<T> ap(m_panels * MR * KC), bp(((std::min(N, NC) + NR - 1) / NR) * NR * KC);
+  for (int64_t j0 = 0; j0 < N; j0 += NC) {
+    const int64_t cols = std::min(NC, N - j0);
+    const int64_t n_panels = (cols + NR - 1) / NR;
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = std::min(KC, K - k0);
+      const bool add = accumulate || k0 > 0;
+      detail::pack_a(a, 0, M, k0, kc, ap.data());
+      detail::pack_b(b, k0, kc, j0, cols, bp.data());
+#pragma omp parallel for collapse(2) schedule(static) if (parallel && m_panels * n_panels > 1)
+      for (int64_t jp = 0; jp < n_panels; ++jp)
+        for (int64_t ip = 0; ip < m_panels; ++ip)
+          detail::micro_kernel(kc, ap.data() + ip * MR * kc, bp.data() + jp * NR * kc,
+                               c + ip * MR * ldc + j0 + jp * NR, ldc,
+                               std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
+    }
+  }
+}
+
+}  // namespace pyregnet::cpu

@@ -1,0 +1,46 @@
+// 2x2, stride-2, floor max-pooling on the CPU. Shape letters: N, C, H, W (input), P, Q (output).
+// The backward pass recomputes each window's argmax from x with the same rule as the forward
+// pass (math/maxpool.h), so dy lands on exactly the element the forward pass picked.
+#include <algorithm>
+
+#include "core/backend.h"
+#include "math/maxpool.h"
+
+namespace pyregnet::cpu {
+
+template <class T>
+void maxpool2d_forward(const T* x, T* y, const PoolShape& s) {
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < s.N * s.C; ++plane) {
+    const T* xp = x + plane * s.H * s.W;
+    T* yp = y + plane * s.P * s.Q;
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q) {
+        const T* corner = xp + 2 * p * s.W + 2 * q;
+        yp[p * s.Q + q] = corner[window_offset(window_argmax(corner, s.W), s.W)];
+      }
+  }
+}
+
+template <class T>
+void maxpool2d_backward(const T* x, const T* dy, T* dx, const PoolShape& s) {
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < s.N * s.C; ++plane) {
+    const T* xp = x + plane * s.H * s.W;
+    const T* dyp = dy + plane * s.P * s.Q;
+    T* dxp = dx + plane * s.H * s.W;
+    std::fill(dxp, dxp + s.H * s.W, T(0));
+    for (int64_t p = 0; p < s.P; ++p)
+      for (int64_t q = 0; q < s.Q; ++q) {
+        const int64_t corner = 2 * p * s.W + 2 * q;
+        dxp[corner + window_offset(window_argmax(xp + corner, s.W), s.W)] = dyp[p * s.Q + q];
+      }
+  }
+}
+
+template void maxpool2d_forward<float>(const float*, float*, const PoolShape&);
+template void maxpool2d_forward<double>(const double*, double*, const PoolShape&);
+template void maxpool2d_backward<float>(const float*, const float*, float*, const PoolShape&);
+template void maxpool2d_backward<double>(const double*, const double*, double*, const PoolShape&);
+
+}  // namespace pyregnet::cpu

@@ -1,0 +1,34 @@
+// Shapes of the op families, shared by the binding checks and both backends.
+// Letters: N, C, H, W (input), K (output channels), R, S (filter), P, Q (output H, W).
+#pragma once
+#include <cstdint>
+
+namespace pyregnet {
+
+// Element type codes of the arrays that cross the boundary.
+enum class DType : int { f32, f64, i8, i16, i32, i64, u8, u16, u32, u64, other };
+
+struct ConvShape {
+  int64_t N, C, H, W;  // input
+  int64_t K, R, S;     // filter
+  int64_t pad;         // zero padding on every side; stride is 1
+  int64_t P, Q;        // output: P = H + 2*pad - R + 1, Q = W + 2*pad - S + 1
+};
+
+// 2x2 window, stride 2, floor: P = H / 2, Q = W / 2.
+struct PoolShape {
+  int64_t N, C, H, W, P, Q;
+};
+
+// y (N, out) = x (N, in) . w (out, in)^T + b (out)
+struct DenseShape {
+  int64_t N, in, out;
+};
+
+// Integer class labels of any integer dtype, read as int64 by label_at().
+struct Labels {
+  const void* data;
+  DType dtype;
+};
+
+}  // namespace pyregnet

@@ -1,0 +1,23 @@
+"""pyregnet: what L1, L2 and L1L2 weight regularization buy and cost in CNN training.
+
+Kernels are written from scratch (CPU backend in C++, CUDA backend in CUDA C++) and exposed by
+the compiled module ``pyregnet._core``; :mod:`pyregnet.ops` is their functional API and
+:mod:`pyregnet.reference` the NumPy float64 oracle they are tested against.
+"""
+
+from . import ops
+from ._core import build_info as _build_info
+
+__all__ = ["build_info", "ops"]
+__version__ = _build_info()["version"]
+
+
+def build_info() -> dict:
+    """How this pyregnet was built and what it can use now.
+
+    Keys: ``version``; ``cuda_compiled`` (the CUDA backend is in the module); ``cuda_available``
+    (a usable GPU right now); ``cuda_device_count``; ``cuda_runtime_version`` (e.g. 13000, or
+    None); ``cuda_archs`` (CMake architecture list the kernels were compiled for, e.g. ['90']);
+    ``openmp`` and ``cpu_threads`` (the CPU backend's threads).
+    """
+    return _build_info()

@@ -1,0 +1,92 @@
+"""Functional API: one function per op and direction.
+
+NumPy arrays run on the CPU backend; CuPy arrays (or anything exposing
+``__cuda_array_interface__``) run on the CUDA backend, on CuPy's current stream, and results
+come back as CuPy arrays. float32 and float64; all arrays of one call share the dtype and the
+device and must be C-contiguous. Layouts are PyTorch's: activations (N, C, H, W), conv weight
+(K, C, R, S), dense weight (out, in). Bad arguments raise TypeError or ValueError naming the
+argument; a CUDA failure raises RuntimeError naming the kernel.
+"""
+
+from . import _core
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "relu_forward", "relu_backward", "dense_forward", "dense_backward",
+    "softmax_cross_entropy", "penalty", "adam_update", "sparsity_count",
+]
+
+
+def conv2d_forward(x, w, b, padding):
+    """y = conv(x, w) + b: x (N, C, H, W), w (K, C, R, S), b (K,), stride 1, zero padding
+    ``padding`` >= 0 on every side. Returns y (N, K, H + 2p - R + 1, W + 2p - S + 1)."""
+    return _core.conv2d_forward(x, w, b, padding)
+
+
+def conv2d_backward(x, w, dy, padding):
+    """Gradients of conv2d_forward given dy = dL/dy. Returns (dx, dw, db)."""
+    return _core.conv2d_backward(x, w, dy, padding)
+
+
+def maxpool2d_forward(x):
+    """2x2 max-pooling, stride 2, floor: x (N, C, H, W) -> y (N, C, H // 2, W // 2)."""
+    return _core.maxpool2d_forward(x)
+
+
+def maxpool2d_backward(x, dy):
+    """dx: each dy element goes to its window's maximum in x (the first one on ties, in
+    row-major order); everything else, odd trailing rows and columns included, gets 0."""
+    return _core.maxpool2d_backward(x, dy)
+
+
+def relu_forward(x):
+    """y = max(x, 0), any shape (NaN passes through)."""
+    return _core.relu_forward(x)
+
+
+def relu_backward(y, dy):
+    """dx = dy where the forward output y > 0, else 0."""
+    return _core.relu_backward(y, dy)
+
+
+def dense_forward(x, w, b):
+    """y = x . w^T + b: x (N, in), w (out, in), b (out,) -> y (N, out)."""
+    return _core.dense_forward(x, w, b)
+
+
+def dense_backward(x, w, dy):
+    """Gradients of dense_forward given dy (N, out). Returns (dx, dw, db)."""
+    return _core.dense_backward(x, w, dy)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy of logits (N, classes) against integer labels (N,) of any
+    integer dtype, computed stably. Returns (loss: float, dlogits: the gradient of the mean
+    loss, correct: int, the number of rows whose argmax (first on ties) is the label).
+    Labels outside [0, classes) raise ValueError. On the GPU this synchronizes the stream."""
+    return _core.softmax_cross_entropy(logits, labels)
+
+
+def penalty(w, l1, l2):
+    """l1 * sum|w| + l2 * sum w^2 (no 1/2), accumulated in double precision. Returns float."""
+    return _core.penalty(w, l1, l2)
+
+
+def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7,
+                l1=0.0, l2=0.0, penalized=None):
+    """The fused penalty + Adam update, in place on param, m and v, in one pass and one launch.
+
+    g' = grad + l1 * sign(param) + 2 * l2 * param   (sign(0) = 0)
+    m = beta1 m + (1 - beta1) g';  v = beta2 v + (1 - beta2) g'^2
+    param -= lr * sqrt(1 - beta2^step) / (1 - beta1^step) * m / (sqrt(v) + eps)
+
+    ``penalized``: over a flat parameter buffer whose kernel weights come first, the number of
+    leading elements that get the penalty (the biases after them do not); None = all.
+    """
+    return _core.adam_update(param, grad, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                             eps=eps, l1=l1, l2=l2, penalized=penalized)
+
+
+def sparsity_count(w, threshold):
+    """Number of elements with |w| <= threshold (threshold 0 counts exact zeros). Returns int."""
+    return _core.sparsity_count(w, threshold)

@@ -1,0 +1,202 @@
+"""NumPy float64 reference ("oracle") for every op of the pyregnet kernel library.
+
+Each function here is the specification that the C++ and CUDA kernels are
+tested against. The code is written to be read rather than to be fast, but it
+is vectorized enough (loops over filter taps, never over output pixels) that
+tests on small shapes run in milliseconds. Every function converts its array
+inputs to float64 and computes in float64.
+
+Layouts follow PyTorch: activations are NCHW, conv weights are (K, C, R, S),
+dense weights are (out, in).
+"""
+
+import numpy as np
+
+# Shape letters:
+#   N  batch size
+#   C  input channels         H, W  input height, width
+#   K  output channels        R, S  filter height, width
+#                             P, Q  output height, width
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# Convolution: stride 1, zero padding `padding` on all four sides,
+# cross-correlation (no filter flip), like torch.nn.functional.conv2d.
+# --------------------------------------------------------------------------
+
+def _pad(x, padding):
+    p = padding
+    return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+
+
+def conv2d_forward(x, w, b, padding):
+    """y[n,k,p,q] = b[k] + sum_{c,r,s} xpad[n,c,p+r,q+s] * w[k,c,r,s]."""
+    x, w, b = _f64(x), _f64(w), _f64(b)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P = H + 2 * padding - R + 1
+    Q = W + 2 * padding - S + 1
+    xp = _pad(x, padding)
+    y = np.zeros((N, K, P, Q))
+    for r in range(R):
+        for s in range(S):
+            y += np.einsum("nchw,kc->nkhw", xp[:, :, r:r + P, s:s + Q], w[:, :, r, s])
+    return y + b[None, :, None, None]
+
+
+def conv2d_backward(x, w, dy, padding):
+    """Gradients (dx, dw, db) of conv2d_forward given the upstream gradient dy (N,K,P,Q)."""
+    x, w, dy = _f64(x), _f64(w), _f64(dy)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    xp = _pad(x, padding)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for r in range(R):
+        for s in range(S):
+            window = xp[:, :, r:r + P, s:s + Q]
+            dxp[:, :, r:r + P, s:s + Q] += np.einsum("nkpq,kc->ncpq", dy, w[:, :, r, s])
+            dw[:, :, r, s] = np.einsum("nkpq,ncpq->kc", dy, window)
+    dx = dxp[:, :, padding:padding + H, padding:padding + W]
+    db = dy.sum(axis=(0, 2, 3))
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------
+# Max pooling: 2x2 window, stride 2, floor mode.
+# --------------------------------------------------------------------------
+
+def _windows(x):
+    """(N,C,H,W) -> (N,C,H//2,W//2,4); the last axis lists each 2x2 window in
+    row-major order (0,0), (0,1), (1,0), (1,1). Odd last row/column dropped."""
+    N, C, H, W = x.shape
+    Ho, Wo = H // 2, W // 2
+    xc = x[:, :, :2 * Ho, :2 * Wo].reshape(N, C, Ho, 2, Wo, 2)
+    return xc.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, Ho, Wo, 4)
+
+
+def maxpool2d_forward(x):
+    x = _f64(x)
+    return _windows(x).max(axis=-1)
+
+
+def maxpool2d_backward(x, dy):
+    """Each dy element goes to the argmax of its window; on ties the first
+    maximum in row-major window order wins (np.argmax semantics)."""
+    x, dy = _f64(x), _f64(dy)
+    N, C, H, W = x.shape
+    Ho, Wo = H // 2, W // 2
+    win = _windows(x)
+    first_max = win.argmax(axis=-1)                       # (N,C,Ho,Wo)
+    dwin = (np.arange(4) == first_max[..., None]) * dy[..., None]
+    dx = np.zeros_like(x)
+    dx[:, :, :2 * Ho, :2 * Wo] = (
+        dwin.reshape(N, C, Ho, Wo, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, 2 * Ho, 2 * Wo)
+    )
+    return dx
+
+
+# --------------------------------------------------------------------------
+# ReLU
+# --------------------------------------------------------------------------
+
+def relu_forward(x):
+    x = _f64(x)
+    return np.maximum(x, 0.0)
+
+
+def relu_backward(y, dy):
+    """Takes the forward OUTPUT y: dx = dy where y > 0, else 0."""
+    y, dy = _f64(y), _f64(dy)
+    return np.where(y > 0, dy, 0.0)
+
+
+# --------------------------------------------------------------------------
+# Dense (fully connected): x (N,in), w (out,in), b (out,)
+# --------------------------------------------------------------------------
+
+def dense_forward(x, w, b):
+    x, w, b = _f64(x), _f64(w), _f64(b)
+    return x @ w.T + b
+
+
+def dense_backward(x, w, dy):
+    x, w, dy = _f64(x), _f64(w), _f64(dy)
+    dx = dy @ w
+    dw = dy.T @ x
+    db = dy.sum(axis=0)
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------
+# Softmax cross-entropy, mean over the batch
+# --------------------------------------------------------------------------
+
+def softmax_cross_entropy(logits, labels):
+    """Returns (loss: float, dlogits: (N,classes), correct: int)."""
+    z = _f64(logits)
+    labels = np.asarray(labels, dtype=np.int64)
+    N = z.shape[0]
+    rows = np.arange(N)
+    zs = z - z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(zs).sum(axis=1, keepdims=True))  # logsumexp(z) - max(z)
+    loss = float(np.mean(lse[:, 0] - zs[rows, labels]))
+    dlogits = np.exp(zs - lse)                            # softmax(z)
+    dlogits[rows, labels] -= 1.0
+    dlogits /= N
+    correct = int(np.count_nonzero(z.argmax(axis=1) == labels))
+    return loss, dlogits, correct
+
+
+# --------------------------------------------------------------------------
+# L1/L2 weight penalty
+# --------------------------------------------------------------------------
+
+def penalty(w, l1, l2):
+    """l1 * sum|w| + l2 * sum(w^2)  (no factor 1/2)."""
+    w = _f64(w)
+    return float(l1 * np.abs(w).sum() + l2 * np.square(w).sum())
+
+
+def penalty_grad(w, l1, l2):
+    """l1 * sign(w) + 2 * l2 * w, with sign(0) = 0."""
+    w = _f64(w)
+    return l1 * np.sign(w) + 2.0 * l2 * w
+
+
+# --------------------------------------------------------------------------
+# Adam (Kingma & Ba, "efficient form" with eps outside the bias correction,
+# as Keras does it)
+# --------------------------------------------------------------------------
+
+def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7,
+                l1=0.0, l2=0.0, penalized=None):
+    """One Adam step, IN PLACE on param, m, v (float64 numpy arrays); returns None.
+
+    The penalty gradient is added to grad for the first `penalized` elements
+    in flat C order only (None = all elements). `step` counts from 1.
+    """
+    g = _f64(grad).reshape(-1).copy()
+    k = g.size if penalized is None else penalized
+    g[:k] += penalty_grad(param.reshape(-1)[:k], l1, l2)
+    g = g.reshape(param.shape)
+
+    m[...] = beta1 * m + (1.0 - beta1) * g
+    v[...] = beta2 * v + (1.0 - beta2) * g * g
+    alpha_t = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    param[...] = param - alpha_t * m / (np.sqrt(v) + eps)
+
+
+# --------------------------------------------------------------------------
+# Sparsity
+# --------------------------------------------------------------------------
+
+def sparsity_count(w, threshold):
+    """Number of elements with |w| <= threshold (threshold 0 counts exact zeros)."""
+    w = _f64(w)
+    return int(np.count_nonzero(np.abs(w) <= threshold))
