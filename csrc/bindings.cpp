@@ -287,7 +287,8 @@ int64_t sparsity_count(py::handle w_, py::handle threshold_) {
   Call call("sparsity_count");
   Array w = call.array(w_, "w");
   call.floats({&w});
-  const double threshold = call.nonneg_real(threshold_, "threshold");
+  const double threshold = call.real(threshold_, "threshold");  // inf counts everything
+  if (!(threshold >= 0.0)) call.value_error("threshold: expected a number >= 0 but got " + std::to_string(threshold));
   if (w.numel() == 0) return 0;
   return by_dtype(call, [&](auto t) {
     using T = decltype(t);
