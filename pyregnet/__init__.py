@@ -5,8 +5,16 @@ the compiled module ``pyregnet._core``; :mod:`pyregnet.ops` is their functional 
 :mod:`pyregnet.reference` the NumPy float64 oracle they are tested against.
 """
 
+try:
+    from ._core import build_info as _build_info
+except ImportError as exc:  # the sources are importable but the extension was never built here
+    raise ImportError(
+        "pyregnet's compiled module pyregnet._core is missing: install with `pip install .` and "
+        "run the tests with `pytest` from the repository root (`python -m pytest` puts the "
+        "unbuilt source tree first on sys.path)"
+    ) from exc
+
 from . import ops
-from ._core import build_info as _build_info
 
 __all__ = ["build_info", "ops"]
 __version__ = _build_info()["version"]

@@ -1,0 +1,41 @@
+"""build_info() says how pyregnet was built and what it can use, truthfully."""
+
+import os
+
+import pyregnet
+from conftest import CUDA_SKIP
+
+
+def test_build_info_keys_and_types():
+    info = pyregnet.build_info()
+    assert isinstance(info["version"], str) and info["version"]
+    assert isinstance(info["cuda_compiled"], bool)
+    assert isinstance(info["cuda_available"], bool)
+    assert isinstance(info["cuda_archs"], list)
+    assert info["version"] == pyregnet.__version__
+
+
+def test_cuda_fields_agree():
+    info = pyregnet.build_info()
+    if info["cuda_compiled"]:
+        # Compiled for at least one architecture, listed as CMake names ("90", "90-real", ...).
+        assert info["cuda_archs"] and all(isinstance(a, str) and a[:2].isdigit() for a in info["cuda_archs"])
+        assert info["cuda_runtime_version"] >= 11000
+        assert info["cuda_available"] == (info["cuda_device_count"] > 0)
+    else:
+        assert info["cuda_archs"] == [] and not info["cuda_available"]
+
+
+def test_cuda_expected_by_the_build():
+    # .ci/run builds with PYREGNET_CUDA=ON: then the backend must be in the module.
+    if os.environ.get("PYREGNET_CUDA") == "ON":
+        assert pyregnet.build_info()["cuda_compiled"]
+
+
+def test_cpu_backend_works_without_a_gpu():
+    import numpy as np
+    from pyregnet import ops
+    y = ops.relu_forward(np.array([-1.0, 2.0], dtype=np.float32))
+    assert y.tolist() == [0.0, 2.0]
+    if CUDA_SKIP is None:
+        assert pyregnet.build_info()["cuda_available"]
