@@ -47,6 +47,7 @@ ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding
   call.positive_dims(x, "(N, C, H, W)");
   call.positive_dims(w, "(K, C, R, S)");
   call.dim_equals(w, 1, x.dim(1), "C, the input channels of x");
+  if (padding > INT32_MAX) call.value_error("padding: expected an integer in [0, 2^31) but got " + std::to_string(padding));
   ConvShape s{x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(2), w.dim(3), padding, 0, 0};
   s.P = s.H + 2 * padding - s.R + 1;
   s.Q = s.W + 2 * padding - s.S + 1;
@@ -56,7 +57,9 @@ ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding
                      std::to_string(s.S) + ": the output size would be " + std::to_string(s.P) + " x " + std::to_string(s.Q));
   call.fits_int32(x);
   call.fits_int32(w);
-  if (s.N * s.K * s.P * s.Q > INT32_MAX) call.value_error("the output would have 2^31 or more elements");
+  if (double(s.N) * double(s.K) * double(s.P) * double(s.Q) > double(INT32_MAX))
+    call.value_error("padding: expected an output (N, K, P, Q) = " + shape_str({s.N, s.K, s.P, s.Q}) +
+                     " of fewer than 2^31 elements (x, w and padding set its size)");
   return s;
 }
 
@@ -256,9 +259,10 @@ void adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle 
   call.writable(param);
   call.writable(m);
   call.writable(v);
-  call.distinct(param, m);
-  call.distinct(param, v);
-  call.distinct(m, v);
+  // Every pair but (grad, nothing written): param, m and v are updated in place.
+  const Array* args[] = {&param, &grad, &m, &v};
+  for (int i = 0; i < 4; ++i)
+    for (int j = i + 1; j < 4; ++j) call.disjoint(*args[i], *args[j]);
   const int64_t step = call.integer(step_, "step", 1, ">= 1");
   const double lr = call.real(lr_, "lr"), beta1 = call.real(beta1_, "beta1"), beta2 = call.real(beta2_, "beta2"),
                eps = call.real(eps_, "eps");

@@ -97,40 +97,61 @@ Array Call::array(py::handle obj, const char* name) {
   a.name = name;
   a.owner = py::reinterpret_borrow<py::object>(obj);
   if (py::isinstance<py::array>(obj)) {
+    // A masked array's mask would be ignored silently by a kernel: refuse it.
+    if (py::isinstance(obj, py::module_::import("numpy.ma").attr("MaskedArray")))
+      type_error(std::string(name) + ": expected an array without a mask but got a numpy.ma.MaskedArray");
     auto arr = py::reinterpret_borrow<py::array>(obj);
     const py::dtype dt = arr.dtype();
     const char order = dt.attr("byteorder").cast<std::string>()[0];
     a.dtype = dtype_of(dt.kind(), dt.itemsize(), order != '>');
     a.dtype_str = py::str(dt);
     a.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+    a.itemsize = dt.itemsize();
     a.data = const_cast<void*>(arr.data());
     a.writable = arr.writeable();
     a.contiguous = (arr.flags() & py::array::c_style) != 0;
     return a;
   }
-  if (py::hasattr(obj, "__cuda_array_interface__")) {
-    py::dict cai = obj.attr("__cuda_array_interface__");
-    const std::string typestr = cai["typestr"].cast<std::string>();
-    const int64_t itemsize = std::stoll(typestr.substr(2));
-    a.dtype = dtype_of(typestr[1], itemsize, typestr[0] != '>');
-    a.dtype_str = typestr;
-    if (is_float(a.dtype) || is_integer(a.dtype)) a.dtype_str = dtype_name(a.dtype);
-    for (auto d : py::tuple(cai["shape"])) a.shape.push_back(d.cast<int64_t>());
-    py::tuple data = cai["data"];
-    a.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
-    a.writable = !data[1].cast<bool>();
-    if (cai.contains("strides") && !cai["strides"].is_none()) {
-      std::vector<int64_t> strides;
-      for (auto s : py::tuple(cai["strides"])) strides.push_back(s.cast<int64_t>());
-      a.contiguous = strides_are_c_contiguous(a.shape, strides, itemsize);
-    }
-    if (cai.contains("mask") && !cai["mask"].is_none())
-      type_error(std::string(name) + ": expected an array without a mask but got a masked CUDA array");
-    a.on_cuda = true;
-    return a;
-  }
+  if (py::hasattr(obj, "__cuda_array_interface__")) return cuda_array(obj, name);
   type_error(std::string(name) + ": expected a NumPy array or a CUDA array (CuPy, PyTorch, Numba) but got " +
              type_name(obj));
+}
+
+// Reads __cuda_array_interface__ (version 2 or 3): shape, typestr, data = (pointer, read-only),
+// strides (None = C-contiguous), mask (must be absent).
+Array Call::cuda_array(py::handle obj, const char* name) {
+  Array a;
+  a.name = name;
+  a.owner = py::reinterpret_borrow<py::object>(obj);
+  a.on_cuda = true;
+  std::vector<int64_t> strides;
+  try {
+    py::dict cai = obj.attr("__cuda_array_interface__");
+    const std::string typestr = cai["typestr"].cast<std::string>();
+    if (typestr.size() < 3 || typestr.find_first_not_of("0123456789", 2) != std::string::npos)
+      throw std::invalid_argument("typestr " + typestr);
+    a.itemsize = std::stoll(typestr.substr(2));
+    a.dtype = dtype_of(typestr[1], a.itemsize, typestr[0] != '>');
+    a.dtype_str = (is_float(a.dtype) || is_integer(a.dtype)) ? dtype_name(a.dtype) : typestr;
+    for (auto d : cai["shape"].cast<py::tuple>()) a.shape.push_back(d.cast<int64_t>());
+    const auto data = cai["data"].cast<py::tuple>();
+    if (data.size() != 2) throw std::invalid_argument("data");
+    a.data = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+    a.writable = !data[1].cast<bool>();
+    if (cai.contains("strides") && !cai["strides"].is_none())
+      for (auto st : cai["strides"].cast<py::tuple>()) strides.push_back(st.cast<int64_t>());
+    if (cai.contains("mask") && !cai["mask"].is_none()) a.dtype = DType::other, a.dtype_str = "masked";
+  } catch (py::error_already_set& e) {
+    type_error(std::string(name) + ": expected a valid __cuda_array_interface__ (shape, typestr, data) but reading it "
+               "failed: " + e.what());
+  } catch (std::exception& e) {
+    type_error(std::string(name) + ": expected a valid __cuda_array_interface__ (shape, typestr, data) but got a "
+               "malformed one (" + e.what() + ")");
+  }
+  if (a.dtype_str == "masked") type_error(std::string(name) + ": expected an array without a mask but got a masked CUDA array");
+  if (strides.size() == a.shape.size()) a.contiguous = strides_are_c_contiguous(a.shape, strides, a.itemsize);
+  else if (!strides.empty()) type_error(std::string(name) + ": expected as many strides as dimensions in __cuda_array_interface__");
+  return a;
 }
 
 void Call::set_device(const Array& a) {
@@ -192,9 +213,10 @@ void Call::writable(const Array& a) {
   if (!a.writable) value_error(a.name + ": expected a writable array (it is updated in place) but got a read-only one");
 }
 
-void Call::distinct(const Array& a, const Array& b) {
-  if (a.data == b.data && a.numel() > 0)
-    value_error(b.name + ": expected a different array than " + a.name + " but got the same memory");
+void Call::disjoint(const Array& a, const Array& b) {
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data), b0 = reinterpret_cast<uintptr_t>(b.data);
+  if (a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes())
+    value_error(b.name + ": expected memory separate from " + a.name + " (it is updated in place) but the two overlap");
 }
 
 void Call::ndim(const Array& a, size_t n, const char* letters) {
@@ -228,9 +250,14 @@ void Call::fits_int32(const Array& a) {
 int64_t Call::integer(py::handle obj, const char* name, int64_t min_value, const char* expected) {
   if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr()))
     type_error(std::string(name) + ": expected an integer " + expected + " but got " + type_name(obj));
+  PyObject* index = PyNumber_Index(obj.ptr());
+  if (index == nullptr) {
+    PyErr_Clear();
+    type_error(std::string(name) + ": expected an integer " + expected + " but its __index__ failed");
+  }
   int64_t v;
   try {
-    v = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr())).cast<int64_t>();
+    v = py::reinterpret_steal<py::object>(index).cast<int64_t>();
   } catch (py::cast_error&) {
     value_error(std::string(name) + ": expected an integer " + expected + " but got " + std::string(py::repr(obj)));
   }
@@ -242,7 +269,20 @@ double Call::real(py::handle obj, const char* name) {
   if (PyBool_Check(obj.ptr()) || !(PyFloat_Check(obj.ptr()) || PyIndex_Check(obj.ptr()) ||
                                    py::hasattr(obj, "__float__")) || py::isinstance<py::str>(obj))
     type_error(std::string(name) + ": expected a real number but got " + type_name(obj));
-  return py::float_(py::reinterpret_borrow<py::object>(obj)).cast<double>();
+  if (py::isinstance<py::array>(obj)) {
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.ndim() != 0)
+      type_error(std::string(name) + ": expected a real number but got an array of shape " +
+                 shape_str(std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim())));
+  }
+  PyObject* as_float = PyNumber_Float(obj.ptr());
+  if (as_float == nullptr) {
+    const bool overflow = PyErr_ExceptionMatches(PyExc_OverflowError);
+    PyErr_Clear();
+    if (overflow) value_error(std::string(name) + ": expected a number within float64's range but got " + std::string(py::repr(obj)).substr(0, 40));
+    type_error(std::string(name) + ": expected a real number but converting " + type_name(obj) + " to float failed");
+  }
+  return py::reinterpret_steal<py::float_>(as_float).cast<double>();
 }
 
 double Call::nonneg_real(py::handle obj, const char* name) {

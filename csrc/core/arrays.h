@@ -28,11 +28,13 @@ struct Array {
   DType dtype = DType::other;
   std::string dtype_str;  // as Python spells it, for messages
   std::vector<int64_t> shape;
+  int64_t itemsize = 0;
   bool on_cuda = false;
   bool writable = true;
   bool contiguous = true;
 
   int64_t numel() const;
+  int64_t nbytes() const { return numel() * itemsize; }
   int64_t dim(size_t i) const { return shape[i]; }
   template <class T>
   T* ptr() const { return static_cast<T*>(data); }
@@ -53,7 +55,7 @@ class Call {
   // Integer dtype, C-contiguous, on the call's device (class labels).
   void integers(const Array& a);
   void writable(const Array& a);  // the kernel writes into it
-  void distinct(const Array& a, const Array& b);  // written arrays must not alias
+  void disjoint(const Array& a, const Array& b);  // an array written in place shares no byte with another
 
   void ndim(const Array& a, size_t n, const char* letters);
   void dim_equals(const Array& a, size_t i, int64_t expected, const std::string& what);
@@ -79,6 +81,7 @@ class Call {
 
  private:
   void set_device(const Array& a);
+  Array cuda_array(py::handle obj, const char* name);
 
   const char* op_;
   bool device_set_ = false;
