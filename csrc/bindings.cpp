@@ -4,12 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "core/arrays.h"
 #include "core/backend.h"
-#include "math/softmax_xent.h"
+#include "math/int_array.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -214,10 +215,10 @@ py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_) {
   call.ndim(labels, 1, "(N,)");
   call.dim_equals(labels, 0, logits.dim(0), "N, the rows of logits");
   const int64_t N = logits.dim(0), classes = logits.dim(1);
-  const Labels lab{labels.data, labels.dtype};
+  const IntArray lab{labels.data, labels.dtype};
   if (!call.on_cuda()) {  // on the GPU the kernel counts bad labels instead
     for (int64_t i = 0; i < N; ++i) {
-      const int64_t l = label_at(lab, i);
+      const int64_t l = int_at(lab, i);
       if (l < 0 || l >= classes)
         call.value_error("labels: expected class indices in [0, " + std::to_string(classes) + ") but got " +
                          std::string(py::repr(labels.owner[py::int_(i)])) + " at index " + std::to_string(i));
@@ -300,6 +301,38 @@ int64_t sparsity_count(py::handle w_, py::handle threshold_) {
   });
 }
 
+py::object augment_batch(py::handle images_, py::handle index_, py::handle seed_, py::handle step_,
+                         py::handle max_shift_, py::handle flip_, py::handle dtype_) {
+  Call call("augment_batch");
+  Array images = call.array(images_, "images"), index = call.array(index_, "index");
+  call.bytes(images);
+  call.integers(index);
+  call.result_dtype(dtype_, "dtype");
+  call.ndim(images, 4, "(N, H, W, C)");
+  call.positive_dims(images, "(N, H, W, C)");
+  call.ndim(index, 1, "(B,)");
+  AugmentShape s{images.dim(0), images.dim(1), images.dim(2), images.dim(3), index.dim(0), 0, true, 0, 0};
+  s.seed = uint64_t(call.integer(seed_, "seed", 0, ">= 0"));
+  s.step = uint64_t(call.integer(step_, "step", 0, ">= 0"));
+  const int64_t max_shift = call.integer(max_shift_, "max_shift", 0, ">= 0");
+  if (max_shift >= std::min(s.H, s.W))
+    call.value_error("max_shift: expected a shift smaller than the image (" + std::to_string(std::min(s.H, s.W)) +
+                     " pixels) but got " + std::to_string(max_shift));
+  s.max_shift = int(max_shift);
+  if (!PyBool_Check(flip_.ptr())) call.type_error("flip: expected True or False but got " + std::string(py::repr(flip_)));
+  s.flip = flip_.cast<bool>();
+  Array batch = call.empty({s.B, s.C, s.H, s.W}, "batch");
+  const int64_t bad = by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    return PYREGNET_RUN(call, augment_batch<T>, images.ptr<uint8_t>(), IntArray{index.data, index.dtype},
+                        batch.ptr<T>(), s);
+  });
+  if (bad > 0)
+    call.value_error("index: expected sample indices in [0, " + std::to_string(s.N) + ") but " + std::to_string(bad) +
+                     " of " + std::to_string(s.B) + " are outside it");
+  return batch.owner;
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = PYREGNET_VERSION;
@@ -351,5 +384,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-7,
         py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none());
   m.def("sparsity_count", &sparsity_count, py::arg("w"), py::arg("threshold"));
+  m.def("augment_batch", &augment_batch, py::arg("images"), py::arg("index"), py::kw_only(), py::arg("seed"),
+        py::arg("step"), py::arg("max_shift") = 3, py::arg("flip") = true, py::arg("dtype") = "float32");
   m.def("build_info", &build_info);
 }

@@ -13,7 +13,7 @@ from . import _core
 __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "relu_forward", "relu_backward", "dense_forward", "dense_backward",
-    "softmax_cross_entropy", "penalty", "adam_update", "sparsity_count",
+    "softmax_cross_entropy", "penalty", "adam_update", "sparsity_count", "augment_batch",
 ]
 
 
@@ -90,3 +90,17 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7
 def sparsity_count(w, threshold):
     """Number of elements with |w| <= threshold (threshold 0 counts exact zeros). Returns int."""
     return _core.sparsity_count(w, threshold)
+
+
+def augment_batch(images, index, *, seed, step, max_shift=3, flip=True, dtype="float32"):
+    """Gather and augment a training batch on the images' device.
+
+    images: uint8 (N, H, W, C), the whole data set; index: integers (B,), the samples of this
+    batch. Returns batch (B, C, H, W) of ``dtype`` in [0, 1]: sample b is images[index[b]]
+    shifted by (dy, dx), each uniform in [-max_shift, max_shift], then mirrored left-right with
+    probability 1/2 when ``flip``; pixels shifted in from outside repeat the nearest edge pixel
+    (Keras' fill_mode="nearest"). The draws are a hash of (seed, step, b): the same arguments
+    give the same batch on every backend. max_shift=0 and flip=False only gather and scale.
+    """
+    return _core.augment_batch(images, index, seed=seed, step=step, max_shift=max_shift, flip=flip,
+                               dtype=dtype)

@@ -200,3 +200,45 @@ def sparsity_count(w, threshold):
     """Number of elements with |w| <= threshold (threshold 0 counts exact zeros)."""
     w = _f64(w)
     return int(np.count_nonzero(np.abs(w) <= threshold))
+
+
+# --------------------------------------------------------------------------
+# Augmentation: gather a batch, random shift (edge pixels repeat) then
+# horizontal flip, uint8 (N,H,W,C) -> float (B,C,H,W) in [0, 1]
+# --------------------------------------------------------------------------
+
+_U64 = np.uint64
+
+
+def _mix64(z):
+    """SplitMix64's finalizer on uint64 arrays (arithmetic wraps modulo 2**64)."""
+    z = np.asarray(z, dtype=_U64) + _U64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return z ^ (z >> _U64(31))
+
+
+def augment_draws(seed, step, batch, max_shift, flip):
+    """The random (dy, dx, flip) of each sample of a batch: a hash of (seed, step, position)."""
+    with np.errstate(over="ignore"):
+        r = _mix64(_mix64(_U64(seed) ^ _mix64(_U64(step))) + np.arange(batch, dtype=_U64))
+    span = _U64(2 * max_shift + 1)
+    dy = ((r & _U64(0xFFFF)) % span).astype(np.int64) - max_shift
+    dx = (((r >> _U64(16)) & _U64(0xFFFF)) % span).astype(np.int64) - max_shift
+    flips = flip & ((r >> _U64(63)) != 0)
+    return dy, dx, flips
+
+
+def augment_batch(images, index, *, seed, step, max_shift=3, flip=True):
+    images = np.asarray(images)
+    N, H, W, C = images.shape
+    index = np.asarray(index, dtype=np.int64)
+    dy, dx, flips = augment_draws(seed, step, len(index), max_shift, flip)
+    out = np.empty((len(index), C, H, W))
+    for b, n in enumerate(index):
+        rows = np.clip(np.arange(H) - dy[b], 0, H - 1)
+        cols = np.clip(np.arange(W) - dx[b], 0, W - 1)
+        if flips[b]:
+            cols = W - 1 - cols
+        out[b] = images[n][rows][:, cols].transpose(2, 0, 1) / 255.0
+    return out

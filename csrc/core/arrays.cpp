@@ -209,6 +209,24 @@ void Call::integers(const Array& a) {
   set_device(a);
 }
 
+void Call::bytes(const Array& a) {
+  if (a.dtype != DType::u8) type_error(a.name + ": expected uint8 but got " + a.dtype_str);
+  if (!a.contiguous) value_error(a.name + ": expected a C-contiguous array but got a strided view");
+  set_device(a);
+}
+
+void Call::result_dtype(py::handle dtype, const char* name) {
+  std::string spelled;
+  try {
+    spelled = py::str(py::dtype::from_args(py::reinterpret_borrow<py::object>(dtype)));
+  } catch (py::error_already_set&) {
+    type_error(std::string(name) + ": expected float32 or float64 but got " + std::string(py::repr(dtype)));
+  }
+  if (spelled == "float32") dtype_ = DType::f32;
+  else if (spelled == "float64") dtype_ = DType::f64;
+  else type_error(std::string(name) + ": expected float32 or float64 but got " + spelled);
+}
+
 void Call::writable(const Array& a) {
   if (!a.writable) value_error(a.name + ": expected a writable array (it is updated in place) but got a read-only one");
 }

@@ -54,6 +54,10 @@ class Call {
   void floats(std::vector<const Array*> arrays);
   // Integer dtype, C-contiguous, on the call's device (class labels).
   void integers(const Array& a);
+  // uint8 images, C-contiguous; sets the call's device.
+  void bytes(const Array& a);
+  // The dtype of the float results of a call whose inputs are not floats ("float32", "float64").
+  void result_dtype(py::handle dtype, const char* name);
   void writable(const Array& a);  // the kernel writes into it
   void disjoint(const Array& a, const Array& b);  // an array written in place shares no byte with another
 

@@ -25,10 +25,12 @@ template <class T> void relu_forward(const T* x, T* y, int64_t n);
 template <class T> void relu_backward(const T* y, const T* dy, T* dx, int64_t n);
 template <class T> void dense_forward(const T* x, const T* w, const T* b, T* y, const DenseShape& s);
 template <class T> void dense_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, const DenseShape& s);
-template <class T> XentTotals softmax_cross_entropy(const T* logits, Labels labels, T* dlogits, int64_t N, int64_t classes);
+template <class T> XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N, int64_t classes);
 template <class T> double penalty(const T* w, int64_t n, double l1, double l2);
 template <class T> void adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized, const AdamStep& s);
 template <class T> int64_t sparsity_count(const T* w, int64_t n, double threshold);
+// Indices outside [0, N) give zero images and are counted (returned); the caller reports them.
+template <class T> int64_t augment_batch(const uint8_t* images, IntArray index, T* batch, const AugmentShape& s);
 }  // namespace cpu
 
 #ifdef PYREGNET_WITH_CUDA
@@ -45,10 +47,11 @@ template <class T> void relu_forward(const T* x, T* y, int64_t n, Stream st);
 template <class T> void relu_backward(const T* y, const T* dy, T* dx, int64_t n, Stream st);
 template <class T> void dense_forward(const T* x, const T* w, const T* b, T* y, const DenseShape& s, Stream st);
 template <class T> void dense_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, const DenseShape& s, Stream st);
-template <class T> XentTotals softmax_cross_entropy(const T* logits, Labels labels, T* dlogits, int64_t N, int64_t classes, Stream st);
+template <class T> XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N, int64_t classes, Stream st);
 template <class T> double penalty(const T* w, int64_t n, double l1, double l2, Stream st);
 template <class T> void adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized, const AdamStep& s, Stream st);
 template <class T> int64_t sparsity_count(const T* w, int64_t n, double threshold, Stream st);
+template <class T> int64_t augment_batch(const uint8_t* images, IntArray index, T* batch, const AugmentShape& s, Stream st);
 
 // Runtime queries; none of them throws when no driver or GPU is present.
 int device_count();                 // 0 when no usable GPU or driver

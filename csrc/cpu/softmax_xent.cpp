@@ -6,11 +6,11 @@
 namespace pyregnet::cpu {
 
 template <class T>
-XentTotals softmax_cross_entropy(const T* logits, Labels labels, T* dlogits, int64_t N, int64_t classes) {
+XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N, int64_t classes) {
   XentTotals totals{0.0, 0, 0};
   const T scale = T(1) / T(N);
   for (int64_t i = 0; i < N; ++i) {
-    const XentRow row = xent_row(logits + i * classes, classes, label_at(labels, i),
+    const XentRow row = xent_row(logits + i * classes, classes, int_at(labels, i),
                                  dlogits + i * classes, scale);
     totals.loss_sum += row.loss;
     totals.correct += row.correct;
@@ -18,7 +18,7 @@ XentTotals softmax_cross_entropy(const T* logits, Labels labels, T* dlogits, int
   return totals;
 }
 
-template XentTotals softmax_cross_entropy<float>(const float*, Labels, float*, int64_t, int64_t);
-template XentTotals softmax_cross_entropy<double>(const double*, Labels, double*, int64_t, int64_t);
+template XentTotals softmax_cross_entropy<float>(const float*, IntArray, float*, int64_t, int64_t);
+template XentTotals softmax_cross_entropy<double>(const double*, IntArray, double*, int64_t, int64_t);
 
 }  // namespace pyregnet::cpu

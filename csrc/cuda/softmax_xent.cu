@@ -19,11 +19,11 @@ enum RowOutcome : int { kWrong = 0, kCorrect = 1, kBadLabel = 2 };
 // row_loss / row_outcome so that the totals can be summed in a fixed order afterwards.
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
-    xent_rows_kernel(const T* const logits, const Labels labels, T* const dlogits, const int N,
+    xent_rows_kernel(const T* const logits, const IntArray labels, T* const dlogits, const int N,
                      const int classes, const T scale, double* const row_loss,
                      int* const row_outcome) {
   for (int64_t i = grid_start(); i < N; i += grid_stride()) {
-    const int64_t label = label_at(labels, i);
+    const int64_t label = int_at(labels, i);
     T* const dz = dlogits + i * classes;
     if (label < 0 || label >= classes) {
       for (int j = 0; j < classes; ++j) dz[j] = T(0);
@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(1024)
 }  // namespace
 
 template <class T>
-XentTotals softmax_cross_entropy(const T* logits, Labels labels, T* dlogits, int64_t N,
+XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N,
                                  int64_t classes, Stream st) {
   if (N == 0) return XentTotals{0.0, 0, 0};
   const cudaStream_t stream = as_cuda_stream(st);
@@ -80,9 +80,9 @@ XentTotals softmax_cross_entropy(const T* logits, Labels labels, T* dlogits, int
   return host;
 }
 
-template XentTotals softmax_cross_entropy<float>(const float*, Labels, float*, int64_t, int64_t,
+template XentTotals softmax_cross_entropy<float>(const float*, IntArray, float*, int64_t, int64_t,
                                                  Stream);
-template XentTotals softmax_cross_entropy<double>(const double*, Labels, double*, int64_t, int64_t,
+template XentTotals softmax_cross_entropy<double>(const double*, IntArray, double*, int64_t, int64_t,
                                                   Stream);
 
 }  // namespace pyregnet::cuda

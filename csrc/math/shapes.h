@@ -25,8 +25,16 @@ struct DenseShape {
   int64_t N, in, out;
 };
 
-// Integer class labels of any integer dtype, read as int64 by label_at().
-struct Labels {
+// Gather + augment of a batch: images (N, H, W, C) uint8 -> batch (B, C, H, W) float.
+struct AugmentShape {
+  int64_t N, H, W, C, B;
+  int max_shift;       // 0 = no shift
+  bool flip;           // random horizontal flips
+  uint64_t seed, step;
+};
+
+// An array of any integer dtype (class labels, sample indices), read as int64 by int_at().
+struct IntArray {
   const void* data;
   DType dtype;
 };
