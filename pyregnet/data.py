@@ -42,7 +42,7 @@ import numpy as np
 
 __all__ = [
     "CIFAR10_URL", "CIFAR10_MD5", "CLASSES", "DataError", "Dataset", "cache_dir", "load_cifar10",
-    "load_image_folder", "synthetic", "load", "to_float",
+    "load_image_folder", "synthetic", "load",
 ]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -681,15 +681,3 @@ def load(spec: str | None = None, *, dataset="cifar10", download=True, train_siz
     x_train, y_train, t = _subset(ds.x_train, ds.y_train, train_size, "train_size", "train", seed)
     x_test, y_test, v = _subset(ds.x_test, ds.y_test, val_size, "val_size", "test", seed)
     return Dataset(x_train, y_train, x_test, y_test, ds.classes, ds.source + t + v)
-
-
-def to_float(x_uint8) -> np.ndarray:
-    """uint8 images (N, 32, 32, 3) -> float32 (N, 3, 32, 32) in [0, 1], C-contiguous:
-    float32(x) / 255 (correctly rounded division), NHWC transposed to NCHW. The reference for
-    the device-side conversion."""
-    x = np.asarray(x_uint8)
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
-        raise ValueError(f"to_float: expected x uint8 (N, H, W, 3) but got {_describe(x)}")
-    out = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
-    out /= np.float32(255.0)
-    return out

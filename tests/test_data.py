@@ -467,7 +467,7 @@ def test_image_folder_truncated_tarball(tree, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# synthetic, load(), to_float
+# synthetic, load()
 
 
 def nearest_mean_accuracy(train, test):
@@ -522,17 +522,6 @@ def test_load_subsets(monkeypatch):
             data.load(dataset="synthetic", train_size=bad)
     with pytest.raises(DataError, match="val_size .*1000 images"):
         data.load(dataset="synthetic", val_size=1001)
-
-
-def test_to_float():
-    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    x[0, 0, 0] = [0, 128, 255]
-    f = data.to_float(x)
-    assert f.shape == (3, 3, 32, 32) and f.dtype == np.float32 and f.flags.c_contiguous
-    np.testing.assert_array_equal(f, (x.transpose(0, 3, 1, 2).astype(np.float64) / 255).astype(np.float32))
-    assert f[0, :, 0, 0].tolist() == [0.0, np.float32(128 / 255), 1.0]
-    with pytest.raises(ValueError):
-        data.to_float(x.astype(np.float32))
 
 
 def test_dataset_checks_its_arrays():
