@@ -25,3 +25,34 @@ def plot_curves(history, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_methods(series, path, quantity, ylabel, title=""):
+    """Train (solid) vs validation (dashed) `quantity` ("acc" or "loss") per epoch, one colour per
+    method: the paper's Figures 10 (accuracy) and 11 (loss). `series` holds, per method, "label",
+    "epochs", "train_<quantity>", "val_<quantity>" (means over seeds), optionally the matching
+    "..._std" lists (drawn as a band when non-zero) and "color"."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    banded = False
+    for i, s in enumerate(series):
+        color = s.get("color") or f"C{i}"
+        for split, style in (("train", "-"), ("val", "--")):
+            mean = s[f"{split}_{quantity}"]
+            ax.plot(s["epochs"], mean, style, color=color, marker="o" if split == "train" else "s", markersize=3,
+                    label=f"{s['label']} {'train' if split == 'train' else 'validation'}")
+            std = s.get(f"{split}_{quantity}_std")
+            if std and any(std):
+                banded = True
+                ax.fill_between(s["epochs"], [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=color, alpha=0.12, linewidth=0)
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        ax.set_title(title + ("\n(mean over seeds; bands: ± 1 std)" if banded else ""), fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
