@@ -9,12 +9,22 @@ namespace pyregnet {
 // wins over numbers, so the forward value propagates NaN and the backward pass routes the
 // gradient to exactly the element the forward pass chose.
 template <class T>
-PYREGNET_HD int window_argmax(const T* top_left, int64_t W) {
-  const T v[4] = {top_left[0], top_left[1], top_left[W], top_left[W + 1]};
-  int best = 0;
-  for (int i = 1; i < 4; ++i) {
-    if (!hd_isnan(v[best]) && (v[i] > v[best] || hd_isnan(v[i]))) best = i;
+PYREGNET_HD void keep_if_larger(T value, int which, T& best_value, int& best) {
+  if (!hd_isnan(best_value) && (value > best_value || hd_isnan(value))) {
+    best_value = value;
+    best = which;
   }
+}
+
+// Scalars, not an array indexed by `best`: a dynamically indexed array lives in local memory
+// on the GPU (ptxas reported a stack frame for it).
+template <class T>
+PYREGNET_HD int window_argmax(const T* top_left, int64_t W) {
+  T best_value = top_left[0];
+  int best = 0;
+  keep_if_larger(top_left[1], 1, best_value, best);
+  keep_if_larger(top_left[W], 2, best_value, best);
+  keep_if_larger(top_left[W + 1], 3, best_value, best);
   return best;
 }
 
