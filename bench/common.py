@@ -59,7 +59,11 @@ def gpu_description():
 
 def git_commit(root=ROOT):
     """HEAD's hash, with '-dirty' when the working tree differs from it (untracked files count,
-    benchmark results under bench/results/ do not); 'unknown' outside a git checkout."""
+    benchmark results under bench/results/ do not). Outside a git checkout (the GPU machine gets
+    a copy of the tree without .git) it is $PYREGNET_COMMIT, set by whoever sent the copy, or
+    'unknown'."""
+    if os.environ.get("PYREGNET_COMMIT"):
+        return os.environ["PYREGNET_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
