@@ -60,7 +60,7 @@ from pyregnet import data as datasets  # noqa: E402
 from pyregnet import model, ops  # noqa: E402
 from pyregnet.optim import Adam  # noqa: E402
 from pyregnet.regularizers import Penalty  # noqa: E402
-from pyregnet.train import MAX_SHIFT, Config, Run, UsageError, resolve_device  # noqa: E402
+from pyregnet.train import MAX_SHIFT, Config, Run, UsageError, resolve_device, training_step  # noqa: E402
 
 TRAIN_IMAGES = 50_000       # CIFAR-10's training set: the epoch the model scales to
 TARGET_RATIO = 2.0          # pyregnet step <= 2x PyTorch's (the issue), on a 2-core CPU
@@ -144,14 +144,8 @@ class PyregnetStep:
     def __call__(self):
         index = self.index(self.i)
         self.i += 1
-        x = ops.augment_batch(self.images, index, seed=self.seed, step=self.adam.step, max_shift=MAX_SHIFT, flip=True)
-        logits, cache = model.forward(self.params, x)
-        loss, dlogits, _hits = ops.softmax_cross_entropy(logits, self.labels[index])
-        penalty = self.penalty.value(self.params[:model.N_KERNEL])
-        if not math.isfinite(loss + penalty):
-            raise RuntimeError(f"pyregnet: the loss became {loss + penalty} at step {self.i}")
-        model.backward(self.params, cache, dlogits, self.grad)
-        self.adam.update(self.params, self.grad, self.penalty, model.N_KERNEL)
+        loss, penalty, _hits = training_step(self.params, self.grad, self.adam, self.penalty, self.images,
+                                             self.labels, index, self.seed, augment=True)
         return loss + penalty
 
 

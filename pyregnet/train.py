@@ -173,6 +173,23 @@ def load_checkpoint(path):
 
 # ---------------------------------------------------------------- training
 
+def training_step(params, grad, adam, penalty, images, labels, index, seed, augment):
+    """One step: gather and augment the samples `index` of `images` on their device, forward,
+    softmax cross-entropy, backward into `grad`, fused penalty + Adam update of `params`.
+    Returns (mean data loss, penalty value before the update, correct predictions). The
+    augmentation draw is a function of (seed, adam.step, position), so a step is reproducible."""
+    x = ops.augment_batch(images, index, seed=seed, step=adam.step, max_shift=MAX_SHIFT if augment else 0,
+                          flip=augment)
+    logits, cache = model.forward(params, x)
+    loss, dlogits, hits = ops.softmax_cross_entropy(logits, labels[index])
+    value = penalty.value(params[:model.N_KERNEL])
+    if not math.isfinite(loss + value):
+        raise Diverged(f"the loss became {loss + value} at step {adam.step + 1}")
+    model.backward(params, cache, dlogits, grad)
+    adam.update(params, grad, penalty, model.N_KERNEL)
+    return loss, value, hits
+
+
 class Run:
     """The state of one training run on one device."""
 
@@ -221,15 +238,11 @@ class Run:
         steps = (n + cfg.batch_size - 1) // cfg.batch_size
         for i in range(steps):
             index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = ops.augment_batch(self.x_train, index, seed=cfg.seed, step=self.adam.step,
-                                  max_shift=MAX_SHIFT if cfg.augment else 0, flip=cfg.augment)
-            logits, cache = model.forward(self.params, x)
-            loss, dlogits, hits = ops.softmax_cross_entropy(logits, self.y_train[index])
-            penalty = self.penalty.value(self.params[:model.N_KERNEL])
-            if not math.isfinite(loss + penalty):
-                raise Diverged(f"the loss became {loss + penalty} at epoch {self.epoch + 1}, step {i + 1}")
-            model.backward(self.params, cache, dlogits, self.grad)
-            self.adam.update(self.params, self.grad, self.penalty, model.N_KERNEL)
+            try:
+                loss, penalty, hits = training_step(self.params, self.grad, self.adam, self.penalty, self.x_train,
+                                                    self.y_train, index, cfg.seed, cfg.augment)
+            except Diverged as e:
+                raise Diverged(f"{e} (epoch {self.epoch + 1}, batch {i + 1})") from None
             batch = len(index)
             data_loss += loss * batch
             total_loss += (loss + penalty) * batch
