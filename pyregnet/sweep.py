@@ -185,9 +185,11 @@ def expected_config(spec, opts):
 
 
 def passthrough(opts):
-    """The train options given to the sweep, as train arguments."""
+    """The train options given to the sweep, as train arguments (--data made absolute: the
+    train processes run in their own directories)."""
     args = []
-    for flag, value in (("--data", opts.data), ("--dataset", opts.dataset), ("--train-size", opts.train_size),
+    data = str(Path(opts.data).resolve()) if opts.data else None
+    for flag, value in (("--data", data), ("--dataset", opts.dataset), ("--train-size", opts.train_size),
                         ("--val-size", opts.val_size), ("--epochs", opts.epochs),
                         ("--batch-size", opts.batch_size), ("--lr", opts.lr), ("--device", opts.device)):
         if value is not None:
@@ -203,7 +205,9 @@ def train_command(spec, opts, run_dir, resume=False, python=None):
 
 
 def child_env(gpu=None, threads=None):
-    """The environment of a train process: it imports the same pyregnet as this process."""
+    """The environment of a train process: it imports the same pyregnet as this process. (The
+    process runs in its run directory, so `python -m` does not put a source checkout in the
+    working directory ahead of PYTHONPATH.)"""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -250,7 +254,7 @@ def execute(jobs, n_jobs=1, gpus=None, log=print):
                     out.write(f"$ {shlex.join(job.command)}\n")
                     out.flush()
                     job.proc = subprocess.Popen(job.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                                env=child_env(gpu, threads))
+                                                env=child_env(gpu, threads), cwd=job.run_dir)
                 job.start = time.perf_counter()
                 started += 1
                 log(f"[{started}/{total}] {job.spec.name}: started" + (f" on GPU {gpu}" if gpu is not None else ""))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+import pyregnet
 from pyregnet import sweep
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "synthetic", "--train-size", "256", "--val-size", "128", "--device", "cpu"]
 
 
@@ -218,7 +218,7 @@ def test_from_grid_uses_the_chosen_lambda(tmp_path, capsys):
 
 def test_child_env_imports_this_pyregnet():
     env = sweep.child_env(gpu="3", threads=2)
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(pyregnet.__file__).resolve().parents[1])
     assert env["CUDA_VISIBLE_DEVICES"] == "3"
 
 
@@ -346,8 +346,8 @@ def test_bad_arguments_exit_2(args, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "X").exists()
 
 
-def test_command_line_usage_error_is_one_line():
+def test_command_line_usage_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pyregnet.sweep", "compare", "--out", "x", "--seeds", "a"],
-                            capture_output=True, text=True, cwd=ROOT)
+                            capture_output=True, text=True, cwd=tmp_path, env=sweep.child_env())
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--seeds" in result.stderr
