@@ -16,6 +16,9 @@ import pytest
 
 import pyregnet
 from pyregnet import sweep
+from pyregnet.regularizers import DEFAULT_L1, DEFAULT_L2
+
+PINNED = ["--l1", "1e-4", "--l2", "1e-3", "--l1l2", "1e-4:1e-3"]  # λ named by the run directories below
 
 TINY = ["--dataset", "synthetic", "--train-size", "256", "--val-size", "128", "--device", "cpu"]
 
@@ -167,12 +170,13 @@ def test_dry_run_lists_the_commands(tmp_path, capsys):
     assert code == 0
     common = "--dataset synthetic --train-size 256 --val-size 128 --epochs 3 --device cpu --no-augment"
     expected = [f"python -m pyregnet.train --reg none --seed {s} {common} --out {out}/none_s{s}" for s in (0, 1)]
-    expected += [f"python -m pyregnet.train --reg l1 --l1 0.0001 --seed {s} {common} --out {out}/l1_0.0001_s{s}"
+    l1, l1l2 = f"{DEFAULT_L1['l1']:g}", (f"{DEFAULT_L1['l1l2']:g}", f"{DEFAULT_L2['l1l2']:g}")  # the defaults
+    expected += [f"python -m pyregnet.train --reg l1 --l1 {l1} --seed {s} {common} --out {out}/l1_{l1}_s{s}"
                  for s in (0, 1)]
     expected += [f"python -m pyregnet.train --reg l2 --l2 0.01 --seed {s} {common} --out {out}/l2_0.01_s{s}"
                  for s in (0, 1)]
-    expected += [f"python -m pyregnet.train --reg l1l2 --l1 0.0001 --l2 0.001 --seed {s} {common} "
-                 f"--out {out}/l1l2_0.0001_0.001_s{s}" for s in (0, 1)]
+    expected += [f"python -m pyregnet.train --reg l1l2 --l1 {l1l2[0]} --l2 {l1l2[1]} --seed {s} {common} "
+                 f"--out {out}/l1l2_{l1l2[0]}_{l1l2[1]}_s{s}" for s in (0, 1)]
     assert lines == expected
     assert not any(p.is_dir() for p in out.iterdir())     # nothing ran
     assert json.loads((out / "sweep.json").read_text())["compare"]["epochs"] == 3
@@ -191,7 +195,8 @@ def test_dry_run_grid_names(tmp_path, capsys):
 
 
 def test_dry_run_skips_finished_and_resumes_partial(tmp_path, capsys):
-    args = ["compare", "--seeds", "0", "--penalties", "none,l2", "--out", str(tmp_path), *TINY, "--epochs", "2"]
+    args = ["compare", "--seeds", "0", "--penalties", "none,l2", "--l2", "1e-3", "--out", str(tmp_path), *TINY,
+            "--epochs", "2"]
     make_run(tmp_path, sweep.Spec("none", 0.0, 0.0, 0), [epoch(1, 0.5, 0.5), epoch(2, 0.6, 0.6)], checkpoint=True,
              epochs=2)
     make_run(tmp_path, sweep.Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.5, 0.5)], checkpoint=True, epochs=2)
@@ -257,7 +262,7 @@ def fake_train(tmp_path, monkeypatch):
 
 def test_failed_run_is_reported_and_left_out(tmp_path, fake_train, capsys):
     out = tmp_path / "s"
-    code = sweep.main(["compare", "--seeds", "0,1", "--out", str(out), *TINY, "--epochs", "1", "--jobs", "2"])
+    code = sweep.main(["compare", "--seeds", "0,1", *PINNED, "--out", str(out), *TINY, "--epochs", "1", "--jobs", "2"])
     err = capsys.readouterr().err
     print(err)
     assert code == 1
@@ -303,7 +308,7 @@ def test_real_train_failure_exits_1(tmp_path, capsys):
 
 def test_compare_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--seeds", "0", "--out", str(out), *TINY, "--epochs", "1", "--jobs", "2"]
+    args = ["compare", "--seeds", "0", *PINNED, "--out", str(out), *TINY, "--epochs", "1", "--jobs", "2"]
     assert sweep.main(args) == 0
     printed = capsys.readouterr().out
     assert "4 runs" in printed and "0 finished" in printed
