@@ -247,9 +247,26 @@ double penalty(py::handle w_, py::handle l1_, py::handle l2_) {
   });
 }
 
-void adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, py::handle step_,
-                 py::handle lr_, py::handle beta1_, py::handle beta2_, py::handle eps_, py::handle l1_,
-                 py::handle l2_, py::handle penalized_) {
+// The number of leading elements of `buffer` that get the penalty (None: all).
+int64_t penalized_count(Call& call, py::handle penalized, const Array& buffer) {
+  const int64_t n = buffer.numel();
+  if (penalized.is_none()) return n;
+  const std::string range = "in [0, " + buffer.name + ".size";
+  const int64_t k = call.integer(penalized, "penalized", 0, (range + "]").c_str());
+  if (k > n)
+    call.value_error("penalized: expected an integer " + range + " = " + std::to_string(n) + "] but got " +
+                     std::to_string(k));
+  return k;
+}
+
+bool flag(Call& call, py::handle value, const char* name) {
+  if (!PyBool_Check(value.ptr())) call.type_error(std::string(name) + ": expected True or False but got " + std::string(py::repr(value)));
+  return value.cast<bool>();
+}
+
+py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, py::handle step_,
+                       py::handle lr_, py::handle beta1_, py::handle beta2_, py::handle eps_, py::handle l1_,
+                       py::handle l2_, py::handle penalized_, py::handle with_penalty_) {
   Call call("adam_update");
   Array param = call.array(param_, "param"), grad = call.array(grad_, "grad"), m = call.array(m_, "m"),
         v = call.array(v_, "v");
@@ -273,19 +290,33 @@ void adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle 
   if (!(eps > 0.0) || std::isinf(eps)) call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
   const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
   const int64_t n = param.numel();
-  int64_t n_penalized = n;
-  if (!penalized_.is_none()) {
-    n_penalized = call.integer(penalized_, "penalized", 0, "in [0, param.size]");
-    if (n_penalized > n)
-      call.value_error("penalized: expected an integer in [0, param.size = " + std::to_string(n) + "] but got " +
-                       std::to_string(n_penalized));
-  }
+  const int64_t n_penalized = penalized_count(call, penalized_, param);
+  const bool with_penalty = flag(call, with_penalty_, "with_penalty");
   const AdamStep s{adam_alpha(lr, beta1, beta2, step), beta1, beta2, eps, l1, l2};
-  if (n == 0) return;
-  by_dtype(call, [&](auto t) {
+  const double value = n == 0 ? 0.0 : by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    PYREGNET_RUN(call, adam_update<T>, param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), n, n_penalized, s);
+    return PYREGNET_RUN(call, adam_update<T>, param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), n, n_penalized,
+                        s, with_penalty);
   });
+  return with_penalty ? py::object(py::float_(value)) : py::object(py::none());
+}
+
+py::object penalty_gradient(py::handle w_, py::handle grad_, py::handle l1_, py::handle l2_, py::handle penalized_,
+                            py::handle with_penalty_) {
+  Call call("penalty_gradient");
+  Array w = call.array(w_, "w"), grad = call.array(grad_, "grad");
+  call.floats({&w, &grad});
+  call.same_shape(w, grad);
+  call.writable(grad);
+  call.disjoint(w, grad);
+  const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
+  const int64_t n_penalized = penalized_count(call, penalized_, w);
+  const bool with_penalty = flag(call, with_penalty_, "with_penalty");
+  const double value = n_penalized == 0 ? 0.0 : by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    return PYREGNET_RUN(call, penalty_gradient<T>, w.ptr<T>(), grad.ptr<T>(), n_penalized, l1, l2, with_penalty);
+  });
+  return with_penalty ? py::object(py::float_(value)) : py::object(py::none());
 }
 
 int64_t sparsity_count(py::handle w_, py::handle threshold_) {
@@ -319,8 +350,7 @@ py::object augment_batch(py::handle images_, py::handle index_, py::handle seed_
     call.value_error("max_shift: expected a shift smaller than the image (" + std::to_string(std::min(s.H, s.W)) +
                      " pixels) but got " + std::to_string(max_shift));
   s.max_shift = int(max_shift);
-  if (!PyBool_Check(flip_.ptr())) call.type_error("flip: expected True or False but got " + std::string(py::repr(flip_)));
-  s.flip = flip_.cast<bool>();
+  s.flip = flag(call, flip_, "flip");
   Array batch = call.empty({s.B, s.C, s.H, s.W}, "batch");
   const int64_t bad = by_dtype(call, [&](auto t) {
     using T = decltype(t);
@@ -382,7 +412,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("penalty", &penalty, py::arg("w"), py::arg("l1"), py::arg("l2"));
   m.def("adam_update", &adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::kw_only(),
         py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-7,
-        py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none());
+        py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none(), py::arg("with_penalty") = false);
+  m.def("penalty_gradient", &penalty_gradient, py::arg("w"), py::arg("grad"), py::arg("l1"), py::arg("l2"), py::kw_only(),
+        py::arg("penalized") = py::none(), py::arg("with_penalty") = false);
   m.def("sparsity_count", &sparsity_count, py::arg("w"), py::arg("threshold"));
   m.def("augment_batch", &augment_batch, py::arg("images"), py::arg("index"), py::kw_only(), py::arg("seed"),
         py::arg("step"), py::arg("max_shift") = 3, py::arg("flip") = true, py::arg("dtype") = "float32");

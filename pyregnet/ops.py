@@ -13,7 +13,7 @@ from . import _core
 __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "relu_forward", "relu_backward", "dense_forward", "dense_backward",
-    "softmax_cross_entropy", "penalty", "adam_update", "sparsity_count", "augment_batch",
+    "softmax_cross_entropy", "penalty", "penalty_gradient", "adam_update", "sparsity_count", "augment_batch",
 ]
 
 
@@ -72,8 +72,16 @@ def penalty(w, l1, l2):
     return _core.penalty(w, l1, l2)
 
 
+def penalty_gradient(w, grad, l1, l2, *, penalized=None, with_penalty=False):
+    """The penalty's gradient as its own pass, in place: grad += l1 * sign(w) + 2 * l2 * w
+    (sign(0) = 0) over the first ``penalized`` elements (None: all). The unfused alternative to
+    adam_update's fused penalty. Returns the penalty value of those weights, summed in the same
+    pass, when ``with_penalty``; else None."""
+    return _core.penalty_gradient(w, grad, l1, l2, penalized=penalized, with_penalty=with_penalty)
+
+
 def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7,
-                l1=0.0, l2=0.0, penalized=None):
+                l1=0.0, l2=0.0, penalized=None, with_penalty=False):
     """The fused penalty + Adam update, in place on param, m and v, in one pass and one launch.
 
     g' = grad + l1 * sign(param) + 2 * l2 * param   (sign(0) = 0)
@@ -82,9 +90,11 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7
 
     ``penalized``: over a flat parameter buffer whose kernel weights come first, the number of
     leading elements that get the penalty (the biases after them do not); None = all.
+    ``with_penalty``: also return l1 * sum|w| + l2 * sum w^2 of those weights before the step,
+    summed (in double) in the same pass; else the call returns None.
     """
     return _core.adam_update(param, grad, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2,
-                             eps=eps, l1=l1, l2=l2, penalized=penalized)
+                             eps=eps, l1=l1, l2=l2, penalized=penalized, with_penalty=with_penalty)
 
 
 def sparsity_count(w, threshold):

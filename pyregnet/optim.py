@@ -24,7 +24,10 @@ class Adam:
         v = m.copy()
         return cls(m, v, **hyper)
 
-    def update(self, params, grad, penalty: Penalty, n_penalized: int):
+    def update(self, params, grad, penalty: Penalty, n_penalized: int, with_penalty=False):
+        """One step; with_penalty: returns the penalty value of the weights before the step,
+        summed in the update's own pass."""
         self.step += 1
-        ops.adam_update(params, grad, self.m, self.v, step=self.step, lr=self.lr, beta1=self.beta1,
-                        beta2=self.beta2, eps=self.eps, l1=penalty.l1, l2=penalty.l2, penalized=n_penalized)
+        return ops.adam_update(params, grad, self.m, self.v, step=self.step, lr=self.lr, beta1=self.beta1,
+                               beta2=self.beta2, eps=self.eps, l1=penalty.l1, l2=penalty.l2, penalized=n_penalized,
+                               with_penalty=with_penalty)

@@ -169,20 +169,31 @@ def penalty_grad(w, l1, l2):
     return l1 * np.sign(w) + 2.0 * l2 * w
 
 
+def penalty_gradient(w, grad, l1, l2, *, penalized=None, with_penalty=False):
+    """grad[:k] += penalty_grad(w[:k]) in place (flat order; k = penalized or all); returns
+    penalty(w[:k]) when with_penalty, else None."""
+    flat_w, flat_g = np.asarray(w).reshape(-1), grad.reshape(-1)
+    k = flat_w.size if penalized is None else penalized
+    flat_g[:k] += penalty_grad(flat_w[:k], l1, l2)
+    return penalty(flat_w[:k], l1, l2) if with_penalty else None
+
+
 # --------------------------------------------------------------------------
 # Adam (Kingma & Ba, "efficient form" with eps outside the bias correction,
 # as Keras does it)
 # --------------------------------------------------------------------------
 
 def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7,
-                l1=0.0, l2=0.0, penalized=None):
-    """One Adam step, IN PLACE on param, m, v (float64 numpy arrays); returns None.
+                l1=0.0, l2=0.0, penalized=None, with_penalty=False):
+    """One Adam step, IN PLACE on param, m, v (float64 numpy arrays); returns the penalty value
+    of the penalized weights before the step when with_penalty, else None.
 
     The penalty gradient is added to grad for the first `penalized` elements
     in flat C order only (None = all elements). `step` counts from 1.
     """
     g = _f64(grad).reshape(-1).copy()
     k = g.size if penalized is None else penalized
+    value = penalty(param.reshape(-1)[:k], l1, l2) if with_penalty else None
     g[:k] += penalty_grad(param.reshape(-1)[:k], l1, l2)
     g = g.reshape(param.shape)
 
@@ -190,6 +201,7 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7
     v[...] = beta2 * v + (1.0 - beta2) * g * g
     alpha_t = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
     param[...] = param - alpha_t * m / (np.sqrt(v) + eps)
+    return value
 
 
 # --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ EXIT_USAGE = 2      # bad arguments or data
 EXIT_DIVERGED = 1   # the loss became NaN or infinite
 MAX_SHIFT = 3       # ±3 px, 10% of 32 (DESIGN.md §1)
 EVAL_BATCH = 1000
+PENALTY_MODES = ("fused", "unfused", "loss")  # how the penalty is applied: training_step
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class Config:
     val_size: int | None = None
     device: str = "cpu"
     augment: bool = True
+    penalty_mode: str = "fused"
 
     def same_run(self, other):
         """Everything but the number of epochs (and where it runs) must match to resume."""
@@ -112,6 +114,10 @@ def parser():
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="turn off the random flips and ±3 px shifts")
+    p.add_argument("--penalty-mode", choices=PENALTY_MODES, default="fused",
+                   help="how the penalty is applied (same result, different cost): fused into the Adam pass, "
+                        "unfused (its own gradient pass), or loss (a value reduction plus a gradient pass, as "
+                        "autodiff frameworks do); see bench/penalty_cost.py")
     p.add_argument("--out", metavar="DIR", default=None, help="output directory (default runs/<reg>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     return p
@@ -142,7 +148,8 @@ def config_from_args(args):
         raise UsageError(str(e)) from None
     return Config(reg=penalty.kind, l1=penalty.l1, l2=penalty.l2, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, data=args.data, dataset=args.dataset, train_size=args.train_size,
-                  val_size=args.val_size, device=resolve_device(args.device), augment=args.augment)
+                  val_size=args.val_size, device=resolve_device(args.device), augment=args.augment,
+                  penalty_mode=args.penalty_mode)
 
 
 # ---------------------------------------------------------------- files
@@ -173,20 +180,43 @@ def load_checkpoint(path):
 
 # ---------------------------------------------------------------- training
 
-def training_step(params, grad, adam, penalty, images, labels, index, seed, augment):
+NO_PENALTY = Penalty()
+
+
+def training_step(params, grad, adam, penalty, images, labels, index, seed, augment, penalty_mode="fused"):
     """One step: gather and augment the samples `index` of `images` on their device, forward,
-    softmax cross-entropy, backward into `grad`, fused penalty + Adam update of `params`.
+    softmax cross-entropy, backward into `grad`, then the penalty and the Adam update of `params`.
     Returns (mean data loss, penalty value before the update, correct predictions). The
-    augmentation draw is a function of (seed, adam.step, position), so a step is reproducible."""
+    augmentation draw is a function of (seed, adam.step, position), so a step is reproducible.
+
+    penalty_mode, how the penalty is applied (the same numbers, different passes over memory):
+      fused    one pass: penalty gradient + Adam, the penalty value summed in the same pass;
+      unfused  the penalty gradient (and value) as its own pass, then Adam;
+      loss     as autodiff frameworks do it: a reduction for the value, a pass for the gradient,
+               then Adam.
+    """
     x = ops.augment_batch(images, index, seed=seed, step=adam.step, max_shift=MAX_SHIFT if augment else 0,
                           flip=augment)
     logits, cache = model.forward(params, x)
     loss, dlogits, hits = ops.softmax_cross_entropy(logits, labels[index])
-    value = penalty.value(params[:model.N_KERNEL])
-    if not math.isfinite(loss + value):
-        raise Diverged(f"the loss became {loss + value} at step {adam.step + 1}")
+    if not math.isfinite(loss):  # before the update: the parameters stay as they were
+        raise Diverged(f"the loss became {loss} at step {adam.step + 1}")
     model.backward(params, cache, dlogits, grad)
-    adam.update(params, grad, penalty, model.N_KERNEL)
+    n = model.N_KERNEL
+    if penalty.kind == "none":
+        value = 0.0
+        adam.update(params, grad, NO_PENALTY, n)
+    elif penalty_mode == "fused":
+        value = adam.update(params, grad, penalty, n, with_penalty=True)
+    elif penalty_mode == "unfused":
+        value = ops.penalty_gradient(params, grad, penalty.l1, penalty.l2, penalized=n, with_penalty=True)
+        adam.update(params, grad, NO_PENALTY, n)
+    else:
+        value = ops.penalty(params[:n], penalty.l1, penalty.l2)
+        ops.penalty_gradient(params, grad, penalty.l1, penalty.l2, penalized=n)
+        adam.update(params, grad, NO_PENALTY, n)
+    if not math.isfinite(value):
+        raise Diverged(f"the penalty became {value} at step {adam.step}")
     return loss, value, hits
 
 
@@ -240,7 +270,7 @@ class Run:
             index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             try:
                 loss, penalty, hits = training_step(self.params, self.grad, self.adam, self.penalty, self.x_train,
-                                                    self.y_train, index, cfg.seed, cfg.augment)
+                                                    self.y_train, index, cfg.seed, cfg.augment, cfg.penalty_mode)
             except Diverged as e:
                 raise Diverged(f"{e} (epoch {self.epoch + 1}, batch {i + 1})") from None
             batch = len(index)

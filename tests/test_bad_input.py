@@ -62,6 +62,8 @@ def good(op, dtype=np.float32):
         return dict(logits=r(4, 3), labels=np.array([0, 2, 1, 2], dtype=np.int64))
     if op == "penalty":
         return dict(w=r(3, 4), l1=0.1, l2=0.2)
+    if op == "penalty_gradient":
+        return dict(w=r(3, 4), grad=r(3, 4), l1=0.1, l2=0.2)
     if op == "adam_update":
         return dict(param=r(10), grad=r(10), m=r(10) * 0.1, v=np.abs(r(10)) * 0.1, step=1, lr=1e-3)
     if op == "sparsity_count":
@@ -81,11 +83,12 @@ FLOAT_ARGS = {
     "dense_backward": ["x", "w", "dy"],
     "softmax_cross_entropy": ["logits"],
     "penalty": ["w"],
+    "penalty_gradient": ["w", "grad"],
     "adam_update": ["param", "grad", "m", "v"],
     "sparsity_count": ["w"],
 }
 ARRAY_ARGS = {op: FLOAT_ARGS[op] + (["labels"] if op == "softmax_cross_entropy" else []) for op in OPS}
-WRITTEN = {"adam_update": ["param", "m", "v"]}  # arrays a kernel writes into
+WRITTEN = {"adam_update": ["param", "m", "v"], "penalty_gradient": ["grad"]}  # arrays a kernel writes into
 assert set(FLOAT_ARGS) == set(OPS)
 
 
@@ -165,6 +168,8 @@ def check_good_result(op, kw, out):
         assert out == pytest.approx(ref.penalty(kw["w"], kw["l1"], kw["l2"]), rel=1e-5)
     elif op == "adam_update":
         assert out is None
+    elif op == "penalty_gradient":
+        assert out is None  # with_penalty=False; the gradient itself is checked in test_ops
     elif op == "sparsity_count":
         assert out == ref.sparsity_count(kw["w"], kw["threshold"])
 
@@ -178,6 +183,8 @@ def test_good_input_runs(op, dtype):
     check_good_result(op, kw, out)
     if op == "adam_update":
         assert not np.array_equal(kw["param"], before["param"][0])  # it did update in place
+    elif op == "penalty_gradient":
+        assert not np.array_equal(kw["grad"], before["grad"][0])
     else:
         assert_unchanged(kw, before)  # inputs are only read
 
@@ -257,10 +264,10 @@ def test_unaligned_arrays_work_or_are_rejected():
         except (TypeError, ValueError) as e:
             assert re.match(rf"{op}: \w+: expected", str(e)), str(e)
             continue
-        if op == "adam_update":
+        if op in WRITTEN:  # in place: compare what was written
             ref_kw = good(op)
-            ops.adam_update(**ref_kw)
-            for k in ("param", "m", "v"):
+            getattr(ops, op)(**ref_kw)
+            for k in WRITTEN[op]:
                 np.testing.assert_allclose(kw[k], ref_kw[k], rtol=1e-6)
         else:
             outs = out if isinstance(out, tuple) else (out,)
@@ -523,7 +530,7 @@ SCALAR_CASES += [
     p("sparsity_count", {"threshold": 1j}, TE, r"threshold: expected a real number", "threshold-complex"),
 ]
 
-for _op, _names in (("penalty", ("l1", "l2")), ("adam_update", ("l1", "l2"))):
+for _op, _names in (("penalty", ("l1", "l2")), ("adam_update", ("l1", "l2")), ("penalty_gradient", ("l1", "l2"))):
     for _n in _names:
         SCALAR_CASES += [
             p(_op, {_n: -0.1}, VE, rf"{_n}: expected a finite number >= 0", f"{_n}-negative"),
@@ -791,3 +798,15 @@ def test_cupy_and_numpy_in_one_call_is_value_error(op, arg):
 def test_good_input_still_runs_at_the_end(op):
     kw = good(op)
     check_good_result(op, kw, getattr(ops, op)(**kw))
+
+
+@pytest.mark.parametrize("op, overrides, exc, pattern", [
+    ("adam_update", {"with_penalty": 1}, TypeError, r"with_penalty: expected True or False"),
+    ("penalty_gradient", {"with_penalty": "yes"}, TypeError, r"with_penalty: expected True or False"),
+    ("penalty_gradient", {"penalized": 13}, ValueError, r"penalized: expected an integer in \[0, w.size = 12\]"),
+    ("penalty_gradient", {"penalized": -1}, ValueError, r"penalized: expected an integer in \[0, w.size\]"),
+    ("penalty_gradient", {"grad": lambda a: a["w"]}, ValueError, r"grad: expected memory separate from w"),
+    ("penalty_gradient", {"grad": np.zeros((4, 3), np.float32)}, ValueError, r"grad: expected the shape of w"),
+])
+def test_penalty_flags_and_ranges(op, overrides, exc, pattern):
+    expect_error(op, overrides, exc, rf"^{op}: {pattern}")

@@ -176,3 +176,39 @@ def test_sparsity_count(backend, dtype, size):
         got = ops.sparsity_count(backend.to_device(w), threshold)
         assert isinstance(got, int)
         assert got == ref.sparsity_count(w, threshold), threshold
+
+
+@pytest.mark.parametrize("size, penalized", [(1, None), (7, 3), (40_000, 33_333), (315_722, 315_488)])
+@pytest.mark.parametrize("l1, l2", [(1e-3, 0.0), (0.0, 1e-2), (1e-4, 5e-4)])
+def test_adam_update_returns_the_penalty_of_the_same_pass(backend, dtype, size, penalized, l1, l2):
+    rng = np.random.default_rng(16)
+    param, grad = rand(rng, (size,), dtype), rand(rng, (size,), dtype)
+    m, v = np.zeros_like(param), np.zeros_like(param)
+    want = [a.astype(np.float64) for a in (param, m, v)]
+    dev = [backend.to_device(a) for a in (param, m, v)]
+    got = ops.adam_update(dev[0], backend.to_device(grad), dev[1], dev[2], step=1, lr=1e-3, l1=l1, l2=l2,
+                          penalized=penalized, with_penalty=True)
+    expected = ref.adam_update(want[0], grad, want[1], want[2], step=1, lr=1e-3, l1=l1, l2=l2,
+                               penalized=penalized, with_penalty=True)
+    assert isinstance(got, float)
+    # The weights before the step, summed in double on every backend: only the order differs.
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert_close(backend.to_host(dev[0]), want[0], dtype, "param")
+
+
+@pytest.mark.parametrize("size, penalized", [(1, None), (9, 4), (40_000, None), (315_722, 315_488)])
+@pytest.mark.parametrize("with_penalty", [False, True])
+def test_penalty_gradient(backend, dtype, size, penalized, with_penalty):
+    rng = np.random.default_rng(17)
+    w, grad = rand(rng, (size,), dtype), rand(rng, (size,), dtype)
+    w[::5] = 0  # sign(0) = 0
+    want = grad.astype(np.float64)
+    dev_grad = backend.to_device(grad)
+    got = ops.penalty_gradient(backend.to_device(w), dev_grad, 1e-3, 2e-3, penalized=penalized,
+                               with_penalty=with_penalty)
+    expected = ref.penalty_gradient(w, want, 1e-3, 2e-3, penalized=penalized, with_penalty=with_penalty)
+    assert_close(backend.to_host(dev_grad), want, dtype, "grad")
+    if with_penalty:
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    else:
+        assert got is None

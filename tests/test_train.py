@@ -76,6 +76,15 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
     assert without_timing(history(d)) != without_timing(history(a))
 
 
+def test_penalty_modes_compute_the_same_training(tmp_path):
+    # fused, unfused and loss apply the same penalty in different passes: identical metrics.
+    runs = [history(run(tmp_path, mode, "--epochs", "2", "--reg", "l1l2", "--l1", "1e-3", "--l2", "1e-3",
+                        "--penalty-mode", mode)[1]) for mode in ("fused", "unfused", "loss")]
+    assert runs[0][-1]["penalty"] > 0
+    for other in runs[1:]:
+        assert [{k: v for k, v in m.items() if k not in TIMING} for m in other] == without_timing(runs[0])
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     _, out = run(tmp_path, "a", "--epochs", "1")
     with np.load(out / "checkpoint.npz") as z:

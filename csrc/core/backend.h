@@ -27,7 +27,11 @@ template <class T> void dense_forward(const T* x, const T* w, const T* b, T* y, 
 template <class T> void dense_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, const DenseShape& s);
 template <class T> XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N, int64_t classes);
 template <class T> double penalty(const T* w, int64_t n, double l1, double l2);
-template <class T> void adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized, const AdamStep& s);
+// The fused penalty + Adam step; with_penalty: also returns the penalty value of w[:n_penalized]
+// before the step, summed in the same pass (else 0).
+template <class T> double adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized, const AdamStep& s, bool with_penalty);
+// g[:n_penalized] += the penalty gradient at w, as its own pass; with_penalty: returns the value.
+template <class T> double penalty_gradient(const T* w, T* g, int64_t n_penalized, double l1, double l2, bool with_penalty);
 template <class T> int64_t sparsity_count(const T* w, int64_t n, double threshold);
 // Indices outside [0, N) give zero images and are counted (returned); the caller reports them.
 template <class T> int64_t augment_batch(const uint8_t* images, IntArray index, T* batch, const AugmentShape& s);
@@ -49,7 +53,8 @@ template <class T> void dense_forward(const T* x, const T* w, const T* b, T* y, 
 template <class T> void dense_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, const DenseShape& s, Stream st);
 template <class T> XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N, int64_t classes, Stream st);
 template <class T> double penalty(const T* w, int64_t n, double l1, double l2, Stream st);
-template <class T> void adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized, const AdamStep& s, Stream st);
+template <class T> double adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized, const AdamStep& s, bool with_penalty, Stream st);
+template <class T> double penalty_gradient(const T* w, T* g, int64_t n_penalized, double l1, double l2, bool with_penalty, Stream st);
 template <class T> int64_t sparsity_count(const T* w, int64_t n, double threshold, Stream st);
 template <class T> int64_t augment_batch(const uint8_t* images, IntArray index, T* batch, const AugmentShape& s, Stream st);
 

@@ -1,29 +1,12 @@
 // Reductions over a weight array on the CPU: the penalty value and the sparsity count.
-#include <algorithm>
-#include <vector>
-
 #include "core/backend.h"
+#include "cpu/chunked_sum.h"
 
 namespace pyregnet::cpu {
 
-// Elements per partial sum. Fixed, so that the penalty is summed in one order whatever the
-// number of threads (reproducible to the bit).
-constexpr int64_t kChunk = 1 << 14;
-
 template <class T>
 double penalty(const T* w, int64_t n, double l1, double l2) {
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> partial(chunks, 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    double sum = 0.0;
-    const int64_t end = std::min(n, (c + 1) * kChunk);
-    for (int64_t i = c * kChunk; i < end; ++i) sum += penalty_value(w[i], l1, l2);
-    partial[c] = sum;
-  }
-  double total = 0.0;
-  for (double p : partial) total += p;
-  return total;
+  return chunked_sum(n, [&](int64_t i) { return penalty_value(w[i], l1, l2); });
 }
 
 template <class T>
