@@ -5,6 +5,8 @@
 //                     the weights before the step, summed in the same pass;
 //   penalty_gradient  the penalty gradient as its own pass (g += penalty_grad(w)), optionally
 //                     with the value: the unfused and autodiff-style ways it is measured against.
+#include <algorithm>
+
 #include "core/backend.h"
 #include "cpu/chunked_sum.h"
 
@@ -18,11 +20,14 @@ double adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized,
     for (int64_t i = 0; i < n; ++i) adam_element(w[i], g[i], m[i], v[i], i < n_penalized, s);
     return 0.0;
   }
-  return chunked_sum(n, [&](int64_t i) {
-    const bool penalized = i < n_penalized;
-    const double term = penalized ? penalty_value(w[i], s.l1, s.l2) : 0.0;
-    adam_element(w[i], g[i], m[i], v[i], penalized, s);
-    return term;
+  // Per chunk: the value of the weights before the step, then the step; the chunk is still in
+  // cache for the second loop, so memory is read once.
+  return chunked_sum(n, [&](int64_t begin, int64_t end) {
+    const double value = lane_sum(begin, std::min(end, n_penalized),
+                                  [&](int64_t i) { return penalty_value(w[i], s.l1, s.l2); });
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) adam_element(w[i], g[i], m[i], v[i], i < n_penalized, s);
+    return value;
   });
 }
 
@@ -33,9 +38,11 @@ double penalty_gradient(const T* w, T* g, int64_t n_penalized, double l1, double
     for (int64_t i = 0; i < n_penalized; ++i) g[i] += penalty_grad(w[i], T(l1), T(l2));
     return 0.0;
   }
-  return chunked_sum(n_penalized, [&](int64_t i) {
-    g[i] += penalty_grad(w[i], T(l1), T(l2));
-    return penalty_value(w[i], l1, l2);
+  return chunked_sum(n_penalized, [&](int64_t begin, int64_t end) {
+    const double value = lane_sum(begin, end, [&](int64_t i) { return penalty_value(w[i], l1, l2); });
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) g[i] += penalty_grad(w[i], T(l1), T(l2));
+    return value;
   });
 }
 

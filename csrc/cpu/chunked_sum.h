@@ -1,7 +1,6 @@
-// A parallel loop that also sums: chunked_sum(n, f) calls f(i) once for every i < n (f may
-// update element i) and returns the sum of its results. The partial sums are per fixed-size
-// chunk and added in chunk order, so the result does not depend on the number of threads:
-// bitwise reproducible training on the CPU.
+// Parallel passes that also sum, reproducibly. The range [0, n) is cut into fixed-size chunks;
+// each chunk's sum is computed by one thread and the chunk sums are added in chunk order, so
+// the result does not depend on the number of threads: bitwise reproducible training on the CPU.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -10,21 +9,35 @@
 namespace pyregnet::cpu {
 
 constexpr int64_t kSumChunk = 1 << 14;
+constexpr int kLanes = 16;
 
-template <class F>
-double chunked_sum(int64_t n, const F& f) {
+// chunked_sum(n, chunk): the sum over chunks of chunk(begin, end) -> double; `chunk` may also
+// update the elements of its range.
+template <class Chunk>
+double chunked_sum(int64_t n, const Chunk& chunk) {
   const int64_t chunks = (n + kSumChunk - 1) / kSumChunk;
   std::vector<double> partial(chunks, 0.0);
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    double sum = 0.0;
-    const int64_t end = std::min(n, (c + 1) * kSumChunk);
-    for (int64_t i = c * kSumChunk; i < end; ++i) sum += f(i);
-    partial[c] = sum;
-  }
+  for (int64_t c = 0; c < chunks; ++c) partial[c] = chunk(c * kSumChunk, std::min(n, (c + 1) * kSumChunk));
   double total = 0.0;
   for (double p : partial) total += p;
   return total;
+}
+
+// sum of term(i) over [begin, end) in kLanes running sums (element i in lane (i - begin) %
+// kLanes, the lanes added in order at the end): the compiler vectorizes the terms without
+// reassociating any sum, so the order, and the bits, are fixed. A single running sum kept the
+// loop scalar: the fused Adam update with its penalty value ran 6x slower than without.
+template <class Term>
+double lane_sum(int64_t begin, int64_t end, const Term& term) {
+  double lanes[kLanes] = {};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += term(i + j);
+  double sum = 0.0;
+  for (; i < end; ++i) sum += term(i);
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  return sum;
 }
 
 }  // namespace pyregnet::cpu

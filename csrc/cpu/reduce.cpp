@@ -6,7 +6,9 @@ namespace pyregnet::cpu {
 
 template <class T>
 double penalty(const T* w, int64_t n, double l1, double l2) {
-  return chunked_sum(n, [&](int64_t i) { return penalty_value(w[i], l1, l2); });
+  return chunked_sum(n, [&](int64_t begin, int64_t end) {
+    return lane_sum(begin, end, [&](int64_t i) { return penalty_value(w[i], l1, l2); });
+  });
 }
 
 template <class T>
