@@ -42,6 +42,11 @@ auto by_dtype(const Call& call, Body&& body) {
   return call.dtype() == DType::f32 ? body(float{}) : body(double{});
 }
 
+bool flag(Call& call, py::handle value, const char* name) {
+  if (!PyBool_Check(value.ptr())) call.type_error(std::string(name) + ": expected True or False but got " + std::string(py::repr(value)));
+  return value.cast<bool>();
+}
+
 ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding) {
   call.ndim(x, 4, "(N, C, H, W)");
   call.ndim(w, 4, "(K, C, R, S)");
@@ -100,7 +105,7 @@ py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handl
   return y.owner;
 }
 
-py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle padding_) {
+py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle padding_, py::handle input_grad_) {
   Call call("conv2d_backward");
   Array x = call.array(x_, "x"), w = call.array(w_, "w"), dy = call.array(dy_, "dy");
   call.floats({&x, &w, &dy});
@@ -110,13 +115,15 @@ py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::hand
   if (dy.shape != std::vector<int64_t>{s.N, s.K, s.P, s.Q})
     call.value_error("dy: expected the output shape (N, K, P, Q) = " + shape_str({s.N, s.K, s.P, s.Q}) + " but got " +
                      shape_str(dy.shape));
-  Array dx = call.empty(x.shape, "dx"), dw = call.empty(w.shape, "dw"), db = call.empty({s.K}, "db");
+  const bool input_grad = flag(call, input_grad_, "input_grad");
+  Array dw = call.empty(w.shape, "dw"), db = call.empty({s.K}, "db");
+  Array dx = input_grad ? call.empty(x.shape, "dx") : Array{};
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
     PYREGNET_RUN(call, conv2d_backward<T>, x.ptr<T>(), w.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), dw.ptr<T>(),
                  db.ptr<T>(), s);
   });
-  return py::make_tuple(dx.owner, dw.owner, db.owner);
+  return py::make_tuple(input_grad ? dx.owner : py::object(py::none()), dw.owner, db.owner);
 }
 
 py::object maxpool2d_forward(py::handle x_) {
@@ -259,10 +266,6 @@ int64_t penalized_count(Call& call, py::handle penalized, const Array& buffer) {
   return k;
 }
 
-bool flag(Call& call, py::handle value, const char* name) {
-  if (!PyBool_Check(value.ptr())) call.type_error(std::string(name) + ": expected True or False but got " + std::string(py::repr(value)));
-  return value.cast<bool>();
-}
 
 py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, py::handle step_,
                        py::handle lr_, py::handle beta1_, py::handle beta2_, py::handle eps_, py::handle l1_,
@@ -401,7 +404,8 @@ py::dict build_info() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyregnet's compiled kernels (CPU backend, and CUDA backend when built with nvcc)";
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("padding"));
-  m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("padding"));
+  m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("padding"),
+        py::kw_only(), py::arg("input_grad") = true);
   m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"));
   m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"));
   m.def("relu_forward", &relu_forward, py::arg("x"));

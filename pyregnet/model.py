@@ -89,7 +89,7 @@ def backward(params, cache, dlogits, grad):
     dc2 = ops.relu_backward(c2, ops.maxpool2d_backward(c2, dflat.reshape(p2.shape)))
     dp1, g["conv2.w"][...], g["conv2.b"][...] = ops.conv2d_backward(p1, p["conv2.w"], dc2, 0)
     dc1 = ops.relu_backward(c1, ops.maxpool2d_backward(c1, dp1))
-    _, g["conv1.w"][...], g["conv1.b"][...] = ops.conv2d_backward(x, p["conv1.w"], dc1, 0)
+    _, g["conv1.w"][...], g["conv1.b"][...] = ops.conv2d_backward(x, p["conv1.w"], dc1, 0, input_grad=False)
 
 
 def sparsity(params, thresholds=(1e-3, 1e-4, 0.0)):

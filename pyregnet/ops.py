@@ -23,9 +23,10 @@ def conv2d_forward(x, w, b, padding):
     return _core.conv2d_forward(x, w, b, padding)
 
 
-def conv2d_backward(x, w, dy, padding):
-    """Gradients of conv2d_forward given dy = dL/dy. Returns (dx, dw, db)."""
-    return _core.conv2d_backward(x, w, dy, padding)
+def conv2d_backward(x, w, dy, padding, *, input_grad=True):
+    """Gradients of conv2d_forward given dy = dL/dy. Returns (dx, dw, db); dx is None, and not
+    computed, when ``input_grad`` is False (a first layer has no use for it)."""
+    return _core.conv2d_backward(x, w, dy, padding, input_grad=input_grad)
 
 
 def maxpool2d_forward(x):

@@ -802,6 +802,7 @@ def test_good_input_still_runs_at_the_end(op):
 
 @pytest.mark.parametrize("op, overrides, exc, pattern", [
     ("adam_update", {"with_penalty": 1}, TypeError, r"with_penalty: expected True or False"),
+    ("conv2d_backward", {"input_grad": None}, TypeError, r"input_grad: expected True or False"),
     ("penalty_gradient", {"with_penalty": "yes"}, TypeError, r"with_penalty: expected True or False"),
     ("penalty_gradient", {"penalized": 13}, ValueError, r"penalized: expected an integer in \[0, w.size = 12\]"),
     ("penalty_gradient", {"penalized": -1}, ValueError, r"penalized: expected an integer in \[0, w.size\]"),

@@ -45,6 +45,13 @@ def test_conv2d(backend, dtype, case):
     for name, got, want in zip(("dx", "dw", "db"), grads, ref.conv2d_backward(x, w, dy, pad)):
         assert_close(backend.to_host(got), want, dtype, name)
 
+    # Without the input gradient: no dx, the same dw and db to the bit.
+    dx, dw, db = ops.conv2d_backward(backend.to_device(x), backend.to_device(w), backend.to_device(dy), pad,
+                                     input_grad=False)
+    assert dx is None
+    np.testing.assert_array_equal(backend.to_host(dw), backend.to_host(grads[1]))
+    np.testing.assert_array_equal(backend.to_host(db), backend.to_host(grads[2]))
+
 
 @pytest.mark.parametrize("case", DENSE_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_dense(backend, dtype, case):

@@ -16,6 +16,7 @@ struct XentTotals {
   int64_t bad_labels;   // rows whose label is outside [0, classes) (checked by the CUDA backend)
 };
 
+// conv2d_backward: dx may be nullptr when the input gradient is not needed (the first layer).
 namespace cpu {
 template <class T> void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s);
 template <class T> void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, const ConvShape& s);

@@ -106,6 +106,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
         im2col(x + n * CHW, sh, col.data());
         gemm<T>(sh.K, CRS, PQ, {dyn, PQ, false}, {col.data(), PQ, true}, dw_part, CRS,
                 n > part * kImagesPerPartial, false);
+        if (dx == nullptr) continue;  // the first layer needs no input gradient
         // col now becomes dcol = w^T . dy[n], scattered back into dx[n].
         gemm<T>(CRS, PQ, sh.K, {w, CRS, true}, {dyn, PQ, false}, col.data(), PQ, false, false);
         std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));

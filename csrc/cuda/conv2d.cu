@@ -13,7 +13,8 @@
 //            GEMM M = K, N = C*R*S, Kdim = N*P*Q (long k over few tiles: split-K)
 //   db       db[k] = sum_{n,p,q} dy[n,k,p,q]
 //
-// x and dy indices outside the image read as 0. dx, dw and db are overwritten.
+// x and dy indices outside the image read as 0. dx, dw and db are overwritten; dx may be nullptr
+// (not wanted).
 #include "core/backend.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/check.cuh"
@@ -174,8 +175,9 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
                      Stream st) {
   const ConvGeometry g(s);
   const cudaStream_t stream = as_cuda_stream(st);
-  gemm<T>(FilterColumns<T>{w, g}, OutputGradWindows<T>{dy, g}, InputGrad<T>{dx, g}, s.C,
-          s.N * s.H * s.W, s.K * s.R * s.S, stream, "conv2d_backward (dx)");
+  if (dx != nullptr)  // the first layer needs no input gradient
+    gemm<T>(FilterColumns<T>{w, g}, OutputGradWindows<T>{dy, g}, InputGrad<T>{dx, g}, s.C,
+            s.N * s.H * s.W, s.K * s.R * s.S, stream, "conv2d_backward (dx)");
   gemm<T>(OutputGradRows<T>{dy, g}, ImageWindowsTransposed<T>{x, g}, FilterGrad<T>{dw, g.CRS}, s.K,
           s.C * s.R * s.S, s.N * s.P * s.Q, stream, "conv2d_backward (dw)");
   channel_sum(dy, db, s.N, s.K, s.P * s.Q, stream, "conv2d_backward (db)");
