@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -274,19 +273,11 @@ def _finite(o):
 
 
 def write_json(path, payload):
-    """Writes payload as indented JSON to path atomically (a temporary file in the same folder,
-    then os.replace), creating the folder. Returns the path."""
+    """Writes payload as indented JSON to path atomically, creating the folder. Returns the path."""
+    from pyregnet.files import atomic_write  # the benchmark scripts have located pyregnet by now
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(payload), indent=2, default=_jsonable, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path
 
 

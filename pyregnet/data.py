@@ -22,7 +22,6 @@ This module needs only NumPy (and Pillow for image folders); it never imports ``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import io
@@ -30,7 +29,6 @@ import os
 import pathlib
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -39,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+from .files import atomic_write
 
 __all__ = [
     "CIFAR10_URL", "CIFAR10_MD5", "CLASSES", "DataError", "Dataset", "cache_dir", "load_cifar10",
@@ -124,24 +124,6 @@ def cache_dir() -> pathlib.Path:
 # files
 
 
-def _atomic_write(dest: Path, write):
-    """Call write(fileobj) on a temporary file next to dest, then rename it to dest. On any
-    failure (KeyboardInterrupt included) the temporary file is removed and dest is untouched."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _md5_file(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -190,7 +172,7 @@ def _download(url: str, dest: Path, md5: str | None, progress) -> None:
                             f"nothing was kept: run again to retry; {_OFFLINE_HINT}")
 
     try:
-        _atomic_write(dest, write)
+        atomic_write(dest, write)
     except OSError as exc:  # the cache directory itself (not the transfer, handled above)
         raise DataError(f"cannot write the download to {dest.parent} ({exc}); set PYREGNET_DATA to "
                         f"a writable directory") from exc
@@ -534,7 +516,7 @@ def _load_cache(f: Path, source: str) -> Dataset | None:
 
 def _save_cache(f: Path, ds: Dataset) -> None:
     try:
-        _atomic_write(f, lambda fo: np.savez(fo, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+        atomic_write(f, lambda fo: np.savez(fo, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
                                              y_test=ds.y_test, classes=np.array(ds.classes, dtype=str)))
     except OSError as exc:
         warnings.warn(f"pyregnet.data: could not write the decoded-image cache {f} ({exc}); the "

@@ -11,9 +11,7 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 
 from . import data as datasets
 from . import model, ops
+from .files import atomic_write
 from .optim import Adam
 from .regularizers import KINDS, Penalty
 
@@ -154,20 +153,8 @@ def config_from_args(args):
 
 # ---------------------------------------------------------------- files
 
-def _atomic_write(path, write):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path, state):
-    _atomic_write(path, lambda f: np.savez(f, **state))
+    atomic_write(path, lambda f: np.savez(f, **state))
 
 
 def load_checkpoint(path):
@@ -369,10 +356,10 @@ def train(config: Config, out, resume=False, log=print, progress=True):
     if resume:
         run.restore(state)
         log(f"resuming {out} after epoch {run.epoch}")
-    _atomic_write(out / "config.json", lambda f: f.write(json.dumps(
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(
         {**dataclasses.asdict(config), "data_source": dataset.source, "params": model.N_PARAMS}, indent=2).encode()))
     # metrics.jsonl holds exactly the checkpoint's epochs: an interrupted epoch leaves no line.
-    _atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in run.history).encode()))
+    atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in run.history).encode()))
     log(f"pyregnet.train: {run.penalty.describe()}, {dataset.source}, device {config.device}, "
         f"{model.N_PARAMS:,} parameters, batch {config.batch_size}, lr {config.lr:g}, "
         f"augmentation {'on' if config.augment else 'off'}")
