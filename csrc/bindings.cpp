@@ -47,6 +47,18 @@ bool flag(Call& call, py::handle value, const char* name) {
   return value.cast<bool>();
 }
 
+// A result array shares no memory with the arguments the op reads.
+void separate(Call& call, const Array& out, std::initializer_list<const Array*> inputs) {
+  for (const Array* in : inputs) call.disjoint(*in, out);
+}
+
+// Elementwise ops may write in place: `out` is the input itself, or separate from it.
+void same_or_separate(Call& call, const Array& out, const Array& in) {
+  if (out.data != in.data) call.disjoint(in, out);
+}
+
+double* accumulator_ptr(const Array& a) { return static_cast<double*>(a.data); }
+
 ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding) {
   call.ndim(x, 4, "(N, C, H, W)");
   call.ndim(w, 4, "(K, C, R, S)");
@@ -89,7 +101,8 @@ DenseShape dense_shape(Call& call, const Array& x, const Array& w) {
   return DenseShape{x.dim(0), x.dim(1), w.dim(0)};
 }
 
-py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handle padding_) {
+py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handle padding_, py::handle relu_,
+                          py::handle out_) {
   Call call("conv2d_forward");
   Array x = call.array(x_, "x"), w = call.array(w_, "w"), b = call.array(b_, "b");
   call.floats({&x, &w, &b});
@@ -97,15 +110,18 @@ py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handl
   const ConvShape s = conv_shape(call, x, w, padding);
   call.ndim(b, 1, "(K,)");
   call.dim_equals(b, 0, s.K, "K, the output channels of w");
-  Array y = call.empty({s.N, s.K, s.P, s.Q}, "y");
+  const bool relu = flag(call, relu_, "relu");
+  Array y = call.output(out_, {s.N, s.K, s.P, s.Q}, "out");
+  separate(call, y, {&x, &w, &b});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    PYREGNET_RUN(call, conv2d_forward<T>, x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), s);
+    PYREGNET_RUN(call, conv2d_forward<T>, x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), s, relu);
   });
   return y.owner;
 }
 
-py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle padding_, py::handle input_grad_) {
+py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle padding_, py::handle input_grad_,
+                          py::handle dx_, py::handle dw_, py::handle db_) {
   Call call("conv2d_backward");
   Array x = call.array(x_, "x"), w = call.array(w_, "w"), dy = call.array(dy_, "dy");
   call.floats({&x, &w, &dy});
@@ -116,8 +132,12 @@ py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::hand
     call.value_error("dy: expected the output shape (N, K, P, Q) = " + shape_str({s.N, s.K, s.P, s.Q}) + " but got " +
                      shape_str(dy.shape));
   const bool input_grad = flag(call, input_grad_, "input_grad");
-  Array dw = call.empty(w.shape, "dw"), db = call.empty({s.K}, "db");
-  Array dx = input_grad ? call.empty(x.shape, "dx") : Array{};
+  if (!input_grad && !dx_.is_none()) call.value_error("dx: expected None when input_grad is False");
+  Array dw = call.output(dw_, w.shape, "dw"), db = call.output(db_, {s.K}, "db");
+  Array dx = input_grad ? call.output(dx_, x.shape, "dx") : Array{};
+  separate(call, dw, {&x, &w, &dy});
+  separate(call, db, {&x, &w, &dy, &dw});
+  if (input_grad) separate(call, dx, {&x, &w, &dy, &dw, &db});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
     PYREGNET_RUN(call, conv2d_backward<T>, x.ptr<T>(), w.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), dw.ptr<T>(),
@@ -126,12 +146,13 @@ py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::hand
   return py::make_tuple(input_grad ? dx.owner : py::object(py::none()), dw.owner, db.owner);
 }
 
-py::object maxpool2d_forward(py::handle x_) {
+py::object maxpool2d_forward(py::handle x_, py::handle out_) {
   Call call("maxpool2d_forward");
   Array x = call.array(x_, "x");
   call.floats({&x});
   const PoolShape s = pool_shape(call, x);
-  Array y = call.empty({s.N, s.C, s.P, s.Q}, "y");
+  Array y = call.output(out_, {s.N, s.C, s.P, s.Q}, "out");
+  separate(call, y, {&x});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
     PYREGNET_RUN(call, maxpool2d_forward<T>, x.ptr<T>(), y.ptr<T>(), s);
@@ -139,7 +160,7 @@ py::object maxpool2d_forward(py::handle x_) {
   return y.owner;
 }
 
-py::object maxpool2d_backward(py::handle x_, py::handle dy_) {
+py::object maxpool2d_backward(py::handle x_, py::handle dy_, py::handle out_) {
   Call call("maxpool2d_backward");
   Array x = call.array(x_, "x"), dy = call.array(dy_, "dy");
   call.floats({&x, &dy});
@@ -147,7 +168,8 @@ py::object maxpool2d_backward(py::handle x_, py::handle dy_) {
   if (dy.shape != std::vector<int64_t>{s.N, s.C, s.P, s.Q})
     call.value_error("dy: expected the output shape (N, C, H//2, W//2) = " + shape_str({s.N, s.C, s.P, s.Q}) +
                      " but got " + shape_str(dy.shape));
-  Array dx = call.empty(x.shape, "dx");
+  Array dx = call.output(out_, x.shape, "out");
+  separate(call, dx, {&x, &dy});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
     PYREGNET_RUN(call, maxpool2d_backward<T>, x.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), s);
@@ -155,11 +177,12 @@ py::object maxpool2d_backward(py::handle x_, py::handle dy_) {
   return dx.owner;
 }
 
-py::object relu_forward(py::handle x_) {
+py::object relu_forward(py::handle x_, py::handle out_) {
   Call call("relu_forward");
   Array x = call.array(x_, "x");
   call.floats({&x});
-  Array y = call.empty(x.shape, "y");
+  Array y = call.output(out_, x.shape, "out");
+  same_or_separate(call, y, x);
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
     if (x.numel() > 0) PYREGNET_RUN(call, relu_forward<T>, x.ptr<T>(), y.ptr<T>(), x.numel());
@@ -167,12 +190,14 @@ py::object relu_forward(py::handle x_) {
   return y.owner;
 }
 
-py::object relu_backward(py::handle y_, py::handle dy_) {
+py::object relu_backward(py::handle y_, py::handle dy_, py::handle out_) {
   Call call("relu_backward");
   Array y = call.array(y_, "y"), dy = call.array(dy_, "dy");
   call.floats({&y, &dy});
   call.same_shape(y, dy);
-  Array dx = call.empty(y.shape, "dx");
+  Array dx = call.output(out_, y.shape, "out");
+  separate(call, dx, {&y});
+  same_or_separate(call, dx, dy);
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
     if (y.numel() > 0) PYREGNET_RUN(call, relu_backward<T>, y.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), y.numel());
@@ -180,22 +205,25 @@ py::object relu_backward(py::handle y_, py::handle dy_) {
   return dx.owner;
 }
 
-py::object dense_forward(py::handle x_, py::handle w_, py::handle b_) {
+py::object dense_forward(py::handle x_, py::handle w_, py::handle b_, py::handle relu_, py::handle out_) {
   Call call("dense_forward");
   Array x = call.array(x_, "x"), w = call.array(w_, "w"), b = call.array(b_, "b");
   call.floats({&x, &w, &b});
   const DenseShape s = dense_shape(call, x, w);
   call.ndim(b, 1, "(out,)");
   call.dim_equals(b, 0, s.out, "out, the rows of w");
-  Array y = call.empty({s.N, s.out}, "y");
+  const bool relu = flag(call, relu_, "relu");
+  Array y = call.output(out_, {s.N, s.out}, "out");
+  separate(call, y, {&x, &w, &b});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    PYREGNET_RUN(call, dense_forward<T>, x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), s);
+    PYREGNET_RUN(call, dense_forward<T>, x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), s, relu);
   });
   return y.owner;
 }
 
-py::tuple dense_backward(py::handle x_, py::handle w_, py::handle dy_) {
+py::tuple dense_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle dx_, py::handle dw_,
+                         py::handle db_) {
   Call call("dense_backward");
   Array x = call.array(x_, "x"), w = call.array(w_, "w"), dy = call.array(dy_, "dy");
   call.floats({&x, &w, &dy});
@@ -203,7 +231,10 @@ py::tuple dense_backward(py::handle x_, py::handle w_, py::handle dy_) {
   if (dy.shape != std::vector<int64_t>{s.N, s.out})
     call.value_error("dy: expected the output shape (N, out) = " + shape_str({s.N, s.out}) + " but got " +
                      shape_str(dy.shape));
-  Array dx = call.empty(x.shape, "dx"), dw = call.empty(w.shape, "dw"), db = call.empty({s.out}, "db");
+  Array dx = call.output(dx_, x.shape, "dx"), dw = call.output(dw_, w.shape, "dw"), db = call.output(db_, {s.out}, "db");
+  separate(call, dx, {&x, &w, &dy});
+  separate(call, dw, {&x, &w, &dy, &dx});
+  separate(call, db, {&x, &w, &dy, &dx, &dw});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
     PYREGNET_RUN(call, dense_backward<T>, x.ptr<T>(), w.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), dw.ptr<T>(),
@@ -212,7 +243,7 @@ py::tuple dense_backward(py::handle x_, py::handle w_, py::handle dy_) {
   return py::make_tuple(dx.owner, dw.owner, db.owner);
 }
 
-py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_) {
+py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_, py::handle dlogits_, py::handle into_) {
   Call call("softmax_cross_entropy");
   Array logits = call.array(logits_, "logits"), labels = call.array(labels_, "labels");
   call.floats({&logits});
@@ -231,27 +262,33 @@ py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_) {
                          std::string(py::repr(labels.owner[py::int_(i)])) + " at index " + std::to_string(i));
     }
   }
-  Array dlogits = call.empty(logits.shape, "dlogits");
+  Array dlogits = call.output(dlogits_, logits.shape, "dlogits");
+  separate(call, dlogits, {&logits, &labels});
+  const Array into = call.accumulator(into_, 3, "into");
+  if (into.data != nullptr) separate(call, into, {&logits, &labels, &dlogits});
   const XentTotals totals = by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    return PYREGNET_RUN(call, softmax_cross_entropy<T>, logits.ptr<T>(), lab, dlogits.ptr<T>(), N, classes);
+    return PYREGNET_RUN(call, softmax_cross_entropy<T>, logits.ptr<T>(), lab, dlogits.ptr<T>(), N, classes,
+                        accumulator_ptr(into));
   });
+  if (into.data != nullptr) return py::make_tuple(py::none(), dlogits.owner, py::none());
   if (totals.bad_labels > 0)
     call.value_error("labels: expected class indices in [0, " + std::to_string(classes) + ") but " +
                      std::to_string(totals.bad_labels) + " of " + std::to_string(N) + " are outside it");
   return py::make_tuple(totals.loss_sum / double(N), dlogits.owner, totals.correct);
 }
 
-double penalty(py::handle w_, py::handle l1_, py::handle l2_) {
+py::object penalty(py::handle w_, py::handle l1_, py::handle l2_, py::handle into_) {
   Call call("penalty");
   Array w = call.array(w_, "w");
   call.floats({&w});
   const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
-  if (w.numel() == 0) return 0.0;
-  return by_dtype(call, [&](auto t) {
+  const Array into = call.accumulator(into_, 1, "into");
+  const double value = w.numel() == 0 ? 0.0 : by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    return PYREGNET_RUN(call, penalty<T>, w.ptr<T>(), w.numel(), l1, l2);
+    return PYREGNET_RUN(call, penalty<T>, w.ptr<T>(), w.numel(), l1, l2, accumulator_ptr(into));
   });
+  return into.data != nullptr ? py::object(py::none()) : py::object(py::float_(value));
 }
 
 // The number of leading elements of `buffer` that get the penalty (None: all).
@@ -269,7 +306,7 @@ int64_t penalized_count(Call& call, py::handle penalized, const Array& buffer) {
 
 py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, py::handle step_,
                        py::handle lr_, py::handle beta1_, py::handle beta2_, py::handle eps_, py::handle l1_,
-                       py::handle l2_, py::handle penalized_, py::handle with_penalty_) {
+                       py::handle l2_, py::handle penalized_, py::handle with_penalty_, py::handle into_) {
   Call call("adam_update");
   Array param = call.array(param_, "param"), grad = call.array(grad_, "grad"), m = call.array(m_, "m"),
         v = call.array(v_, "v");
@@ -284,7 +321,7 @@ py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::h
   const Array* args[] = {&param, &grad, &m, &v};
   for (int i = 0; i < 4; ++i)
     for (int j = i + 1; j < 4; ++j) call.disjoint(*args[i], *args[j]);
-  const int64_t step = call.integer(step_, "step", 1, ">= 1");
+  const Counter step = call.counter(step_, "step", 1, ">= 1");
   const double lr = call.real(lr_, "lr"), beta1 = call.real(beta1_, "beta1"), beta2 = call.real(beta2_, "beta2"),
                eps = call.real(eps_, "eps");
   if (!(lr > 0.0) || std::isinf(lr)) call.value_error("lr: expected a finite number > 0 but got " + std::to_string(lr));
@@ -295,17 +332,22 @@ py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::h
   const int64_t n = param.numel();
   const int64_t n_penalized = penalized_count(call, penalized_, param);
   const bool with_penalty = flag(call, with_penalty_, "with_penalty");
-  const AdamStep s{adam_alpha(lr, beta1, beta2, step), beta1, beta2, eps, l1, l2};
+  const Array into = call.accumulator(into_, 1, "into");
+  if (into.data != nullptr) {
+    if (!with_penalty) call.value_error("into: expected None when with_penalty is False (there is no value to add)");
+    for (const Array* a : args) call.disjoint(*a, into);
+  }
+  const AdamStep s{lr, beta1, beta2, eps, l1, l2, step};
   const double value = n == 0 ? 0.0 : by_dtype(call, [&](auto t) {
     using T = decltype(t);
     return PYREGNET_RUN(call, adam_update<T>, param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), n, n_penalized,
-                        s, with_penalty);
+                        s, with_penalty, accumulator_ptr(into));
   });
-  return with_penalty ? py::object(py::float_(value)) : py::object(py::none());
+  return with_penalty && into.data == nullptr ? py::object(py::float_(value)) : py::object(py::none());
 }
 
 py::object penalty_gradient(py::handle w_, py::handle grad_, py::handle l1_, py::handle l2_, py::handle penalized_,
-                            py::handle with_penalty_) {
+                            py::handle with_penalty_, py::handle into_) {
   Call call("penalty_gradient");
   Array w = call.array(w_, "w"), grad = call.array(grad_, "grad");
   call.floats({&w, &grad});
@@ -315,11 +357,17 @@ py::object penalty_gradient(py::handle w_, py::handle grad_, py::handle l1_, py:
   const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
   const int64_t n_penalized = penalized_count(call, penalized_, w);
   const bool with_penalty = flag(call, with_penalty_, "with_penalty");
+  const Array into = call.accumulator(into_, 1, "into");
+  if (into.data != nullptr) {
+    if (!with_penalty) call.value_error("into: expected None when with_penalty is False (there is no value to add)");
+    call.disjoint(grad, into);
+  }
   const double value = n_penalized == 0 ? 0.0 : by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    return PYREGNET_RUN(call, penalty_gradient<T>, w.ptr<T>(), grad.ptr<T>(), n_penalized, l1, l2, with_penalty);
+    return PYREGNET_RUN(call, penalty_gradient<T>, w.ptr<T>(), grad.ptr<T>(), n_penalized, l1, l2, with_penalty,
+                        accumulator_ptr(into));
   });
-  return with_penalty ? py::object(py::float_(value)) : py::object(py::none());
+  return with_penalty && into.data == nullptr ? py::object(py::float_(value)) : py::object(py::none());
 }
 
 int64_t sparsity_count(py::handle w_, py::handle threshold_) {
@@ -335,8 +383,25 @@ int64_t sparsity_count(py::handle w_, py::handle threshold_) {
   });
 }
 
+// The batch size of a gather from `index` at `offset`: out's first dimension when out is given,
+// else what is left of index after a constant offset.
+int64_t batch_size(Call& call, py::handle out, const Array& index, const Counter& offset) {
+  if (!out.is_none()) {
+    const Array o = call.array(out, "out");
+    if (o.shape.empty()) call.value_error("out: expected an array with a batch dimension but got a 0-d array");
+    return o.dim(0);
+  }
+  if (offset.at != nullptr)
+    call.value_error("out: expected an array (it sets the batch size) when offset is an array but got None");
+  if (offset.value > index.dim(0))
+    call.value_error("offset: expected an integer in [0, " + std::to_string(index.dim(0)) + "] (the length of index) but got " +
+                     std::to_string(offset.value));
+  return index.dim(0) - offset.value;
+}
+
 py::object augment_batch(py::handle images_, py::handle index_, py::handle seed_, py::handle step_,
-                         py::handle max_shift_, py::handle flip_, py::handle dtype_) {
+                         py::handle max_shift_, py::handle flip_, py::handle dtype_, py::handle offset_,
+                         py::handle out_, py::handle into_) {
   Call call("augment_batch");
   Array images = call.array(images_, "images"), index = call.array(index_, "index");
   call.bytes(images);
@@ -344,26 +409,51 @@ py::object augment_batch(py::handle images_, py::handle index_, py::handle seed_
   call.result_dtype(dtype_, "dtype");
   call.ndim(images, 4, "(N, H, W, C)");
   call.positive_dims(images, "(N, H, W, C)");
-  call.ndim(index, 1, "(B,)");
-  AugmentShape s{images.dim(0), images.dim(1), images.dim(2), images.dim(3), index.dim(0), 0, true, 0, 0};
+  call.ndim(index, 1, "(n,)");
+  AugmentShape s{images.dim(0), images.dim(1), images.dim(2), images.dim(3), 0, 0, true, 0, {}, {}, index.dim(0)};
   s.seed = uint64_t(call.integer(seed_, "seed", 0, ">= 0"));
-  s.step = uint64_t(call.integer(step_, "step", 0, ">= 0"));
+  s.step = call.counter(step_, "step", 0, ">= 0");
+  s.offset = call.counter(offset_, "offset", 0, ">= 0");
   const int64_t max_shift = call.integer(max_shift_, "max_shift", 0, ">= 0");
   if (max_shift >= std::min(s.H, s.W))
     call.value_error("max_shift: expected a shift smaller than the image (" + std::to_string(std::min(s.H, s.W)) +
                      " pixels) but got " + std::to_string(max_shift));
   s.max_shift = int(max_shift);
   s.flip = flag(call, flip_, "flip");
-  Array batch = call.empty({s.B, s.C, s.H, s.W}, "batch");
+  s.B = batch_size(call, out_, index, s.offset);
+  Array batch = call.output(out_, {s.B, s.C, s.H, s.W}, "out");
+  separate(call, batch, {&images, &index});
+  const Array into = call.accumulator(into_, 1, "into");
+  if (into.data != nullptr) separate(call, into, {&images, &index, &batch});
   const int64_t bad = by_dtype(call, [&](auto t) {
     using T = decltype(t);
     return PYREGNET_RUN(call, augment_batch<T>, images.ptr<uint8_t>(), IntArray{index.data, index.dtype},
-                        batch.ptr<T>(), s);
+                        batch.ptr<T>(), s, accumulator_ptr(into));
   });
   if (bad > 0)
     call.value_error("index: expected sample indices in [0, " + std::to_string(s.N) + ") but " + std::to_string(bad) +
-                     " of " + std::to_string(s.B) + " are outside it");
+                     " of " + std::to_string(s.B) + " (index[offset:offset + " + std::to_string(s.B) +
+                     "]) are outside it or past the end of index");
   return batch.owner;
+}
+
+py::object take(py::handle values_, py::handle index_, py::handle offset_, py::handle out_) {
+  Call call("take");
+  Array values = call.array(values_, "values"), index = call.array(index_, "index");
+  call.integers(values);
+  call.integers(index);
+  call.ndim(values, 1, "(n_values,)");
+  call.ndim(index, 1, "(n,)");
+  const Counter offset = call.counter(offset_, "offset", 0, ">= 0");
+  const int64_t B = batch_size(call, out_, index, offset);
+  Array out = call.output(out_, {B}, "out", "int32");
+  separate(call, out, {&values, &index});
+  {
+    const IntArray v{values.data, values.dtype}, i{index.data, index.dtype};
+    int32_t* const o = out.ptr<int32_t>();
+    PYREGNET_RUN(call, take, v, values.dim(0), i, index.dim(0), offset, o, B);
+  }
+  return out.owner;
 }
 
 py::dict build_info() {
@@ -403,24 +493,33 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyregnet's compiled kernels (CPU backend, and CUDA backend when built with nvcc)";
-  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("padding"));
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("padding"), py::kw_only(),
+        py::arg("relu") = false, py::arg("out") = py::none());
   m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("padding"),
-        py::kw_only(), py::arg("input_grad") = true);
-  m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"));
-  m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"));
-  m.def("relu_forward", &relu_forward, py::arg("x"));
-  m.def("relu_backward", &relu_backward, py::arg("y"), py::arg("dy"));
-  m.def("dense_forward", &dense_forward, py::arg("x"), py::arg("w"), py::arg("b"));
-  m.def("dense_backward", &dense_backward, py::arg("x"), py::arg("w"), py::arg("dy"));
-  m.def("softmax_cross_entropy", &softmax_cross_entropy, py::arg("logits"), py::arg("labels"));
-  m.def("penalty", &penalty, py::arg("w"), py::arg("l1"), py::arg("l2"));
+        py::kw_only(), py::arg("input_grad") = true, py::arg("dx") = py::none(), py::arg("dw") = py::none(),
+        py::arg("db") = py::none());
+  m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none());
+  m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none());
+  m.def("relu_forward", &relu_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none());
+  m.def("relu_backward", &relu_backward, py::arg("y"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none());
+  m.def("dense_forward", &dense_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::kw_only(),
+        py::arg("relu") = false, py::arg("out") = py::none());
+  m.def("dense_backward", &dense_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::kw_only(),
+        py::arg("dx") = py::none(), py::arg("dw") = py::none(), py::arg("db") = py::none());
+  m.def("softmax_cross_entropy", &softmax_cross_entropy, py::arg("logits"), py::arg("labels"), py::kw_only(),
+        py::arg("dlogits") = py::none(), py::arg("into") = py::none());
+  m.def("penalty", &penalty, py::arg("w"), py::arg("l1"), py::arg("l2"), py::kw_only(), py::arg("into") = py::none());
   m.def("adam_update", &adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::kw_only(),
         py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-7,
-        py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none(), py::arg("with_penalty") = false);
+        py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none(), py::arg("with_penalty") = false,
+        py::arg("into") = py::none());
   m.def("penalty_gradient", &penalty_gradient, py::arg("w"), py::arg("grad"), py::arg("l1"), py::arg("l2"), py::kw_only(),
-        py::arg("penalized") = py::none(), py::arg("with_penalty") = false);
+        py::arg("penalized") = py::none(), py::arg("with_penalty") = false, py::arg("into") = py::none());
   m.def("sparsity_count", &sparsity_count, py::arg("w"), py::arg("threshold"));
   m.def("augment_batch", &augment_batch, py::arg("images"), py::arg("index"), py::kw_only(), py::arg("seed"),
-        py::arg("step"), py::arg("max_shift") = 3, py::arg("flip") = true, py::arg("dtype") = "float32");
+        py::arg("step"), py::arg("max_shift") = 3, py::arg("flip") = true, py::arg("dtype") = "float32",
+        py::arg("offset") = 0, py::arg("out") = py::none(), py::arg("into") = py::none());
+  m.def("take", &take, py::arg("values"), py::arg("index"), py::kw_only(), py::arg("offset") = 0,
+        py::arg("out") = py::none());
   m.def("build_info", &build_info);
 }

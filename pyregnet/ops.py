@@ -6,6 +6,15 @@ come back as CuPy arrays. float32 and float64; all arrays of one call share the 
 device and must be C-contiguous. Layouts are PyTorch's: activations (N, C, H, W), conv weight
 (K, C, R, S), dense weight (out, in). Bad arguments raise TypeError or ValueError naming the
 argument; a CUDA failure raises RuntimeError naming the kernel.
+
+For a step captured as a CUDA graph (pyregnet.graph), every op can also
+- write into preallocated arrays (``out=``, ``dx=``/``dw=``/``db=``, ``dlogits=``), which must
+  have the result's shape, dtype and device and share no memory with the inputs (the elementwise
+  ReLU ops may write in place);
+- add its sums on the device to a float64 array (``into=``) instead of returning them to the host,
+  so that nothing synchronizes;
+- read a step or an offset when the kernel runs from a one-element int64 array on its device
+  (``step=``, ``offset=``), so that each replay of a graph sees the current value.
 """
 
 from . import _core
@@ -14,75 +23,83 @@ __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "relu_forward", "relu_backward", "dense_forward", "dense_backward",
     "softmax_cross_entropy", "penalty", "penalty_gradient", "adam_update", "sparsity_count", "augment_batch",
+    "take",
 ]
 
 
-def conv2d_forward(x, w, b, padding):
+def conv2d_forward(x, w, b, padding, *, relu=False, out=None):
     """y = conv(x, w) + b: x (N, C, H, W), w (K, C, R, S), b (K,), stride 1, zero padding
-    ``padding`` >= 0 on every side. Returns y (N, K, H + 2p - R + 1, W + 2p - S + 1)."""
-    return _core.conv2d_forward(x, w, b, padding)
+    ``padding`` >= 0 on every side. Returns y (N, K, H + 2p - R + 1, W + 2p - S + 1); with
+    ``relu``, max(y, 0) applied as y is written (the same values as relu_forward, one pass less)."""
+    return _core.conv2d_forward(x, w, b, padding, relu=relu, out=out)
 
 
-def conv2d_backward(x, w, dy, padding, *, input_grad=True):
+def conv2d_backward(x, w, dy, padding, *, input_grad=True, dx=None, dw=None, db=None):
     """Gradients of conv2d_forward given dy = dL/dy. Returns (dx, dw, db); dx is None, and not
     computed, when ``input_grad`` is False (a first layer has no use for it)."""
-    return _core.conv2d_backward(x, w, dy, padding, input_grad=input_grad)
+    return _core.conv2d_backward(x, w, dy, padding, input_grad=input_grad, dx=dx, dw=dw, db=db)
 
 
-def maxpool2d_forward(x):
+def maxpool2d_forward(x, *, out=None):
     """2x2 max-pooling, stride 2, floor: x (N, C, H, W) -> y (N, C, H // 2, W // 2)."""
-    return _core.maxpool2d_forward(x)
+    return _core.maxpool2d_forward(x, out=out)
 
 
-def maxpool2d_backward(x, dy):
+def maxpool2d_backward(x, dy, *, out=None):
     """dx: each dy element goes to its window's maximum in x (the first one on ties, in
     row-major order); everything else, odd trailing rows and columns included, gets 0."""
-    return _core.maxpool2d_backward(x, dy)
+    return _core.maxpool2d_backward(x, dy, out=out)
 
 
-def relu_forward(x):
-    """y = max(x, 0), any shape (NaN passes through)."""
-    return _core.relu_forward(x)
+def relu_forward(x, *, out=None):
+    """y = max(x, 0), any shape (NaN passes through). ``out`` may be x itself."""
+    return _core.relu_forward(x, out=out)
 
 
-def relu_backward(y, dy):
-    """dx = dy where the forward output y > 0, else 0."""
-    return _core.relu_backward(y, dy)
+def relu_backward(y, dy, *, out=None):
+    """dx = dy where the forward output y > 0, else 0. ``out`` may be dy itself."""
+    return _core.relu_backward(y, dy, out=out)
 
 
-def dense_forward(x, w, b):
-    """y = x . w^T + b: x (N, in), w (out, in), b (out,) -> y (N, out)."""
-    return _core.dense_forward(x, w, b)
+def dense_forward(x, w, b, *, relu=False, out=None):
+    """y = x . w^T + b: x (N, in), w (out, in), b (out,) -> y (N, out); with ``relu``,
+    max(y, 0) applied as y is written."""
+    return _core.dense_forward(x, w, b, relu=relu, out=out)
 
 
-def dense_backward(x, w, dy):
+def dense_backward(x, w, dy, *, dx=None, dw=None, db=None):
     """Gradients of dense_forward given dy (N, out). Returns (dx, dw, db)."""
-    return _core.dense_backward(x, w, dy)
+    return _core.dense_backward(x, w, dy, dx=dx, dw=dw, db=db)
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, *, dlogits=None, into=None):
     """Mean softmax cross-entropy of logits (N, classes) against integer labels (N,) of any
     integer dtype, computed stably. Returns (loss: float, dlogits: the gradient of the mean
     loss, correct: int, the number of rows whose argmax (first on ties) is the label).
-    Labels outside [0, classes) raise ValueError. On the GPU this synchronizes the stream."""
-    return _core.softmax_cross_entropy(logits, labels)
+    Labels outside [0, classes) raise ValueError. On the GPU this synchronizes the stream.
+
+    ``into``: a float64 array (3,) to which [sum of the row losses, correct, bad labels] are
+    added on its device; then nothing synchronizes, the call returns (None, dlogits, None), and
+    on the GPU bad labels are only counted (the CPU still raises)."""
+    return _core.softmax_cross_entropy(logits, labels, dlogits=dlogits, into=into)
 
 
-def penalty(w, l1, l2):
-    """l1 * sum|w| + l2 * sum w^2 (no 1/2), accumulated in double precision. Returns float."""
-    return _core.penalty(w, l1, l2)
+def penalty(w, l1, l2, *, into=None):
+    """l1 * sum|w| + l2 * sum w^2 (no 1/2), accumulated in double precision. Returns float, or
+    with ``into`` (float64 (1,)) adds it there on the device and returns None."""
+    return _core.penalty(w, l1, l2, into=into)
 
 
-def penalty_gradient(w, grad, l1, l2, *, penalized=None, with_penalty=False):
+def penalty_gradient(w, grad, l1, l2, *, penalized=None, with_penalty=False, into=None):
     """The penalty's gradient as its own pass, in place: grad += l1 * sign(w) + 2 * l2 * w
     (sign(0) = 0) over the first ``penalized`` elements (None: all). The unfused alternative to
     adam_update's fused penalty. Returns the penalty value of those weights, summed in the same
-    pass, when ``with_penalty``; else None."""
-    return _core.penalty_gradient(w, grad, l1, l2, penalized=penalized, with_penalty=with_penalty)
+    pass, when ``with_penalty`` (added to ``into`` instead when given); else None."""
+    return _core.penalty_gradient(w, grad, l1, l2, penalized=penalized, with_penalty=with_penalty, into=into)
 
 
 def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7,
-                l1=0.0, l2=0.0, penalized=None, with_penalty=False):
+                l1=0.0, l2=0.0, penalized=None, with_penalty=False, into=None):
     """The fused penalty + Adam update, in place on param, m and v, in one pass and one launch.
 
     g' = grad + l1 * sign(param) + 2 * l2 * param   (sign(0) = 0)
@@ -92,10 +109,11 @@ def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7
     ``penalized``: over a flat parameter buffer whose kernel weights come first, the number of
     leading elements that get the penalty (the biases after them do not); None = all.
     ``with_penalty``: also return l1 * sum|w| + l2 * sum w^2 of those weights before the step,
-    summed (in double) in the same pass; else the call returns None.
+    summed (in double) in the same pass (or add it to ``into``, float64 (1,)); else None.
+    ``step``: t >= 1, or an int64 array (1,) holding t, read when the kernel runs.
     """
     return _core.adam_update(param, grad, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2,
-                             eps=eps, l1=l1, l2=l2, penalized=penalized, with_penalty=with_penalty)
+                             eps=eps, l1=l1, l2=l2, penalized=penalized, with_penalty=with_penalty, into=into)
 
 
 def sparsity_count(w, threshold):
@@ -103,15 +121,28 @@ def sparsity_count(w, threshold):
     return _core.sparsity_count(w, threshold)
 
 
-def augment_batch(images, index, *, seed, step, max_shift=3, flip=True, dtype="float32"):
+def augment_batch(images, index, *, seed, step, max_shift=3, flip=True, dtype="float32", offset=0, out=None,
+                  into=None):
     """Gather and augment a training batch on the images' device.
 
-    images: uint8 (N, H, W, C), the whole data set; index: integers (B,), the samples of this
-    batch. Returns batch (B, C, H, W) of ``dtype`` in [0, 1]: sample b is images[index[b]]
+    images: uint8 (N, H, W, C), the whole data set; index: integers (n,), the samples to take from,
+    starting at position ``offset``: B = out.shape[0] of them when ``out`` is given (needed when
+    offset is an array), else all from offset on. ``step`` and ``offset`` may be int64 arrays (1,)
+    read when the kernel runs. Positions or indices out of range raise ValueError, or are counted
+    in ``into`` (float64 (1,)) when given, their images left zero.
+    Returns batch (B, C, H, W) of ``dtype`` in [0, 1]: sample b is images[index[offset + b]]
     shifted by (dy, dx), each uniform in [-max_shift, max_shift], then mirrored left-right with
     probability 1/2 when ``flip``; pixels shifted in from outside repeat the nearest edge pixel
     (Keras' fill_mode="nearest"). The draws are a hash of (seed, step, b): the same arguments
     give the same batch on every backend. max_shift=0 and flip=False only gather and scale.
     """
     return _core.augment_batch(images, index, seed=seed, step=step, max_shift=max_shift, flip=flip,
-                               dtype=dtype)
+                               dtype=dtype, offset=offset, out=out, into=into)
+
+
+def take(values, index, *, offset=0, out=None):
+    """The batch's labels: out[b] = values[index[offset + b]] as int32, B = out.shape[0] when
+    ``out`` is given (needed when offset is an int64 array (1,) read when the kernel runs), else
+    all from offset on. A position or value out of range gives -1, which softmax_cross_entropy
+    then reports as a bad label."""
+    return _core.take(values, index, offset=offset, out=out)

@@ -234,7 +234,7 @@ void Call::writable(const Array& a) {
 void Call::disjoint(const Array& a, const Array& b) {
   const auto a0 = reinterpret_cast<uintptr_t>(a.data), b0 = reinterpret_cast<uintptr_t>(b.data);
   if (a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes())
-    value_error(b.name + ": expected memory separate from " + a.name + " (it is updated in place) but the two overlap");
+    value_error(b.name + ": expected memory separate from " + a.name + " (one of them is written) but the two overlap");
 }
 
 void Call::ndim(const Array& a, size_t n, const char* letters) {
@@ -310,15 +310,58 @@ double Call::nonneg_real(py::handle obj, const char* name) {
   return v;
 }
 
-Array Call::empty(std::vector<int64_t> shape, const char* name) {
+Array Call::empty(std::vector<int64_t> shape, const char* name, const char* dtype) {
+  if (dtype == nullptr) dtype = dtype_ == DType::f32 ? "float32" : "float64";
   py::object obj;
   if (!on_cuda_) {
-    obj = py::array(py::dtype(dtype_ == DType::f32 ? "float32" : "float64"), shape);
+    obj = py::array(py::dtype(dtype), shape);
   } else {
     py::object cupy = cupy_module(op_);
-    obj = cupy.attr("empty")(py::tuple(py::cast(shape)), dtype_ == DType::f32 ? "float32" : "float64");
+    obj = cupy.attr("empty")(py::tuple(py::cast(shape)), dtype);
   }
   return array(obj, name);
+}
+
+namespace {
+bool is_array(py::handle obj) {
+  return py::isinstance<py::array>(obj) || py::hasattr(obj, "__cuda_array_interface__");
+}
+}  // namespace
+
+Array Call::output(py::handle out, std::vector<int64_t> shape, const char* name, const char* dtype) {
+  if (out.is_none()) return empty(std::move(shape), name, dtype);
+  if (!is_array(out)) type_error(std::string(name) + ": expected None or an array but got " + type_name(out));
+  Array a = array(out, name);
+  const std::string want = dtype != nullptr ? dtype : dtype_name(dtype_);
+  if (a.dtype_str != want) type_error(a.name + ": expected " + want + " but got " + a.dtype_str);
+  if (!a.contiguous) value_error(a.name + ": expected a C-contiguous array but got a strided view");
+  set_device(a);
+  writable(a);
+  if (a.shape != shape) value_error(a.name + ": expected shape " + shape_str(shape) + " but got " + shape_str(a.shape));
+  return a;
+}
+
+Array Call::accumulator(py::handle obj, int64_t n, const char* name) {
+  if (obj.is_none()) return Array{};
+  if (!is_array(obj)) type_error(std::string(name) + ": expected None or a float64 array but got " + type_name(obj));
+  Array a = array(obj, name);
+  if (a.dtype != DType::f64) type_error(a.name + ": expected float64 but got " + a.dtype_str);
+  if (!a.contiguous) value_error(a.name + ": expected a C-contiguous array but got a strided view");
+  set_device(a);
+  writable(a);
+  if (a.shape != std::vector<int64_t>{n})
+    value_error(a.name + ": expected shape (" + std::to_string(n) + ",) but got " + shape_str(a.shape));
+  return a;
+}
+
+Counter Call::counter(py::handle obj, const char* name, int64_t min_value, const char* expected) {
+  if (!is_array(obj)) return Counter{nullptr, integer(obj, name, min_value, expected)};
+  Array a = array(obj, name);
+  if (a.dtype != DType::i64 || a.shape != std::vector<int64_t>{1})
+    type_error(a.name + ": expected an integer " + expected + " or an int64 array of shape (1,) but got a " +
+               a.dtype_str + " array of shape " + shape_str(a.shape));
+  set_device(a);
+  return Counter{a.ptr<const int64_t>(), 0};
 }
 
 void Call::value_error(const std::string& message) const { throw py::value_error(std::string(op_) + ": " + message); }

@@ -72,8 +72,19 @@ class Call {
   double real(py::handle obj, const char* name);
   double nonneg_real(py::handle obj, const char* name);  // finite and >= 0 (lambdas, thresholds)
 
-  // A new C-contiguous array of the call's dtype and device (NumPy, or CuPy for CUDA calls).
-  Array empty(std::vector<int64_t> shape, const char* name);
+  // A new C-contiguous array of the call's dtype (or `dtype`, as NumPy spells it) on the call's
+  // device (NumPy, or CuPy for CUDA calls).
+  Array empty(std::vector<int64_t> shape, const char* name, const char* dtype = nullptr);
+  // The array a result goes into: a new one when `out` is None, else `out` checked to be what
+  // empty() would have made (shape, dtype, device, C-contiguous) and writable. The caller checks
+  // that it shares no memory with the inputs.
+  Array output(py::handle out, std::vector<int64_t> shape, const char* name, const char* dtype = nullptr);
+  // Where an op adds its sums instead of returning them (core/backend.h's `into`): None, or a
+  // writable float64 array of `n` elements on the call's device. Array::data is null for None.
+  Array accumulator(py::handle obj, int64_t n, const char* name);
+  // A step or an offset: an integer >= min_value, or a one-element int64 array on the call's
+  // device read by the kernel when it runs (its value is not checked).
+  Counter counter(py::handle obj, const char* name, int64_t min_value, const char* expected);
 
   [[noreturn]] void value_error(const std::string& message) const;
   [[noreturn]] void type_error(const std::string& message) const;

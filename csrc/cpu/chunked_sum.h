@@ -40,4 +40,11 @@ double lane_sum(int64_t begin, int64_t end, const Term& term) {
   return sum;
 }
 
+// The totals convention of core/backend.h: a sum goes back to the caller, or is added to *into.
+inline double deliver(double sum, double* into) {
+  if (into == nullptr) return sum;
+  *into += sum;
+  return 0.0;
+}
+
 }  // namespace pyregnet::cpu

@@ -73,7 +73,7 @@ constexpr int64_t kImagesPerPartial = 4;
 }  // namespace
 
 template <class T>
-void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& sh) {
+void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, bool relu_out) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
 #pragma omp parallel
   {
@@ -84,7 +84,10 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
       T* yn = y + n * sh.K * PQ;
       gemm<T>(sh.K, PQ, CRS, {w, CRS, false}, {col.data(), PQ, false}, yn, PQ, false, false);
       for (int64_t k = 0; k < sh.K; ++k)
-        for (int64_t i = 0; i < PQ; ++i) yn[k * PQ + i] += b[k];
+        for (int64_t i = 0; i < PQ; ++i) {
+          const T z = yn[k * PQ + i] + b[k];
+          yn[k * PQ + i] = relu_out ? relu(z) : z;
+        }
     }
   }
 }
@@ -128,8 +131,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   }
 }
 
-template void conv2d_forward<float>(const float*, const float*, const float*, float*, const ConvShape&);
-template void conv2d_forward<double>(const double*, const double*, const double*, double*, const ConvShape&);
+template void conv2d_forward<float>(const float*, const float*, const float*, float*, const ConvShape&, bool);
+template void conv2d_forward<double>(const double*, const double*, const double*, double*, const ConvShape&, bool);
 template void conv2d_backward<float>(const float*, const float*, const float*, float*, float*, float*, const ConvShape&);
 template void conv2d_backward<double>(const double*, const double*, const double*, double*, double*, double*, const ConvShape&);
 

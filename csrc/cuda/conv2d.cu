@@ -71,16 +71,18 @@ struct ImageWindows {
   __device__ T operator()(int crs, int npq) const { return im2col(x, g, crs, npq); }
 };
 
-// y[n, k, p, q] = acc + b[k]
+// y[n, k, p, q] = acc + b[k], then the ReLU when fused (one pass over y saved)
 template <class T>
 struct BiasedOutput {
   T* y;
   const T* b;
   ConvGeometry g;
+  bool relu_out;
   __device__ void operator()(int k, int npq, T acc) const {
     int n, pq;
     g.by_PQ.divmod(npq, n, pq);
-    y[(n * g.K + k) * g.PQ + pq] = acc + b[k];
+    const T z = acc + b[k];
+    y[(n * g.K + k) * g.PQ + pq] = relu_out ? relu(z) : z;
   }
 };
 
@@ -164,9 +166,9 @@ struct FilterGrad {
 }  // namespace
 
 template <class T>
-void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s, Stream st) {
+void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s, bool relu_out, Stream st) {
   const ConvGeometry g(s);
-  gemm<T>(FilterRows<T>{w, g.CRS}, ImageWindows<T>{x, g}, BiasedOutput<T>{y, b, g}, s.K,
+  gemm<T>(FilterRows<T>{w, g.CRS}, ImageWindows<T>{x, g}, BiasedOutput<T>{y, b, g, relu_out}, s.K,
           s.N * s.P * s.Q, s.C * s.R * s.S, as_cuda_stream(st), "conv2d_forward");
 }
 
@@ -184,9 +186,9 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
 }
 
 template void conv2d_forward<float>(const float*, const float*, const float*, float*,
-                                    const ConvShape&, Stream);
+                                    const ConvShape&, bool, Stream);
 template void conv2d_forward<double>(const double*, const double*, const double*, double*,
-                                     const ConvShape&, Stream);
+                                     const ConvShape&, bool, Stream);
 template void conv2d_backward<float>(const float*, const float*, const float*, float*, float*,
                                      float*, const ConvShape&, Stream);
 template void conv2d_backward<double>(const double*, const double*, const double*, double*,

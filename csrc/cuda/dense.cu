@@ -55,13 +55,17 @@ struct TransposedB {
   __device__ T operator()(int k, int n) const { return p[n * ld + k]; }
 };
 
-// out[m, n] = acc + bias[n]
+// out[m, n] = acc + bias[n], then the ReLU when fused (one pass over out saved)
 template <class T>
 struct BiasedStore {
   T* out;
   const T* bias;
   int ld;
-  __device__ void operator()(int m, int n, T acc) const { out[m * ld + n] = acc + bias[n]; }
+  bool relu_out;
+  __device__ void operator()(int m, int n, T acc) const {
+    const T z = acc + bias[n];
+    out[m * ld + n] = relu_out ? relu(z) : z;
+  }
 };
 
 // out[m, n] = acc
@@ -75,9 +79,9 @@ struct Store {
 }  // namespace
 
 template <class T>
-void dense_forward(const T* x, const T* w, const T* b, T* y, const DenseShape& s, Stream st) {
+void dense_forward(const T* x, const T* w, const T* b, T* y, const DenseShape& s, bool relu_out, Stream st) {
   const int in = int(s.in), out = int(s.out);
-  gemm<T>(RowMajorA<T>{x, in}, TransposedB<T>{w, in}, BiasedStore<T>{y, b, out}, s.N, s.out, s.in,
+  gemm<T>(RowMajorA<T>{x, in}, TransposedB<T>{w, in}, BiasedStore<T>{y, b, out, relu_out}, s.N, s.out, s.in,
           as_cuda_stream(st), "dense_forward");
 }
 
@@ -94,9 +98,9 @@ void dense_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, co
 }
 
 template void dense_forward<float>(const float*, const float*, const float*, float*,
-                                   const DenseShape&, Stream);
+                                   const DenseShape&, bool, Stream);
 template void dense_forward<double>(const double*, const double*, const double*, double*,
-                                    const DenseShape&, Stream);
+                                    const DenseShape&, bool, Stream);
 template void dense_backward<float>(const float*, const float*, const float*, float*, float*,
                                     float*, const DenseShape&, Stream);
 template void dense_backward<double>(const double*, const double*, const double*, double*,

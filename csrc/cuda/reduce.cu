@@ -1,4 +1,5 @@
-// Whole-array reductions returned to the host: the L1/L2 penalty value and the sparsity count.
+// Whole-array reductions: the L1/L2 penalty value (to the host or added on the device) and the
+// sparsity count.
 //
 // Both are sum_i f(w[i]) by sum_over (cuda/sum_over.cuh): bitwise reproducible.
 #include "core/backend.h"
@@ -30,8 +31,8 @@ struct SmallWeight {
 }  // namespace
 
 template <class T>
-double penalty(const T* w, int64_t n, double l1, double l2, Stream st) {
-  return sum_over<double>(PenaltyTerm<T>{w, l1, l2}, n, as_cuda_stream(st), "penalty");
+double penalty(const T* w, int64_t n, double l1, double l2, double* into, Stream st) {
+  return sum_over<double>(PenaltyTerm<T>{w, l1, l2}, n, as_cuda_stream(st), "penalty", into);
 }
 
 template <class T>
@@ -39,8 +40,8 @@ int64_t sparsity_count(const T* w, int64_t n, double threshold, Stream st) {
   return sum_over<long long>(SmallWeight<T>{w, threshold}, n, as_cuda_stream(st), "sparsity_count");
 }
 
-template double penalty<float>(const float*, int64_t, double, double, Stream);
-template double penalty<double>(const double*, int64_t, double, double, Stream);
+template double penalty<float>(const float*, int64_t, double, double, double*, Stream);
+template double penalty<double>(const double*, int64_t, double, double, double*, Stream);
 template int64_t sparsity_count<float>(const float*, int64_t, double, Stream);
 template int64_t sparsity_count<double>(const double*, int64_t, double, Stream);
 

@@ -38,10 +38,11 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // A single block: each thread sums rows t, t + blockDim, ... in order, then block_sum's fixed
-// tree combines the threads.
+// tree combines the threads. The totals go to `totals`, or are added to into[0..2] (one
+// thread, in stream order: reproducible accumulation over the steps of an epoch).
 __global__ void __launch_bounds__(1024)
     xent_totals_kernel(const double* const row_loss, const int* const row_outcome, const int N,
-                       XentTotals* const totals) {
+                       XentTotals* const totals, double* const into) {
   double loss = 0.0;
   long long correct = 0, bad = 0;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
@@ -52,25 +53,37 @@ __global__ void __launch_bounds__(1024)
   loss = block_sum(loss);
   correct = block_sum(correct);
   bad = block_sum(bad);
-  if (threadIdx.x == 0) *totals = XentTotals{loss, int64_t(correct), int64_t(bad)};
+  if (threadIdx.x != 0) return;
+  if (into == nullptr) {
+    *totals = XentTotals{loss, int64_t(correct), int64_t(bad)};
+  } else {
+    into[0] += loss;
+    into[1] += double(correct);
+    into[2] += double(bad);
+  }
 }
 
 }  // namespace
 
 template <class T>
 XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N,
-                                 int64_t classes, Stream st) {
+                                 int64_t classes, double* into, Stream st) {
   if (N == 0) return XentTotals{0.0, 0, 0};
   const cudaStream_t stream = as_cuda_stream(st);
   const char* const what = "softmax_cross_entropy";
   Scratch<double> row_loss(N, stream, what);
   Scratch<int> row_outcome(N, stream, what);
-  Scratch<XentTotals> totals(1, stream, what);
 
   xent_rows_kernel<T><<<grid_blocks(N), kBlockThreads, 0, stream>>>(
       logits, labels, dlogits, int(N), int(classes), T(1) / T(N), row_loss.get(), row_outcome.get());
   check_launch(what);
-  xent_totals_kernel<<<1, 1024, 0, stream>>>(row_loss.get(), row_outcome.get(), int(N), totals.get());
+  if (into != nullptr) {
+    xent_totals_kernel<<<1, 1024, 0, stream>>>(row_loss.get(), row_outcome.get(), int(N), nullptr, into);
+    check_launch(what);
+    return XentTotals{0.0, 0, 0};
+  }
+  Scratch<XentTotals> totals(1, stream, what);
+  xent_totals_kernel<<<1, 1024, 0, stream>>>(row_loss.get(), row_outcome.get(), int(N), totals.get(), nullptr);
   check_launch(what);
 
   XentTotals host;
@@ -81,8 +94,8 @@ XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, i
 }
 
 template XentTotals softmax_cross_entropy<float>(const float*, IntArray, float*, int64_t, int64_t,
-                                                 Stream);
+                                                 double*, Stream);
 template XentTotals softmax_cross_entropy<double>(const double*, IntArray, double*, int64_t, int64_t,
-                                                  Stream);
+                                                  double*, Stream);
 
 }  // namespace pyregnet::cuda

@@ -1,6 +1,7 @@
 // Element math of activation, penalty and optimizer: the one definition both backends call.
 #pragma once
 #include "math/hd.h"
+#include "math/shapes.h"
 
 namespace pyregnet {
 
@@ -27,25 +28,37 @@ PYREGNET_HD double penalty_value(T w, double l1, double l2) {
   return l1 * (x < 0 ? -x : x) + l2 * x * x;
 }
 
-// Hyper-parameters of one Adam step. alpha_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t) is
-// computed once per step on the host in double (adam_alpha), as Kingma & Ba's efficient form.
+// Hyper-parameters of one Adam step. `step` (t, 1 for the first update) may live in device
+// memory (a Counter), so that a captured CUDA graph advances it on every replay.
 struct AdamStep {
-  double alpha_t, beta1, beta2, eps, l1, l2;
+  double lr, beta1, beta2, eps, l1, l2;
+  Counter step;
 };
 
-inline double adam_alpha(double lr, double beta1, double beta2, long long step) {
-  return lr * std::sqrt(1.0 - std::pow(beta2, double(step))) / (1.0 - std::pow(beta1, double(step)));
+// b^e for e >= 0 by repeated squaring: IEEE multiplications only, so host and device give the
+// same bits (std::pow and CUDA's pow may differ in the last place).
+PYREGNET_HD double power(double b, int64_t e) {
+  double result = 1.0;
+  for (; e > 0; e >>= 1, b *= b)
+    if (e & 1) result *= b;
+  return result;
+}
+
+// alpha_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), Kingma & Ba's efficient form, in double,
+// once per step (host) or once per thread (device) rather than once per element.
+PYREGNET_HD double adam_alpha(const AdamStep& s, int64_t t) {
+  return s.lr * sqrt(1.0 - power(s.beta2, t)) / (1.0 - power(s.beta1, t));
 }
 
 // One parameter's fused update: penalty gradient added to the data gradient (coupled, as
-// Keras' kernel_regularizer does), then Adam. `penalized` says whether this weight is a kernel
-// weight (penalized) or a bias (not).
+// Keras' kernel_regularizer does), then Adam with alpha = adam_alpha(s, t). `penalized` says
+// whether this weight is a kernel weight (penalized) or a bias (not).
 template <class T>
-PYREGNET_HD void adam_element(T& w, T g, T& m, T& v, bool penalized, const AdamStep& s) {
+PYREGNET_HD void adam_element(T& w, T g, T& m, T& v, bool penalized, const AdamStep& s, T alpha) {
   if (penalized) g += penalty_grad(w, T(s.l1), T(s.l2));
   m = T(s.beta1) * m + T(1.0 - s.beta1) * g;
   v = T(s.beta2) * v + T(1.0 - s.beta2) * g * g;
-  w -= T(s.alpha_t) * m / (hd_sqrt(v) + T(s.eps));
+  w -= alpha * m / (hd_sqrt(v) + T(s.eps));
 }
 
 }  // namespace pyregnet

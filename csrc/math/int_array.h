@@ -24,4 +24,23 @@ PYREGNET_HD int64_t int_at(const IntArray& a, int64_t i) {
   }
 }
 
+// The value of a Counter: read from memory when it points there, else its constant.
+PYREGNET_HD int64_t read_counter(const Counter& c) { return c.at ? *c.at : c.value; }
+
+// index[position] when position is in [0, n_index) and that entry is in [0, n_samples); else -1.
+PYREGNET_HD int64_t sample_at(const IntArray& index, int64_t n_index, int64_t position, int64_t n_samples) {
+  if (position < 0 || position >= n_index) return -1;
+  const int64_t n = int_at(index, position);
+  return n < 0 || n >= n_samples ? int64_t(-1) : n;
+}
+
+// values[index[position]] narrowed to int32 (class labels), -1 when anything is out of range.
+PYREGNET_HD int32_t take_at(const IntArray& values, int64_t n_values, const IntArray& index, int64_t n_index,
+                            int64_t position) {
+  const int64_t n = sample_at(index, n_index, position, n_values);
+  if (n < 0) return -1;
+  const int64_t v = int_at(values, n);
+  return v < 0 || v > INT32_MAX ? -1 : int32_t(v);
+}
+
 }  // namespace pyregnet

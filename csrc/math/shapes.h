@@ -25,12 +25,24 @@ struct DenseShape {
   int64_t N, in, out;
 };
 
-// Gather + augment of a batch: images (N, H, W, C) uint8 -> batch (B, C, H, W) float.
+// A step count or an offset that a kernel reads when it runs: from memory when `at` is set (an
+// int64 in device memory for the CUDA backend), so that a captured CUDA graph sees the value of
+// each replay; else the constant `value`. Read with read_counter() (math/int_array.h).
+struct Counter {
+  const int64_t* at;
+  int64_t value;
+};
+
+// Gather + augment of a batch: images (N, H, W, C) uint8 -> batch (B, C, H, W) float; sample b
+// of the batch is images[index[offset + b]], with index holding n_index entries.
 struct AugmentShape {
   int64_t N, H, W, C, B;
   int max_shift;       // 0 = no shift
   bool flip;           // random horizontal flips
-  uint64_t seed, step;
+  uint64_t seed;
+  Counter step;        // the draws are a hash of (seed, step, b)
+  Counter offset;      // the batch's first position in index
+  int64_t n_index;
 };
 
 // An array of any integer dtype (class labels, sample indices), read as int64 by int_at().
