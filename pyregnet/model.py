@@ -67,29 +67,64 @@ def init_params(seed, dtype=np.float32):
     return flat
 
 
-def forward(params, x):
-    """logits (N, 10) of x (N, 3, 32, 32), and what backward needs."""
+class Activations:
+    """The arrays one forward and backward pass over a batch of `batch` images writes, allocated
+    once: a captured CUDA graph replays into the same memory, and no step allocates."""
+
+    def __init__(self, xp, batch, dtype=np.float32):
+        def empty(*shape):
+            return xp.empty((batch, *shape), dtype=dtype)
+        self.batch = batch
+        self.x = empty(*INPUT_SHAPE)
+        self.input = self.x  # what the forward pass last read (backward needs it for conv1's dw)
+        self.labels = xp.empty(batch, dtype=np.int32)
+        self.c1, self.p1 = empty(32, 30, 30), empty(32, 15, 15)   # conv1 + ReLU, pool
+        self.c2, self.p2 = empty(64, 13, 13), empty(64, 6, 6)     # conv2 + ReLU, pool
+        self.flat = self.p2.reshape(batch, 2304)                  # a view: flatten costs nothing
+        self.h, self.logits = empty(128), empty(CLASSES)          # dense1 + ReLU, dense2
+        # Gradients. ReLU backward runs in place; dflat is the pool-2 gradient seen flat.
+        self.dlogits, self.dh, self.dflat = empty(CLASSES), empty(128), empty(2304)
+        self.dc2, self.dp1, self.dc1 = empty(64, 13, 13), empty(32, 15, 15), empty(32, 30, 30)
+
+
+def forward(params, x, act=None):
+    """logits (N, 10) of x (N, 3, 32, 32), written into `act` (an Activations for N images,
+    allocated here when None); returns (logits, act), act being what backward needs. The bias
+    and ReLU run in the epilogue of each conv and dense layer that has them."""
+    if act is None:
+        act = Activations(array_module(x), x.shape[0], x.dtype)
+    act.input = x
     p = views(params)
-    c1 = ops.relu_forward(ops.conv2d_forward(x, p["conv1.w"], p["conv1.b"], 0))
-    p1 = ops.maxpool2d_forward(c1)
-    c2 = ops.relu_forward(ops.conv2d_forward(p1, p["conv2.w"], p["conv2.b"], 0))
-    p2 = ops.maxpool2d_forward(c2)
-    flat = p2.reshape(p2.shape[0], -1)
-    h = ops.relu_forward(ops.dense_forward(flat, p["dense1.w"], p["dense1.b"]))
-    logits = ops.dense_forward(h, p["dense2.w"], p["dense2.b"])
-    return logits, (x, c1, p1, c2, p2, flat, h)
+    ops.conv2d_forward(x, p["conv1.w"], p["conv1.b"], 0, relu=True, out=act.c1)
+    ops.maxpool2d_forward(act.c1, out=act.p1)
+    ops.conv2d_forward(act.p1, p["conv2.w"], p["conv2.b"], 0, relu=True, out=act.c2)
+    ops.maxpool2d_forward(act.c2, out=act.p2)
+    ops.dense_forward(act.flat, p["dense1.w"], p["dense1.b"], relu=True, out=act.h)
+    ops.dense_forward(act.h, p["dense2.w"], p["dense2.b"], out=act.logits)
+    return act.logits, act
 
 
-def backward(params, cache, dlogits, grad):
-    """Writes dloss/dparams into the flat buffer `grad`, given dlogits."""
-    x, c1, p1, c2, p2, flat, h = cache
+def backward(params, act, dlogits, grad):
+    """Writes dloss/dparams straight into the flat buffer `grad` (each layer's gradient kernel
+    writes its slice), given dlogits and the forward pass's `act`."""
     p, g = views(params), views(grad)
-    dh, g["dense2.w"][...], g["dense2.b"][...] = ops.dense_backward(h, p["dense2.w"], dlogits)
-    dflat, g["dense1.w"][...], g["dense1.b"][...] = ops.dense_backward(flat, p["dense1.w"], ops.relu_backward(h, dh))
-    dc2 = ops.relu_backward(c2, ops.maxpool2d_backward(c2, dflat.reshape(p2.shape)))
-    dp1, g["conv2.w"][...], g["conv2.b"][...] = ops.conv2d_backward(p1, p["conv2.w"], dc2, 0)
-    dc1 = ops.relu_backward(c1, ops.maxpool2d_backward(c1, dp1))
-    _, g["conv1.w"][...], g["conv1.b"][...] = ops.conv2d_backward(x, p["conv1.w"], dc1, 0, input_grad=False)
+    ops.dense_backward(act.h, p["dense2.w"], dlogits, dx=act.dh, dw=g["dense2.w"], db=g["dense2.b"])
+    ops.relu_backward(act.h, act.dh, out=act.dh)
+    ops.dense_backward(act.flat, p["dense1.w"], act.dh, dx=act.dflat, dw=g["dense1.w"], db=g["dense1.b"])
+    ops.maxpool2d_backward(act.c2, act.dflat.reshape(act.p2.shape), out=act.dc2)
+    ops.relu_backward(act.c2, act.dc2, out=act.dc2)
+    ops.conv2d_backward(act.p1, p["conv2.w"], act.dc2, 0, dx=act.dp1, dw=g["conv2.w"], db=g["conv2.b"])
+    ops.maxpool2d_backward(act.c1, act.dp1, out=act.dc1)
+    ops.relu_backward(act.c1, act.dc1, out=act.dc1)
+    ops.conv2d_backward(act.input, p["conv1.w"], act.dc1, 0, input_grad=False, dw=g["conv1.w"], db=g["conv1.b"])
+
+
+def array_module(a):
+    """numpy for a NumPy array, else cupy (the only other array library the trainer uses)."""
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+    return cupy
 
 
 def sparsity(params, thresholds=(1e-3, 1e-4, 0.0)):

@@ -18,16 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from . import data as datasets
-from . import model, ops
+from . import engine, model
+from .engine import MAX_SHIFT, PENALTY_MODES  # noqa: F401 (re-exported for the benchmarks)
 from .files import atomic_write
 from .optim import Adam
 from .regularizers import KINDS, Penalty
 
 EXIT_USAGE = 2      # bad arguments or data
 EXIT_DIVERGED = 1   # the loss became NaN or infinite
-MAX_SHIFT = 3       # ±3 px, 10% of 32 (DESIGN.md §1)
 EVAL_BATCH = 1000
-PENALTY_MODES = ("fused", "unfused", "loss")  # how the penalty is applied: training_step
 
 
 @dataclasses.dataclass
@@ -46,11 +45,13 @@ class Config:
     device: str = "cpu"
     augment: bool = True
     penalty_mode: str = "fused"
+    graph: bool = True  # on the GPU, replay each step as a captured CUDA graph (same results)
 
     def same_run(self, other):
-        """Everything but the number of epochs (and where it runs) must match to resume."""
+        """Everything but the number of epochs and how the steps are launched must match to
+        resume."""
         mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
-        for key in ("epochs",):
+        for key in ("epochs", "graph"):
             mine.pop(key), theirs.pop(key)
         return {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
 
@@ -117,6 +118,9 @@ def parser():
                    help="how the penalty is applied (same result, different cost): fused into the Adam pass, "
                         "unfused (its own gradient pass), or loss (a value reduction plus a gradient pass, as "
                         "autodiff frameworks do); see bench/penalty_cost.py")
+    p.add_argument("--no-graph", dest="graph", action="store_false",
+                   help="on the GPU, launch each step's kernels one by one instead of replaying the step captured "
+                        "as a CUDA graph (the same results, slower; for debugging and benchmarks)")
     p.add_argument("--out", metavar="DIR", default=None, help="output directory (default runs/<reg>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     return p
@@ -148,7 +152,7 @@ def config_from_args(args):
     return Config(reg=penalty.kind, l1=penalty.l1, l2=penalty.l2, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, data=args.data, dataset=args.dataset, train_size=args.train_size,
                   val_size=args.val_size, device=resolve_device(args.device), augment=args.augment,
-                  penalty_mode=args.penalty_mode)
+                  penalty_mode=args.penalty_mode, graph=args.graph)
 
 
 # ---------------------------------------------------------------- files
@@ -166,46 +170,6 @@ def load_checkpoint(path):
 
 
 # ---------------------------------------------------------------- training
-
-NO_PENALTY = Penalty()
-
-
-def training_step(params, grad, adam, penalty, images, labels, index, seed, augment, penalty_mode="fused"):
-    """One step: gather and augment the samples `index` of `images` on their device, forward,
-    softmax cross-entropy, backward into `grad`, then the penalty and the Adam update of `params`.
-    Returns (mean data loss, penalty value before the update, correct predictions). The
-    augmentation draw is a function of (seed, adam.step, position), so a step is reproducible.
-
-    penalty_mode, how the penalty is applied (the same numbers, different passes over memory):
-      fused    one pass: penalty gradient + Adam, the penalty value summed in the same pass;
-      unfused  the penalty gradient (and value) as its own pass, then Adam;
-      loss     as autodiff frameworks do it: a reduction for the value, a pass for the gradient,
-               then Adam.
-    """
-    x = ops.augment_batch(images, index, seed=seed, step=adam.step, max_shift=MAX_SHIFT if augment else 0,
-                          flip=augment)
-    logits, cache = model.forward(params, x)
-    loss, dlogits, hits = ops.softmax_cross_entropy(logits, labels[index])
-    if not math.isfinite(loss):  # before the update: the parameters stay as they were
-        raise Diverged(f"the loss became {loss} at step {adam.step + 1}")
-    model.backward(params, cache, dlogits, grad)
-    n = model.N_KERNEL
-    if penalty.kind == "none":
-        value = 0.0
-        adam.update(params, grad, NO_PENALTY, n)
-    elif penalty_mode == "fused":
-        value = adam.update(params, grad, penalty, n, with_penalty=True)
-    elif penalty_mode == "unfused":
-        value = ops.penalty_gradient(params, grad, penalty.l1, penalty.l2, penalized=n, with_penalty=True)
-        adam.update(params, grad, NO_PENALTY, n)
-    else:
-        value = ops.penalty(params[:n], penalty.l1, penalty.l2)
-        ops.penalty_gradient(params, grad, penalty.l1, penalty.l2, penalized=n)
-        adam.update(params, grad, NO_PENALTY, n)
-    if not math.isfinite(value):
-        raise Diverged(f"the penalty became {value} at step {adam.step}")
-    return loss, value, hits
-
 
 class Run:
     """The state of one training run on one device."""
@@ -225,6 +189,7 @@ class Run:
         self.adam = Adam.zeros_like(self.params, lr=config.lr)
         self.epoch = 0
         self.history = []
+        self._engine = None
 
     def to_host(self, a):
         return a.get() if self.xp is not np else a
@@ -244,43 +209,51 @@ class Run:
         self.epoch = int(state["epoch"])
         self.history = json.loads(str(state["history"]))
 
+    @property
+    def engine(self):
+        """The device-resident epochs (pyregnet.engine), built on first use."""
+        if self._engine is None:
+            self._engine = engine.Engine(self, EVAL_BATCH, capture=self.config.graph)
+        return self._engine
+
     def train_epoch(self, progress=None):
-        """One pass over the training set in a seeded random order. Returns the epoch's
-        running means, as Keras reports them: data loss, loss with the penalty, accuracy."""
-        cfg, xp = self.config, self.xp
-        n = len(self.y_train)
-        order = xp.asarray(np.random.default_rng([cfg.seed, self.epoch]).permutation(n))
-        data_loss = total_loss = 0.0
-        correct = 0
-        steps = (n + cfg.batch_size - 1) // cfg.batch_size
-        for i in range(steps):
-            index = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            try:
-                loss, penalty, hits = training_step(self.params, self.grad, self.adam, self.penalty, self.x_train,
-                                                    self.y_train, index, cfg.seed, cfg.augment, cfg.penalty_mode)
-            except Diverged as e:
-                raise Diverged(f"{e} (epoch {self.epoch + 1}, batch {i + 1})") from None
-            batch = len(index)
-            data_loss += loss * batch
-            total_loss += (loss + penalty) * batch
-            correct += hits
-            if progress:
-                progress(i + 1, steps, total_loss / min(n, (i + 1) * cfg.batch_size),
-                         correct / min(n, (i + 1) * cfg.batch_size))
-        return data_loss / n, total_loss / n, correct / n
+        """One pass over the training set in a seeded random order, every image once. Returns
+        the epoch's means, as Keras reports them: data loss, loss with the penalty, accuracy.
+        progress(done, total, running loss, running accuracy) is called after each step on the
+        CPU and once at the end on the GPU (reading the sums mid-epoch would synchronize)."""
+        cfg = self.config
+        n, batch = len(self.y_train), cfg.batch_size
+        last = n % batch
+
+        def total_loss(m):  # a step's penalty counts once per image of its batch
+            return m[engine.LOSS] + batch * m[engine.PENALTY_FULL] + last * m[engine.PENALTY_LAST]
+
+        def report(done, steps, m):
+            seen = min(n, done * batch)
+            progress(done, steps, total_loss(m) / seen, m[engine.CORRECT] / seen)
+
+        order = np.random.default_rng([cfg.seed, self.epoch]).permutation(n)
+        sums, steps = self.engine.train_epoch(order, report if progress else None)
+        self._check(sums, "training")
+        if progress and self.xp is not np:
+            report(steps, steps, sums)
+        return sums[engine.LOSS] / n, total_loss(sums) / n, sums[engine.CORRECT] / n
 
     def evaluate(self):
         """Mean data loss and accuracy on the validation set, no augmentation."""
-        xp = self.xp
+        sums = self.engine.evaluate()
+        self._check(sums, "validation")
         n = len(self.y_val)
-        loss_sum, correct = 0.0, 0
-        for start in range(0, n, EVAL_BATCH):
-            index = xp.arange(start, min(n, start + EVAL_BATCH))
-            x = ops.augment_batch(self.x_val, index, seed=0, step=0, max_shift=0, flip=False)
-            loss, _, hits = ops.softmax_cross_entropy(model.forward(self.params, x)[0], self.y_val[index])
-            loss_sum += loss * len(index)
-            correct += hits
-        return loss_sum / n, correct / n
+        return sums[engine.LOSS] / n, sums[engine.CORRECT] / n
+
+    def _check(self, sums, what):
+        if sums[engine.BAD_LABELS] or sums[engine.BAD_INDICES]:
+            raise RuntimeError(f"{what}: {int(sums[engine.BAD_LABELS])} labels outside [0, {model.CLASSES}) and "
+                               f"{int(sums[engine.BAD_INDICES])} sample indices out of range (a bug: the data were "
+                               f"checked when loaded)")
+        for key, name in ((engine.LOSS, "loss"), (engine.PENALTY_FULL, "penalty"), (engine.PENALTY_LAST, "penalty")):
+            if not math.isfinite(sums[key]):
+                raise Diverged(f"the {what} {name} became {sums[key]} in epoch {self.epoch + 1}")
 
     def run_epoch(self, progress=None):
         t0 = time.perf_counter()

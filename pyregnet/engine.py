@@ -1,0 +1,192 @@
+"""Training and evaluation epochs with no host in the loop (DESIGN.md §2).
+
+Everything a step touches lives on the run's device and is allocated once: the uint8 data set,
+the epoch's sample order, the activations (model.Activations), a clock and the metric sums. A
+step is a fixed sequence of kernel launches over those buffers:
+
+    augment_batch (gathers batch `clock` of the order, draws from (seed, step))  -> take (labels)
+    -> model.forward -> softmax_cross_entropy (sums into `metrics`) -> model.backward
+    -> clock += (1, batch) -> the penalty + Adam update (step t read from the clock, the penalty
+    value summed into `metrics`)
+
+so on the GPU it is captured once as a CUDA graph (CuPy stream capture) and replayed: each
+replay reads the clock that the previous one advanced, so it gathers the next batch with fresh
+random draws and applies the next Adam step. An epoch launches the full-batch graph
+n // batch times and a second graph for the smaller last batch, then reads the metric sums
+once. The first call of each program runs eagerly (it loads the kernels), later calls replay
+the capture: the results are the same bits either way (tests/test_engine.py). On the CPU the
+same programs simply run, so one code path trains on both devices.
+"""
+
+import contextlib
+
+import numpy as np
+
+from . import model, ops
+
+# metrics: [data-loss sum, correct, bad labels, bad sample indices, penalty sum of the full-batch
+# steps, penalty sum of the last-batch steps]. Two penalty sums because a step's penalty counts
+# once per image of its batch in the epoch's mean loss, as Keras reports it.
+LOSS, CORRECT, BAD_LABELS, BAD_INDICES, PENALTY_FULL, PENALTY_LAST = range(6)
+PENALTY_MODES = ("fused", "unfused", "loss")  # how the penalty is applied: the same numbers
+MAX_SHIFT = 3  # augmentation shifts of ±3 px, 10% of 32 (DESIGN.md §1)
+
+
+class Program:
+    """A fixed sequence of launches: run eagerly, or on the GPU captured as a CUDA graph on its
+    second call and replayed from then on."""
+
+    def __init__(self, body, stream=None):
+        self.body, self.stream = body, stream  # stream: a CuPy stream to capture on; None: eager
+        self.calls, self.graph = 0, None
+
+    def __call__(self):
+        self.calls += 1
+        if self.stream is None:
+            self.body()
+            return
+        with self.stream:
+            if self.calls == 1:  # the first call runs eagerly: it loads every kernel
+                self.body()
+                return
+            if self.graph is None:
+                self.stream.begin_capture()
+                try:
+                    self.body()
+                finally:
+                    graph = self.stream.end_capture()
+                self.graph = graph
+            self.graph.launch(stream=self.stream)
+
+
+class Engine:
+    """The device-resident epochs of a train.Run (its parameters, Adam state, penalty, data)."""
+
+    def __init__(self, run, eval_batch, capture=True):
+        cfg, xp = run.config, run.xp
+        self.run, self.xp = run, xp
+        self.capture = capture and xp is not np
+        self.stream = None
+        if self.capture:
+            import cupy
+            # Capture needs a stream other than the legacy default one; a blocking stream keeps
+            # the implicit ordering with work on the default stream (the run's other arrays,
+            # benchmarks' events), so callers need not know about it.
+            self.stream = cupy.cuda.Stream(non_blocking=False)
+        n_train, n_val = len(run.y_train), len(run.y_val)
+        self.order = xp.zeros(n_train, dtype=np.int32)
+        self.val_order = xp.arange(n_val, dtype=np.int32)
+        self.clock = xp.zeros(2, dtype=np.int64)      # [Adam updates done, position in the order]
+        self.val_clock = xp.zeros(1, dtype=np.int64)  # position in the validation set
+        self.metrics = xp.zeros(6, dtype=np.float64)
+        self.val_metrics = xp.zeros(6, dtype=np.float64)
+        self.batch = cfg.batch_size
+        self.train_steps = self._programs(n_train, cfg.batch_size, self._train_step)
+        self.eval_steps = self._programs(n_val, eval_batch, self._eval_step)
+
+    def _programs(self, n, batch, step):
+        """[(program, count)]: the full-batch program n // batch times, then the last batch."""
+        plan = []
+        if n // batch:
+            plan.append((Program(step(batch, last=False), self.stream), n // batch))
+        if n % batch:
+            plan.append((Program(step(n % batch, last=True), self.stream), 1))
+        return plan
+
+    # ------------------------------------------------------------ the step programs
+
+    def _train_step(self, batch, last):
+        run, xp = self.run, self.xp
+        cfg, adam, penalty = run.config, run.adam, run.penalty
+        act = model.Activations(xp, batch, run.params.dtype)
+        tick = xp.asarray([1, self.batch], dtype=np.int64)  # kept: the captured add reads it
+        step, offset = self.clock[0:1], self.clock[1:2]
+        m = self.metrics
+        sums = m[LOSS:BAD_LABELS + 1]
+        bad_indices = m[BAD_INDICES:BAD_INDICES + 1]
+        penalty_sum = m[PENALTY_LAST:PENALTY_LAST + 1] if last else m[PENALTY_FULL:PENALTY_FULL + 1]
+        n_kernel, kernels = model.N_KERNEL, run.params[:model.N_KERNEL]
+        with_penalty = penalty.kind != "none"
+        mode = cfg.penalty_mode
+        shift = MAX_SHIFT if cfg.augment else 0
+
+        def body():
+            ops.augment_batch(run.x_train, self.order, seed=cfg.seed, step=step, offset=offset, max_shift=shift,
+                              flip=cfg.augment, out=act.x, into=bad_indices)
+            ops.take(run.y_train, self.order, offset=offset, out=act.labels)
+            logits, _ = model.forward(run.params, act.x, act)
+            ops.softmax_cross_entropy(logits, act.labels, dlogits=act.dlogits, into=sums)
+            model.backward(run.params, act, act.dlogits, run.grad)
+            self.clock += tick  # the update below is step t = updates done + 1
+            l1, l2 = penalty.l1, penalty.l2
+            if with_penalty and mode == "unfused":
+                ops.penalty_gradient(run.params, run.grad, l1, l2, penalized=n_kernel, with_penalty=True,
+                                     into=penalty_sum)
+            elif with_penalty and mode == "loss":
+                ops.penalty(kernels, l1, l2, into=penalty_sum)
+                ops.penalty_gradient(run.params, run.grad, l1, l2, penalized=n_kernel)
+            fused = with_penalty and mode == "fused"
+            ops.adam_update(run.params, run.grad, adam.m, adam.v, step=step, lr=adam.lr, beta1=adam.beta1,
+                            beta2=adam.beta2, eps=adam.eps, l1=l1 if fused else 0.0, l2=l2 if fused else 0.0,
+                            penalized=n_kernel, with_penalty=fused, into=penalty_sum if fused else None)
+        return body
+
+    def _eval_step(self, batch, last):
+        run, xp = self.run, self.xp
+        act = model.Activations(xp, batch, run.params.dtype)
+        tick = xp.asarray([batch], dtype=np.int64)
+        m = self.val_metrics
+
+        def body():
+            ops.augment_batch(run.x_val, self.val_order, seed=0, step=0, offset=self.val_clock, max_shift=0,
+                              flip=False, out=act.x, into=m[BAD_INDICES:BAD_INDICES + 1])
+            ops.take(run.y_val, self.val_order, offset=self.val_clock, out=act.labels)
+            logits, _ = model.forward(run.params, act.x, act)
+            ops.softmax_cross_entropy(logits, act.labels, dlogits=act.dlogits, into=m[LOSS:BAD_LABELS + 1])
+            self.val_clock += tick
+        return body
+
+    # ------------------------------------------------------------ epochs
+
+    def _run(self, plan, progress=None):
+        """Launches the plan's programs; progress(done, total, metrics) after each step on the
+        CPU, where reading the sums costs nothing (on the GPU that would synchronize)."""
+        total = sum(count for _, count in plan)
+        done = 0
+        for program, count in plan:
+            for _ in range(count):
+                program()
+                done += 1
+                if progress is not None and self.xp is np:
+                    progress(done, total, self.metrics)
+
+    def _stream(self):
+        return self.stream if self.stream is not None else contextlib.nullcontext()
+
+    def train_epoch(self, epoch_order, progress=None):
+        """One pass over the training set in `epoch_order` (a NumPy permutation). Returns the
+        metric sums as NumPy float64 (one read, the only synchronization of the epoch) and the
+        number of steps taken."""
+        run, xp = self.run, self.xp
+        with self._stream():
+            self.order[...] = xp.asarray(epoch_order.astype(np.int32))
+            self.clock[...] = xp.asarray([run.adam.step, 0], dtype=np.int64)
+            self.metrics[...] = 0
+            self._run(self.train_steps, progress)
+            sums = _to_host(self.metrics)
+        steps = sum(count for _, count in self.train_steps)
+        run.adam.step += steps
+        return sums, steps
+
+    def evaluate(self):
+        """Metric sums over the validation set, no augmentation, as NumPy float64."""
+        with self._stream():
+            self.val_clock[...] = 0
+            self.val_metrics[...] = 0
+            self._run(self.eval_steps)
+            return _to_host(self.val_metrics)
+
+
+
+def _to_host(a):
+    return a.get() if hasattr(a, "get") else a.copy()
