@@ -1,31 +1,47 @@
 #!/usr/bin/env bash
-# The GPU verification of pyregnet, in one call of the device tool (an NVIDIA machine with nvcc,
-# CuPy, PyTorch, pytest, scikit-build-core and pybind11 installed, no internet):
-#   build with the CUDA backend required, run the whole test suite, run the benchmarks, and
-#   leave everything under $OUT (default bench/results/gpu-<date>) for copying into bench/results/.
-# Usage (from the repository root, the commit passed in because the copy has no .git):
-#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh
+# The GPU verification of pyregnet, in device-tool calls of at most 10 minutes each (an NVIDIA
+# machine with nvcc, CuPy, PyTorch, pytest, scikit-build-core and pybind11, no internet):
+#
+#   test   build with the CUDA backend required, the whole test suite, the dev/cuda harnesses
+#   bench  step_time, penalty_cost and epoch_time (vs PyTorch eager, torch.compile, cuDNN)
+#   train  20-epoch CIFAR-10 runs: three seeds, one repeated (identical?), one without graphs
+#   all    the three in order (when one call may take longer)
+#
+# Each stage builds first unless this machine already installed this commit. Results go to
+# $OUT (default bench/results/gpu-<date>), at most 8 files per stage (the device tool returns 8).
+# Usage, from the repository root (the copy there has no .git, so the commit is passed in):
+#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|bench|train|all
+# The train stage reads CIFAR-10 from .data/cifar10-jpeg.tar.gz (ignored by git; carry it):
+#   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
 set -uo pipefail
+STAGE=${1:-all}
 OUT=${OUT:-bench/results/gpu-$(date -u +%Y%m%d)}
 mkdir -p "$OUT"
 export PYREGNET_COMMIT=${PYREGNET_COMMIT:-unknown} PYTHONUNBUFFERED=1
-# At most 8 files come back from the device tool's $OUT: scratch goes to $TMP.
-TMP=$(mktemp -d)
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$TMP/gpu.txt" 2>&1
-cat "$TMP/gpu.txt"
+TMP=$(mktemp -d)   # scratch: only $OUT comes back
+status=0
 
-# Build: no build isolation (nothing can be downloaded there), CUDA required.
-PYREGNET_CUDA=ON python3 -m pip install -v --no-build-isolation --no-deps . > "$OUT/build.log" 2>&1 \
-  || { tail -40 "$OUT/build.log"; echo "build failed"; exit 1; }
-grep -E "[1-9][0-9]* bytes spill" "$OUT/build.log" && echo "WARNING: register spills (above)"
-(cd / && python3 -c "import pyregnet, json; print(json.dumps(pyregnet.build_info()))") | tee "$TMP/build_info.json"
+build() {
+  local marker=/tmp/pyregnet-installed-$PYREGNET_COMMIT
+  if [ -f "$marker" ] && [ "$PYREGNET_COMMIT" != unknown ]; then echo "pyregnet $PYREGNET_COMMIT already installed"; return; fi
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  # No build isolation (nothing can be downloaded there); CUDA required.
+  PYREGNET_CUDA=ON python3 -m pip install -v --no-build-isolation --no-deps . > "$OUT/build.log" 2>&1 \
+    || { tail -40 "$OUT/build.log"; echo "build failed"; exit 1; }
+  grep -E "[1-9][0-9]* bytes spill" "$OUT/build.log" && echo "WARNING: register spills (above)"
+  (cd / && python3 -c "import pyregnet, json; print(json.dumps(pyregnet.build_info()))")
+  touch "$marker"
+}
 
-# The whole suite, from the repository root with plain pytest (the installed package is imported).
-python3 -m pytest -q -rs -p no:cacheprovider --rootdir=. -o addopts="" --junitxml="$OUT/junit.xml" tests \
-  > "$OUT/pytest.log" 2>&1
-status=$?
-tail -25 "$OUT/pytest.log"
-python3 - "$OUT" "$status" "$TMP" <<'PY'
+stage_test() {
+  (cd / && python3 -c "import pyregnet, json; print(json.dumps(pyregnet.build_info()))") > "$TMP/build_info.json"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$TMP/gpu.txt" 2>&1
+  # The whole suite, from the repository root with plain pytest (the installed package is imported).
+  python3 -m pytest -q -rs -p no:cacheprovider --rootdir=. -o addopts="" --junitxml="$OUT/junit.xml" tests \
+    > "$OUT/pytest.log" 2>&1
+  status=$?
+  tail -25 "$OUT/pytest.log"
+  python3 - "$OUT" "$status" "$TMP" <<'PY'
 import json, os, sys, datetime, xml.etree.ElementTree as ET
 out, status, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 suite = ET.parse(f"{out}/junit.xml").getroot()
@@ -41,12 +57,65 @@ record = {"device": open(f"{tmp}/gpu.txt").read().strip(), "commit": os.environ[
 json.dump(record, open(f"{out}/tests_gpu.json", "w"), indent=2)
 print(json.dumps(record))
 PY
+  # The kernel harnesses: every version validated against its CPU reference, then timed.
+  bash dev/cuda/run_all.sh "$TMP/dev_cuda" > "$OUT/dev_cuda.log" 2>&1 || { echo "dev/cuda: a harness failed"; status=1; }
+  cat "$TMP"/dev_cuda/*.log >> "$OUT/dev_cuda.log" 2>/dev/null
+  tail -40 "$OUT/dev_cuda.log"
+}
 
-# Benchmarks (each optional: a failure is recorded, not fatal). Epochs of 8,192 images keep the
-# whole call inside the device tool's 10 minutes.
-python3 bench/step_time.py --device cuda --json "$OUT/step_time_cuda.json" > "$OUT/bench.log" 2>&1 \
-  || echo "step_time failed (see bench.log)"
-python3 bench/penalty_cost.py --device cuda --epoch-images 8192 --json "$OUT/penalty_cost_cuda.json" \
-  >> "$OUT/bench.log" 2>&1 || echo "penalty_cost failed (see bench.log)"
-tail -30 "$OUT/bench.log"
+stage_bench() {
+  # Each benchmark is optional: a failure is recorded in bench.log, not fatal to the others.
+  python3 bench/epoch_time.py --device cuda --out "$OUT/epoch_time_cuda.json" > "$OUT/bench.log" 2>&1 \
+    || echo "epoch_time failed (see bench.log)"
+  python3 bench/step_time.py --device cuda --json "$OUT/step_time_cuda.json" >> "$OUT/bench.log" 2>&1 \
+    || echo "step_time failed (see bench.log)"
+  python3 bench/penalty_cost.py --device cuda --json "$OUT/penalty_cost_cuda.json" >> "$OUT/bench.log" 2>&1 \
+    || echo "penalty_cost failed (see bench.log)"
+  tail -60 "$OUT/bench.log"
+}
+
+stage_train() {
+  local data=.data/cifar10-jpeg.tar.gz
+  [ -f "$data" ] || { echo "train: $data is missing (carry .data)"; status=1; return; }
+  export PYREGNET_DATA=$TMP/cache
+  local runs=$TMP/runs
+  mkdir -p "$runs"
+  for args in "0" "1" "2" "0 again" "0 --no-graph"; do
+    set -- $args
+    local seed=$1 name="none-seed$1${2:+-${2#--}}"
+    local extra=""; [ "${2:-}" = "--no-graph" ] && extra="--no-graph"
+    echo "== $name"
+    python3 -m pyregnet.train --reg none --epochs 20 --seed "$seed" --data "$data" --device cuda $extra \
+      --out "$runs/$name" 2>&1 | tail -3 | tee -a "$OUT/train.log"
+  done
+  python3 - "$runs" "$OUT/train_gpu.json" <<'PY'
+import datetime, json, os, sys
+runs, out = sys.argv[1:]
+timing = {"epoch_time_s", "eval_time_s", "images_per_s"}
+def history(name):
+    with open(f"{runs}/{name}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+def strip(h):
+    return [{k: v for k, v in m.items() if k not in timing} for m in h]
+names = sorted(os.listdir(runs))
+record = {"commit": os.environ["PYREGNET_COMMIT"], "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "runs": {n: {"final": {k: history(n)[-1][k] for k in ("train_acc", "val_acc", "train_loss", "val_loss")},
+                       "epoch_time_s": [m["epoch_time_s"] for m in history(n)],
+                       "eval_time_s": [m["eval_time_s"] for m in history(n)]} for n in names}}
+record["same_seed_identical"] = strip(history("none-seed0")) == strip(history("none-seed0-again"))
+record["graph_equals_eager"] = strip(history("none-seed0")) == strip(history("none-seed0-no-graph"))
+json.dump(record, open(out, "w"), indent=2)
+print(json.dumps({k: v for k, v in record.items() if k != "runs"}), {n: r["final"]["val_acc"] for n, r in record["runs"].items()})
+PY
+  tar -czf "$OUT/train_runs.tar.gz" -C "$runs" . 2>/dev/null
+}
+
+build
+case "$STAGE" in
+  test) stage_test ;;
+  bench) stage_bench ;;
+  train) stage_train ;;
+  all) stage_test; stage_bench; stage_train ;;
+  *) echo "usage: bash bench/gpu_suite.sh test|bench|train|all"; exit 2 ;;
+esac
 exit $status
