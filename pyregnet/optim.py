@@ -1,10 +1,8 @@
-"""Adam with the fused penalty over the flat parameter buffer: one ops.adam_update launch per
-step, the penalty gradient on the leading kernel weights only (DESIGN.md §1-2)."""
+"""Adam's state and hyper-parameters over the flat parameter buffer. The update itself is one
+ops.adam_update launch per step, fused with the penalty gradient on the leading kernel weights
+(DESIGN.md §1-2), issued by pyregnet.engine inside the captured step."""
 
 from dataclasses import dataclass
-
-from . import ops
-from .regularizers import Penalty
 
 
 @dataclass
@@ -15,7 +13,7 @@ class Adam:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-7
-    step: int = 0  # updates done
+    step: int = 0  # updates done (the engine's device clock holds it during an epoch)
 
     @classmethod
     def zeros_like(cls, params, **hyper):
@@ -23,11 +21,3 @@ class Adam:
         m[...] = 0
         v = m.copy()
         return cls(m, v, **hyper)
-
-    def update(self, params, grad, penalty: Penalty, n_penalized: int, with_penalty=False):
-        """One step; with_penalty: returns the penalty value of the weights before the step,
-        summed in the update's own pass."""
-        self.step += 1
-        return ops.adam_update(params, grad, self.m, self.v, step=self.step, lr=self.lr, beta1=self.beta1,
-                               beta2=self.beta2, eps=self.eps, l1=penalty.l1, l2=penalty.l2, penalized=n_penalized,
-                               with_penalty=with_penalty)
