@@ -146,21 +146,35 @@ py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::hand
   return py::make_tuple(input_grad ? dx.owner : py::object(py::none()), dw.owner, db.owner);
 }
 
-py::object maxpool2d_forward(py::handle x_, py::handle out_) {
+// The window argmax of max-pooling, uint8 (N, C, P, Q): an array the forward pass writes
+// (`written`) or the backward pass reads; None gives an Array without data.
+Array pool_argmax(Call& call, py::handle argmax, const PoolShape& s, bool written) {
+  if (argmax.is_none()) return Array{};
+  const std::vector<int64_t> shape{s.N, s.C, s.P, s.Q};
+  if (written) return call.output(argmax, shape, "argmax", "uint8");
+  Array a = call.array(argmax, "argmax");
+  call.bytes(a);
+  if (a.shape != shape) call.value_error("argmax: expected shape " + shape_str(shape) + " but got " + shape_str(a.shape));
+  return a;
+}
+
+py::object maxpool2d_forward(py::handle x_, py::handle out_, py::handle argmax_) {
   Call call("maxpool2d_forward");
   Array x = call.array(x_, "x");
   call.floats({&x});
   const PoolShape s = pool_shape(call, x);
   Array y = call.output(out_, {s.N, s.C, s.P, s.Q}, "out");
   separate(call, y, {&x});
+  Array argmax = pool_argmax(call, argmax_, s, true);
+  if (argmax.data != nullptr) separate(call, argmax, {&x, &y});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    PYREGNET_RUN(call, maxpool2d_forward<T>, x.ptr<T>(), y.ptr<T>(), s);
+    PYREGNET_RUN(call, maxpool2d_forward<T>, x.ptr<T>(), y.ptr<T>(), argmax.ptr<uint8_t>(), s);
   });
   return y.owner;
 }
 
-py::object maxpool2d_backward(py::handle x_, py::handle dy_, py::handle out_) {
+py::object maxpool2d_backward(py::handle x_, py::handle dy_, py::handle out_, py::handle argmax_) {
   Call call("maxpool2d_backward");
   Array x = call.array(x_, "x"), dy = call.array(dy_, "dy");
   call.floats({&x, &dy});
@@ -168,11 +182,13 @@ py::object maxpool2d_backward(py::handle x_, py::handle dy_, py::handle out_) {
   if (dy.shape != std::vector<int64_t>{s.N, s.C, s.P, s.Q})
     call.value_error("dy: expected the output shape (N, C, H//2, W//2) = " + shape_str({s.N, s.C, s.P, s.Q}) +
                      " but got " + shape_str(dy.shape));
+  const Array argmax = pool_argmax(call, argmax_, s, false);
   Array dx = call.output(out_, x.shape, "out");
   separate(call, dx, {&x, &dy});
+  if (argmax.data != nullptr) separate(call, dx, {&argmax});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    PYREGNET_RUN(call, maxpool2d_backward<T>, x.ptr<T>(), dy.ptr<T>(), dx.ptr<T>(), s);
+    PYREGNET_RUN(call, maxpool2d_backward<T>, x.ptr<T>(), argmax.ptr<const uint8_t>(), dy.ptr<T>(), dx.ptr<T>(), s);
   });
   return dx.owner;
 }
@@ -498,8 +514,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("padding"),
         py::kw_only(), py::arg("input_grad") = true, py::arg("dx") = py::none(), py::arg("dw") = py::none(),
         py::arg("db") = py::none());
-  m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none());
-  m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none());
+  m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
+        py::arg("argmax") = py::none());
+  m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none(),
+        py::arg("argmax") = py::none());
   m.def("relu_forward", &relu_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none());
   m.def("relu_backward", &relu_backward, py::arg("y"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none());
   m.def("dense_forward", &dense_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::kw_only(),

@@ -80,6 +80,9 @@ class Activations:
         self.labels = xp.empty(batch, dtype=np.int32)
         self.c1, self.p1 = empty(32, 30, 30), empty(32, 15, 15)   # conv1 + ReLU, pool
         self.c2, self.p2 = empty(64, 13, 13), empty(64, 6, 6)     # conv2 + ReLU, pool
+        # Where each pool window's maximum is: the backward pass reads 1 byte instead of 4 x 4.
+        self.a1 = xp.empty((batch, 32, 15, 15), dtype=np.uint8)
+        self.a2 = xp.empty((batch, 64, 6, 6), dtype=np.uint8)
         self.flat = self.p2.reshape(batch, 2304)                  # a view: flatten costs nothing
         self.h, self.logits = empty(128), empty(CLASSES)          # dense1 + ReLU, dense2
         # Gradients. ReLU backward runs in place; dflat is the pool-2 gradient seen flat.
@@ -96,9 +99,9 @@ def forward(params, x, act=None):
     act.input = x
     p = views(params)
     ops.conv2d_forward(x, p["conv1.w"], p["conv1.b"], 0, relu=True, out=act.c1)
-    ops.maxpool2d_forward(act.c1, out=act.p1)
+    ops.maxpool2d_forward(act.c1, out=act.p1, argmax=act.a1)
     ops.conv2d_forward(act.p1, p["conv2.w"], p["conv2.b"], 0, relu=True, out=act.c2)
-    ops.maxpool2d_forward(act.c2, out=act.p2)
+    ops.maxpool2d_forward(act.c2, out=act.p2, argmax=act.a2)
     ops.dense_forward(act.flat, p["dense1.w"], p["dense1.b"], relu=True, out=act.h)
     ops.dense_forward(act.h, p["dense2.w"], p["dense2.b"], out=act.logits)
     return act.logits, act
@@ -111,10 +114,10 @@ def backward(params, act, dlogits, grad):
     ops.dense_backward(act.h, p["dense2.w"], dlogits, dx=act.dh, dw=g["dense2.w"], db=g["dense2.b"])
     ops.relu_backward(act.h, act.dh, out=act.dh)
     ops.dense_backward(act.flat, p["dense1.w"], act.dh, dx=act.dflat, dw=g["dense1.w"], db=g["dense1.b"])
-    ops.maxpool2d_backward(act.c2, act.dflat.reshape(act.p2.shape), out=act.dc2)
+    ops.maxpool2d_backward(act.c2, act.dflat.reshape(act.p2.shape), out=act.dc2, argmax=act.a2)
     ops.relu_backward(act.c2, act.dc2, out=act.dc2)
     ops.conv2d_backward(act.p1, p["conv2.w"], act.dc2, 0, dx=act.dp1, dw=g["conv2.w"], db=g["conv2.b"])
-    ops.maxpool2d_backward(act.c1, act.dp1, out=act.dc1)
+    ops.maxpool2d_backward(act.c1, act.dp1, out=act.dc1, argmax=act.a1)
     ops.relu_backward(act.c1, act.dc1, out=act.dc1)
     ops.conv2d_backward(act.input, p["conv1.w"], act.dc1, 0, input_grad=False, dw=g["conv1.w"], db=g["conv1.b"])
 

@@ -40,15 +40,18 @@ def conv2d_backward(x, w, dy, padding, *, input_grad=True, dx=None, dw=None, db=
     return _core.conv2d_backward(x, w, dy, padding, input_grad=input_grad, dx=dx, dw=dw, db=db)
 
 
-def maxpool2d_forward(x, *, out=None):
-    """2x2 max-pooling, stride 2, floor: x (N, C, H, W) -> y (N, C, H // 2, W // 2)."""
-    return _core.maxpool2d_forward(x, out=out)
+def maxpool2d_forward(x, *, out=None, argmax=None):
+    """2x2 max-pooling, stride 2, floor: x (N, C, H, W) -> y (N, C, H // 2, W // 2). ``argmax``:
+    a uint8 array of y's shape that receives each window's maximum position (0..3, row-major)."""
+    return _core.maxpool2d_forward(x, out=out, argmax=argmax)
 
 
-def maxpool2d_backward(x, dy, *, out=None):
+def maxpool2d_backward(x, dy, *, out=None, argmax=None):
     """dx: each dy element goes to its window's maximum in x (the first one on ties, in
-    row-major order); everything else, odd trailing rows and columns included, gets 0."""
-    return _core.maxpool2d_backward(x, dy, out=out)
+    row-major order; a NaN counts as the maximum); everything else, odd trailing rows and
+    columns included, gets 0. ``argmax`` from maxpool2d_forward of the same x: the positions
+    are read from it instead of recomputed from x (x then only gives the shape)."""
+    return _core.maxpool2d_backward(x, dy, out=out, argmax=argmax)
 
 
 def relu_forward(x, *, out=None):

@@ -5,6 +5,7 @@
 - the fused bias + ReLU epilogue equals relu_forward after the op, bit for bit;
 - sums added on the device (into=) equal the returned sums and accumulate over calls;
 - a step or offset read from an int64 array equals the same integer passed directly;
+- max-pooling's stored argmax gives the backward pass of the recomputed one, bit for bit;
 - take gathers labels, with -1 for anything out of range;
 - bad arguments for all of these raise a named error and write nothing.
 """
@@ -95,6 +96,28 @@ def test_pool_and_relu_outputs(backend, dtype):
     want = backend.to_host(ops.relu_backward(x, g))
     assert ops.relu_backward(x, g, out=g) is g
     same_bits(backend.to_host(g), want, "relu_backward in place")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 7, 6), (3, 5, 9, 11), (64, 32, 30, 30)])
+def test_maxpool_stored_argmax(backend, dtype, shape):
+    rng = np.random.default_rng(10)
+    host = rng.integers(-3, 4, shape).astype(dtype)  # small integers: many ties
+    host.reshape(-1)[::17] = np.nan                  # and NaNs, which count as the maximum
+    x = backend.to_device(host)
+    N, C, H, W = shape
+    argmax = backend.to_device(np.full((N, C, H // 2, W // 2), 255, np.uint8))
+    y = ops.maxpool2d_forward(x, argmax=argmax)
+    same_bits(backend.to_host(y), backend.to_host(ops.maxpool2d_forward(x)), "y with argmax")
+    # The stored position is the first maximum in row-major order, NaN first.
+    windows = host[:, :, :H // 2 * 2, :W // 2 * 2].reshape(N, C, H // 2, 2, W // 2, 2).transpose(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(N, C, H // 2, W // 2, 4)
+    want = np.where(np.isnan(windows).any(-1), np.isnan(windows).argmax(-1), np.nanargmax(
+        np.where(np.isnan(windows), -np.inf, windows), -1))
+    same_bits(backend.to_host(argmax), want.astype(np.uint8), "argmax")
+    dy = backend.to_device(rand(rng, N, C, H // 2, W // 2, dtype=dtype))
+    out = backend.to_device(np.full(shape, np.nan, dtype))
+    assert ops.maxpool2d_backward(x, dy, argmax=argmax, out=out) is out
+    same_bits(backend.to_host(out), backend.to_host(ops.maxpool2d_backward(x, dy)), "dx from the stored argmax")
 
 
 def test_softmax_cross_entropy_into(backend, dtype):
@@ -237,6 +260,12 @@ def cpu_case(case):
         p = rand(rng, 10)
         return lambda: ops.adam_update(p, p.copy(), p.copy(), p.copy(), step=np.array([1, 2]), lr=1e-3), TypeError, \
             r"adam_update: step: .* but got a int64 array of shape \(2,\)"
+    if case == "argmax-dtype":
+        return lambda: ops.maxpool2d_forward(x, argmax=np.zeros((2, 3, 2, 2), np.int8)), TypeError, \
+            r"maxpool2d_forward: argmax: expected uint8 but got int8"
+    if case == "argmax-shape":
+        return lambda: ops.maxpool2d_backward(x, rand(rng, 2, 3, 2, 2), argmax=np.zeros((2, 3, 2, 3), np.uint8)), \
+            ValueError, r"maxpool2d_backward: argmax: expected shape \(2, 3, 2, 2\) but got \(2, 3, 2, 3\)"
     images, index = np.zeros((4, 6, 6, 3), np.uint8), np.arange(4)
     if case == "offset-array-without-out":
         return lambda: ops.augment_batch(images, index, seed=0, step=0, offset=np.array([1])), ValueError, \
@@ -255,7 +284,8 @@ def cpu_case(case):
 @pytest.mark.parametrize("case", [
     "out-shape", "out-dtype", "out-overlaps-input", "out-not-array", "out-read-only", "out-strided",
     "dx-without-input-grad", "into-shape", "into-dtype", "into-without-value", "step-array-dtype", "step-array-shape",
-    "offset-array-without-out", "offset-past-end", "take-out-dtype", "take-float-values"])
+    "offset-array-without-out", "offset-past-end", "take-out-dtype", "take-float-values", "argmax-dtype",
+    "argmax-shape"])
 def test_bad_arguments(case):
     call, exc, pattern = cpu_case(case)
     with pytest.raises(exc, match=pattern) as info:

@@ -30,8 +30,11 @@ struct XentTotals {
                                          bool relu STREAM);                                                     \
   template <class T> void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db,             \
                                           const ConvShape& s STREAM);                                           \
-  template <class T> void maxpool2d_forward(const T* x, T* y, const PoolShape& s STREAM);                       \
-  template <class T> void maxpool2d_backward(const T* x, const T* dy, T* dx, const PoolShape& s STREAM);        \
+  /* argmax (may be nullptr): each window's maximum as 0..3 (math/maxpool.h), written by the */                \
+  /* forward pass and read by the backward pass instead of recomputing it from x. */                            \
+  template <class T> void maxpool2d_forward(const T* x, T* y, uint8_t* argmax, const PoolShape& s STREAM);      \
+  template <class T> void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, T* dx,             \
+                                             const PoolShape& s STREAM);                                        \
   template <class T> void relu_forward(const T* x, T* y, int64_t n STREAM);                                     \
   template <class T> void relu_backward(const T* y, const T* dy, T* dx, int64_t n STREAM);                      \
   template <class T> void dense_forward(const T* x, const T* w, const T* b, T* y, const DenseShape& s,          \
