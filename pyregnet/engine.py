@@ -133,7 +133,7 @@ class Engine:
 
     def _eval_step(self, batch, last):
         run, xp = self.run, self.xp
-        act = model.Activations(xp, batch, run.params.dtype)
+        act = model.Activations(xp, batch, run.params.dtype, backward=False)
         tick = xp.asarray([batch], dtype=np.int64)
         m = self.val_metrics
 

@@ -69,9 +69,10 @@ def init_params(seed, dtype=np.float32):
 
 class Activations:
     """The arrays one forward and backward pass over a batch of `batch` images writes, allocated
-    once: a captured CUDA graph replays into the same memory, and no step allocates."""
+    once: a captured CUDA graph replays into the same memory, and no step allocates. With
+    backward=False only the forward pass's (evaluation) plus dlogits, which the loss writes."""
 
-    def __init__(self, xp, batch, dtype=np.float32):
+    def __init__(self, xp, batch, dtype=np.float32, backward=True):
         def empty(*shape):
             return xp.empty((batch, *shape), dtype=dtype)
         self.batch = batch
@@ -85,9 +86,10 @@ class Activations:
         self.a2 = xp.empty((batch, 64, 6, 6), dtype=np.uint8)
         self.flat = self.p2.reshape(batch, 2304)                  # a view: flatten costs nothing
         self.h, self.logits = empty(128), empty(CLASSES)          # dense1 + ReLU, dense2
-        # Gradients. ReLU backward runs in place; dflat is the pool-2 gradient seen flat.
-        self.dlogits, self.dh, self.dflat = empty(CLASSES), empty(128), empty(2304)
-        self.dc2, self.dp1, self.dc1 = empty(64, 13, 13), empty(32, 15, 15), empty(32, 30, 30)
+        self.dlogits = empty(CLASSES)
+        if backward:  # ReLU backward runs in place; dflat is the pool-2 gradient seen flat
+            self.dh, self.dflat = empty(128), empty(2304)
+            self.dc2, self.dp1, self.dc1 = empty(64, 13, 13), empty(32, 15, 15), empty(32, 30, 30)
 
 
 def forward(params, x, act=None):
@@ -95,7 +97,7 @@ def forward(params, x, act=None):
     allocated here when None); returns (logits, act), act being what backward needs. The bias
     and ReLU run in the epilogue of each conv and dense layer that has them."""
     if act is None:
-        act = Activations(array_module(x), x.shape[0], x.dtype)
+        act = Activations(array_module(x), x.shape[0], x.dtype)  # with the backward pass's arrays
     act.input = x
     p = views(params)
     ops.conv2d_forward(x, p["conv1.w"], p["conv1.b"], 0, relu=True, out=act.c1)
