@@ -35,8 +35,9 @@ inline cudaStream_t as_cuda_stream(void* st) { return static_cast<cudaStream_t>(
 inline void check_launch(const char* what) { PYREGNET_CUDA_CHECK(cudaGetLastError(), what); }
 
 // Elementwise kernels run 256-thread blocks over grid-stride loops. The grid is capped at a
-// fixed 4096 blocks (about 8 waves of fully resident blocks on an H200's 132 SMs), enough to
-// saturate memory bandwidth, so the device is never queried per call.
+// fixed 4096 blocks (about 4 waves at 8 resident 256-thread blocks on each of an H200's 132 SMs;
+// more where registers allow fewer resident blocks), enough to saturate memory bandwidth, so the
+// device is never queried per call.
 constexpr int kBlockThreads = 256;
 constexpr int64_t kMaxGridBlocks = 4096;
 
