@@ -240,7 +240,8 @@ def _nbytes(obj):
 
 def op_breakdown(xp, images, labels, batch, timer, roof):
     """Each kernel of one pyregnet step (reg none, plus the l1l2 extras), timed alone on the
-    inputs of a real step, beside its FLOPs, the bytes it must move and its roofline."""
+    inputs of a real step, beside its FLOPs, the bytes it must move and its roofline. images and
+    labels: the data set on the host (the step's Run puts it on xp's device)."""
     st = PyregnetStep("cuda" if xp is not np else "cpu", images, labels, batch, "none")
     for _ in range(2):
         st()
@@ -460,7 +461,7 @@ def main(argv=None):
         print("per-op breakdown ...", flush=True)
         timer = (lambda fn: common.timeit(fn, warmup=defaults["op_warmup"], repeats=defaults["op_repeats"],
                                           events="cupy" if device == "cuda" else None))
-        rows = op_breakdown(xp, images, labels, batch, timer, roof)
+        rows = op_breakdown(xp, host_images, host_labels, batch, timer, roof)
 
     steps_per_epoch = math.ceil(TRAIN_IMAGES / batch)
     results = []

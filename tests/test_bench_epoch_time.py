@@ -21,7 +21,6 @@ from pyregnet.regularizers import Penalty
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
-import common  # noqa: E402
 import epoch_time as et  # noqa: E402
 
 try:
@@ -153,6 +152,23 @@ def test_kernel_sums_by_hand():
     assert s["none"]["pct_of_roofline"] == pytest.approx(100 / 3)
     assert s["l1l2"]["ms_per_step"] == 4.0 and s["l1l2"]["epoch_s_kernels_alone"] == pytest.approx(0.04)
     assert s["l1l2"]["epoch_s_roofline"] == pytest.approx(0.025)
+
+
+def test_host_values_are_not_captured():
+    """Ops returning a Python number synchronized to read it: the GPU timer does not capture them."""
+    assert et.returns_host_value(1.5) and et.returns_host_value((1.5, np.zeros(3), 7))
+    assert et.returns_host_value([np.zeros(2), 3])
+    assert not et.returns_host_value(None) and not et.returns_host_value(np.zeros(3))
+    assert not et.returns_host_value((np.zeros(3), None, np.ones(2)))
+
+
+def test_cpu_timer_counts_calls():
+    calls = []
+    timer = et.OpTimer("cpu", warmup=2, repeats=3)
+    samples = timer(lambda: calls.append(1))
+    assert len(calls) == 5 and len(samples) == 3 and all(t >= 0 for t in samples)
+    assert timer.runs == [{"reps": 1, "method": "perf_counter per call", "host_s": None, "eager_s": None,
+                           "capture_error": None}]
 
 
 # ---------------------------------------------------------------- PyTorch's augmentation
@@ -341,6 +357,7 @@ def _check_conv(d, torch_ran):
         assert r["flops"] == passes * by_hand[r["layer"]]
         mine = r["pyregnet"]
         assert mine["ms"] > 0 and mine["gflops_per_s"] == pytest.approx(r["flops"] / mine["stats_s"]["median"] / 1e9)
+        assert mine["method"] == "perf_counter per call" and mine["reps_per_sample"] == 1
         if torch_ran:
             assert r["ratio_to_torch"] == pytest.approx(mine["gflops_per_s"] / r["torch"]["gflops_per_s"])
             assert r["max_rel_err"] < 1e-4, r                              # the same convolution
@@ -356,7 +373,7 @@ def _check_kernels(d):
     ops = [r["op"] for r in k["rows"]]
     assert any("conv1" in o for o in ops) and any("softmax" in o for o in ops) and any("adam" in o for o in ops)
     for r in k["rows"]:
-        assert r["ms"] > 0 and r["bytes"] > 0 and r["roofline_ms"] > 0
+        assert r["ms"] > 0 and r["bytes"] > 0 and r["roofline_ms"] > 0 and r["method"] == "perf_counter per call"
         assert r["pct_of_roofline"] == pytest.approx(100 * r["roofline_ms"] / r["ms"])
     for reg, s in k["sums"].items():
         sel = [r for r in k["rows"] if r["reg"] in ("all", reg)]
