@@ -2,15 +2,18 @@
 # The GPU verification of pyregnet, in device-tool calls of at most 10 minutes each (an NVIDIA
 # machine with nvcc, CuPy, PyTorch, pytest, scikit-build-core and pybind11, no internet):
 #
-#   test   build with the CUDA backend required, the whole test suite, the dev/cuda harnesses
-#   bench  step_time, penalty_cost and epoch_time (vs PyTorch eager, torch.compile, cuDNN)
-#   train  20-epoch CIFAR-10 runs: three seeds, one repeated (identical?), one without graphs
-#   all    the three in order (when one call may take longer)
+#   test     build with the CUDA backend required, the whole test suite, the dev/cuda harnesses
+#   epoch    epoch_time: epochs vs PyTorch eager and torch.compile, conv vs cuDNN, update vs copy
+#            bandwidth, every kernel vs its roofline
+#   train    20-epoch CIFAR-10 runs: three seeds, one repeated (identical?), one without graphs
+#   kernels  step_time and penalty_cost
+#   all      the four in order (when one call may take longer)
+# In that order of priority: correctness first, then the targets.
 #
 # Each stage builds first unless this machine already installed this commit. Results go to
 # $OUT (default bench/results/gpu-<date>), at most 8 files per stage (the device tool returns 8).
 # Usage, from the repository root (the copy there has no .git, so the commit is passed in):
-#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|bench|train|all
+#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|epoch|train|kernels|all
 # The train stage reads CIFAR-10 from .data/cifar10-jpeg.tar.gz (ignored by git; carry it):
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
 set -uo pipefail
@@ -63,15 +66,19 @@ PY
   tail -40 "$OUT/dev_cuda.log"
 }
 
-stage_bench() {
-  # Each benchmark is optional: a failure is recorded in bench.log, not fatal to the others.
-  python3 bench/epoch_time.py --device cuda --out "$OUT/epoch_time_cuda.json" > "$OUT/bench.log" 2>&1 \
-    || echo "epoch_time failed (see bench.log)"
-  python3 bench/step_time.py --device cuda --json "$OUT/step_time_cuda.json" >> "$OUT/bench.log" 2>&1 \
-    || echo "step_time failed (see bench.log)"
-  python3 bench/penalty_cost.py --device cuda --json "$OUT/penalty_cost_cuda.json" >> "$OUT/bench.log" 2>&1 \
-    || echo "penalty_cost failed (see bench.log)"
-  tail -60 "$OUT/bench.log"
+stage_epoch() {
+  python3 bench/epoch_time.py --device cuda --out "$OUT/epoch_time_cuda.json" > "$OUT/epoch_time.log" 2>&1 \
+    || { echo "epoch_time failed (see epoch_time.log)"; status=1; }
+  tail -60 "$OUT/epoch_time.log"
+}
+
+stage_kernels() {
+  # Each benchmark is optional: a failure is recorded in kernels.log, not fatal to the other.
+  python3 bench/step_time.py --device cuda --json "$OUT/step_time_cuda.json" > "$OUT/kernels.log" 2>&1 \
+    || { echo "step_time failed (see kernels.log)"; status=1; }
+  python3 bench/penalty_cost.py --device cuda --json "$OUT/penalty_cost_cuda.json" >> "$OUT/kernels.log" 2>&1 \
+    || { echo "penalty_cost failed (see kernels.log)"; status=1; }
+  tail -60 "$OUT/kernels.log"
 }
 
 stage_train() {
@@ -113,9 +120,10 @@ PY
 build
 case "$STAGE" in
   test) stage_test ;;
-  bench) stage_bench ;;
+  epoch) stage_epoch ;;
   train) stage_train ;;
-  all) stage_test; stage_bench; stage_train ;;
-  *) echo "usage: bash bench/gpu_suite.sh test|bench|train|all"; exit 2 ;;
+  kernels) stage_kernels ;;
+  all) stage_test; stage_epoch; stage_train; stage_kernels ;;
+  *) echo "usage: bash bench/gpu_suite.sh test|epoch|train|kernels|all"; exit 2 ;;
 esac
 exit $status
