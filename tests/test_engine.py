@@ -98,3 +98,59 @@ def test_graph_replay_equals_eager_launches_and_repeats(mode):
             assert np.array_equal(got, want), f"{name}: max diff {np.abs(got - want).max()}"
         assert [m["train_loss"] for m in run.history] == [m["train_loss"] for m in ref.history]
         assert [m["val_acc"] for m in run.history] == [m["val_acc"] for m in ref.history]
+
+
+class FakeStream:
+    """Stands in for a CuPy stream: records what Program asks of it."""
+
+    def __init__(self):
+        self.log = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        self.log.append("begin")
+
+    def end_capture(self):
+        self.log.append("end")
+        stream = self
+
+        class Graph:
+            def launch(self, stream=None):
+                stream.log.append("launch")
+        return Graph()
+
+
+def test_program_runs_eagerly_then_captures_once_and_replays():
+    stream = FakeStream()
+    program = engine.Program(lambda: stream.log.append("body"), stream)
+    for _ in range(4):
+        program()
+    # Call 1 runs eagerly (loading the kernels); call 2 captures the body (which then only
+    # records) and launches the graph; calls 3 and 4 replay it.
+    assert stream.log == ["body", "begin", "body", "end", "launch", "launch", "launch"]
+
+    def failing():
+        stream.log.append("body")
+        if len(stream.log) > 1:
+            raise RuntimeError("a launch failed during capture")
+
+    stream.log = []
+    program = engine.Program(failing, stream)
+    program()
+    with pytest.raises(RuntimeError, match="during capture"):
+        program()
+    assert stream.log == ["body", "begin", "body", "end"]  # the capture is ended, not left open
+    assert program.graph is None
+
+
+def test_program_without_a_stream_always_runs_the_body():
+    calls = []
+    program = engine.Program(lambda: calls.append(1), None)
+    for _ in range(3):
+        program()
+    assert calls == [1, 1, 1] and program.graph is None
