@@ -7,13 +7,15 @@
 #            bandwidth, every kernel vs its roofline
 #   train    20-epoch CIFAR-10 runs: three seeds, one repeated (identical?), one without graphs
 #   kernels  step_time and penalty_cost
-#   all      the four in order (when one call may take longer)
+#   sanitize compute-sanitizer memcheck and racecheck over a short training run and the CUDA
+#            kernel tests (the kernels' first runs on a GPU deserve it)
+#   all      the five in order (when one call may take longer)
 # In that order of priority: correctness first, then the issue's targets.
 #
 # Each stage builds first unless this machine already installed this commit. Results go to
 # $OUT (default bench/results/gpu-<date>), at most 8 files per stage (the device tool returns 8).
 # Usage, from the repository root (the copy there has no .git, so the commit is passed in):
-#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|epoch|train|kernels|all
+#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|epoch|train|kernels|sanitize|all
 # The train stage reads CIFAR-10 from .data/cifar10-jpeg.tar.gz (ignored by git; carry it):
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
 set -uo pipefail
@@ -120,13 +122,36 @@ PY
   tar -czf "$OUT/train_runs.tar.gz" -C "$runs" . 2>/dev/null
 }
 
+stage_sanitize() {
+  local log="$OUT/sanitize.log"
+  : > "$log"
+  for tool in memcheck racecheck; do
+    echo "== $tool: 1 epoch, synthetic, eager launches, then the graph" | tee -a "$log"
+    for graph in --no-graph ""; do
+      timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pyregnet.train --dataset synthetic \
+        --train-size 200 --val-size 100 --epochs 2 --device cuda $graph --out "$TMP/san-$tool$graph" >> "$log" 2>&1
+      local rc=$?
+      echo "$tool ${graph:-graph}: exit $rc" | tee -a "$log"
+      [ $rc -eq 0 ] || status=1
+    done
+  done
+  echo "== memcheck over the CUDA kernel tests" | tee -a "$log"
+  timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider \
+    --rootdir=. -o addopts="" -k cuda tests/test_ops.py tests/test_graph_ops.py tests/test_augment.py >> "$log" 2>&1
+  local rc=$?
+  echo "memcheck tests: exit $rc" | tee -a "$log"
+  [ $rc -eq 0 ] || status=1
+  grep -E "ERROR SUMMARY|Invalid|Race" "$log" | sort | uniq -c | head -20
+}
+
 build
 case "$STAGE" in
   test) stage_test ;;
   epoch) stage_epoch ;;
   train) stage_train ;;
   kernels) stage_kernels ;;
-  all) stage_test; stage_epoch; stage_train; stage_kernels ;;
-  *) echo "usage: bash bench/gpu_suite.sh test|epoch|train|kernels|all"; exit 2 ;;
+  sanitize) stage_sanitize ;;
+  all) stage_test; stage_epoch; stage_train; stage_kernels; stage_sanitize ;;
+  *) echo "usage: bash bench/gpu_suite.sh test|epoch|train|kernels|sanitize|all"; exit 2 ;;
 esac
 exit $status
