@@ -134,8 +134,8 @@ def augment_batch(images, index, *, seed, step, max_shift=3, flip=True, dtype="f
     read when the kernel runs. Positions or indices out of range raise ValueError, or are counted
     in ``into`` (float64 (1,)) when given, their images left zero.
     Returns batch (B, C, H, W) of ``dtype`` in [0, 1]: sample b is images[index[offset + b]]
-    shifted by (dy, dx), each uniform in [-max_shift, max_shift], then mirrored left-right with
-    probability 1/2 when ``flip``; pixels shifted in from outside repeat the nearest edge pixel
+    mirrored left-right with probability 1/2 when ``flip``, then shifted by (dy, dx), each uniform
+    in [-max_shift, max_shift]; pixels shifted in from outside repeat the nearest edge pixel
     (Keras' fill_mode="nearest"). The draws are a hash of (seed, step, b): the same arguments
     give the same batch on every backend. max_shift=0 and flip=False only gather and scale.
     """

@@ -215,8 +215,8 @@ def sparsity_count(w, threshold):
 
 
 # --------------------------------------------------------------------------
-# Augmentation: gather a batch, random shift (edge pixels repeat) then
-# horizontal flip, uint8 (N,H,W,C) -> float (B,C,H,W) in [0, 1]
+# Augmentation: gather a batch, random horizontal flip then shift (edge
+# pixels repeat), uint8 (N,H,W,C) -> float (B,C,H,W) in [0, 1]
 # --------------------------------------------------------------------------
 
 _U64 = np.uint64

@@ -37,8 +37,10 @@ PYREGNET_HD AugmentDraw augment_draw(uint64_t seed, uint64_t step, uint64_t i, i
 PYREGNET_HD int64_t clamp_index(int64_t v, int64_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
 
 // Output pixel (h, w) of the transformed image is input pixel (source_row, source_col): the
-// image content moves by (dy, dx), then is mirrored; pixels shifted in from outside repeat the
-// nearest edge pixel (Keras ImageDataGenerator's default fill_mode="nearest").
+// image is mirrored left-right (when flip), then its content moves by (dy, dx); pixels shifted in
+// from outside repeat the nearest edge pixel (Keras ImageDataGenerator's default
+// fill_mode="nearest"). dx is drawn symmetrically, so mirror-then-shift and shift-then-mirror
+// are the same distribution of images.
 PYREGNET_HD int64_t source_row(const AugmentDraw& d, int64_t h, int64_t H) { return clamp_index(h - d.dy, H); }
 PYREGNET_HD int64_t source_col(const AugmentDraw& d, int64_t w, int64_t W) {
   const int64_t c = clamp_index(w - d.dx, W);

@@ -10,12 +10,15 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#include "cuda/block_reduce.cuh"  // the package's block_sum, used by the harnesses' reductions
 
 // ---- error checking ------------------------------------------------------------------------
 
@@ -143,6 +146,22 @@ Timing benchmark_kernel(int repeats, F&& fn, cudaStream_t st = 0, int warmup = 2
   std::sort(ms.begin(), ms.end());
   const auto at = [&](double q) { return double(ms[size_t(q * double(ms.size() - 1) + 0.5)]); };
   return {at(0.5), double(ms.front()), at(0.1), at(0.9), int(ms.size())};
+}
+
+// Host wall-clock microseconds per call of fn() when `calls` calls are enqueued back to back on
+// the legacy default stream and then waited for once (after one untimed call), no L2 flush. The
+// complement of benchmark_kernel for launch-bound ops: with a flush before each repeat the host
+// has enqueued the op's launches long before the GPU reaches them, so the events time the GPU's
+// work alone, while a training step also pays each call's host-side launch cost, measured here.
+template <class F>
+double host_us_per_call(int calls, F&& fn) {
+  fn();
+  cudaCheck(cudaStreamSynchronize(0));
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < calls; ++i) fn();
+  cudaCheck(cudaStreamSynchronize(0));
+  const std::chrono::duration<double, std::micro> elapsed = std::chrono::steady_clock::now() - start;
+  return elapsed.count() / std::max(calls, 1);
 }
 
 // Device-to-device copy bandwidth in bytes/s: a 256 MiB cudaMemcpyAsync, counted as the bytes
@@ -347,27 +366,8 @@ inline unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 32) {
   return unsigned(std::max<int64_t>(1, std::min<int64_t>(ceil_div(work, int64_t(threads)), cap)));
 }
 
-template <class Acc>
-__device__ __forceinline__ Acc warp_sum(Acc v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum of v over the block, valid in thread 0; a fixed tree (warp shuffles, then one warp over
-// the warp totals), so the same inputs give the same bits on every run. blockDim.x must be a
-// multiple of 32 and every thread must call it.
-template <class Acc>
-__device__ Acc block_sum(Acc v) {
-  __shared__ Acc warp_totals[32];
-  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
-  v = warp_sum(v);
-  __syncthreads();  // a previous call's reads of warp_totals are done before they are rewritten
-  if (lane == 0) warp_totals[warp] = v;
-  __syncthreads();
-  if (warp == 0) v = warp_sum(lane < int(blockDim.x) / 32 ? warp_totals[lane] : Acc(0));
-  return v;
-}
+// The package's deterministic block sum (one definition: csrc/cuda/block_reduce.cuh).
+using pyregnet::cuda::block_sum;
 
 // *total += sum of partial[0..count), in a fixed order (each thread's strided share in index
 // order, then block_sum): the second pass of a deterministic two-pass reduction.
@@ -385,6 +385,28 @@ static __global__ void __launch_bounds__(kFinalSumThreads)
 inline void print_timing(const char* what, const Timing& t) {
   std::printf("    %-34s median %9.2f us  min %9.2f us  spread(p10-p90) %5.1f%%  (%d runs)", what,
               t.median_ms * 1e3, t.min_ms * 1e3, 100.0 * t.spread(), t.repeats);
+}
+
+// print_timing, then the bytes a pass must move, the rate achieved and the bytes roofline (those
+// bytes at the measured copy bandwidth `bw`) with the fraction of it reached. One line.
+inline void print_bytes_roofline(const char* what, const Timing& t, double bytes, double bw) {
+  print_timing(what, t);
+  const double sec = t.median_ms * 1e-3;
+  std::printf("  %.3f MB, %6.0f GB/s, roofline %.2f us = %5.1f%% reached\n", bytes / 1e6, bytes / sec / 1e9,
+              bytes / bw * 1e6, 100.0 * (bytes / bw) / sec);
+}
+
+// A compute-heavy kernel's timing beside its roofline: GFLOP/s and % of FP32 peak, the bytes it
+// must move at the measured bandwidth, and which bound the roofline time is.
+inline void print_compute_rates(const char* what, const Timing& t, double flops, double bytes, double peak,
+                                double bw) {
+  print_timing(what, t);
+  const double sec = t.median_ms * 1e-3;
+  const double t_compute = flops / peak, t_memory = bytes / bw;
+  const double t_roof = std::max(t_compute, t_memory);
+  std::printf("\n      %8.1f GFLOP/s = %5.2f%% of FP32 peak; %.3f MB at %.0f GB/s; roofline %.2f us (%s bound) = %5.1f%% reached\n",
+              flops / sec / 1e9, 100.0 * flops / sec / peak, bytes / 1e6, bytes / sec / 1e9, t_roof * 1e6,
+              t_compute >= t_memory ? "compute" : "memory", 100.0 * t_roof / sec);
 }
 
 }  // namespace dev

@@ -239,16 +239,6 @@ struct Tensors {
   }
 };
 
-void print_rates(const char* what, const dev::Timing& t, double flops, double bytes, double peak, double bw) {
-  dev::print_timing(what, t);
-  const double sec = t.median_ms * 1e-3;
-  const double t_compute = flops / peak, t_memory = bytes / bw;
-  const double t_roof = std::max(t_compute, t_memory);
-  std::printf("\n      %8.1f GFLOP/s = %5.2f%% of FP32 peak; %.2f MB at %.0f GB/s; roofline %.2f us (%s bound) = %5.1f%% reached\n",
-              flops / sec / 1e9, 100.0 * flops / sec / peak, bytes / 1e6, bytes / sec / 1e9, t_roof * 1e6,
-              t_compute >= t_memory ? "compute" : "memory", 100.0 * t_roof / sec);
-}
-
 struct Case {
   std::string name;
   ConvShape s;
@@ -310,13 +300,13 @@ int run_case(const Case& c, double peak, double bw) {
       ++failures;
       std::printf("  v1: WRONG, not timed\n");
     } else if (c.timed) {
-      print_rates("v1 forward (+bias+ReLU)",
+      dev::print_compute_rates("v1 forward (+bias+ReLU)",
                   dev::benchmark_kernel(repeats, [&] { forward_v1(t.x.get(), t.w.get(), t.b.get(), t.y.get(), s, true); }),
                   flops, fwd_bytes, peak, bw);
-      print_rates("v1 backward-data (dx)",
+      dev::print_compute_rates("v1 backward-data (dx)",
                   dev::benchmark_kernel(repeats, [&] { backward_data_v1(t.w.get(), t.dy.get(), t.dx.get(), s); }), flops,
                   data_bytes, peak, bw);
-      print_rates("v1 backward-filter (dw+db)", dev::benchmark_kernel(repeats, [&] {
+      dev::print_compute_rates("v1 backward-filter (dw+db)", dev::benchmark_kernel(repeats, [&] {
                     backward_filter_v1(t.x.get(), t.dy.get(), t.dw.get(), t.db.get(), s);
                   }),
                   flops, filter_bytes, peak, bw);
@@ -350,7 +340,7 @@ int run_case(const Case& c, double peak, double bw) {
       ++failures;
       std::printf("  v2: WRONG, not timed\n");
     } else if (c.timed) {
-      print_rates("v2 forward (+bias+ReLU)", dev::benchmark_kernel(repeats, [&] {
+      dev::print_compute_rates("v2 forward (+bias+ReLU)", dev::benchmark_kernel(repeats, [&] {
                     pyregnet::cuda::conv2d_forward<float>(t.x.get(), t.w.get(), t.b.get(), t.y.get(), s, true, st);
                   }),
                   flops, fwd_bytes, peak, bw);
@@ -361,13 +351,13 @@ int run_case(const Case& c, double peak, double bw) {
         pyregnet::cuda::conv2d_backward<float>(t.x.get(), t.w.get(), t.dy.get(), t.dx.get(), t.dw.get(), t.db.get(), s,
                                                st);
       });
-      print_rates("v2 backward-filter (dw+db, dx=null)", filter, flops, filter_bytes, peak, bw);
-      print_rates("v2 backward (dx+dw+db)", both, 2.0 * flops, data_bytes + filter_bytes, peak, bw);
+      dev::print_compute_rates("v2 backward-filter (dw+db, dx=null)", filter, flops, filter_bytes, peak, bw);
+      dev::print_compute_rates("v2 backward (dx+dw+db)", both, 2.0 * flops, data_bytes + filter_bytes, peak, bw);
       // Medians subtract; the spread of a difference is not meaningful, so only the median.
       dev::Timing data = both;
       data.median_ms = both.median_ms - filter.median_ms;
       data.min_ms = data.p10_ms = data.p90_ms = data.median_ms;
-      print_rates("v2 backward-data (dx) = both - filter", data, flops, data_bytes, peak, bw);
+      dev::print_compute_rates("v2 backward-data (dx) = both - filter", data, flops, data_bytes, peak, bw);
     }
   }
 #endif

@@ -2,10 +2,11 @@
 # Builds every dev/cuda harness and runs it on the GPU, writing logs to the directory $1
 # (default /tmp/pyregnet-dev-cuda/logs):
 #   build.log           the compiler output (-Xptxas -v: registers, stack, spills per kernel)
-#   <harness>.log       each harness's validation and timings
-#   summary.txt         the device, how each harness was built, its exit status and last line,
+#   harnesses.log       every harness's validation and timings, one section per harness
+#   summary.txt         the device, how each harness was built, its exit status and verdict,
 #                       and a table of registers and spills per kernel
-# Five files, one folder: within what a device call brings back from $OUT.
+# Three files, one folder, however many harnesses: within the five files a device call brings
+# back from $OUT.
 #
 # Each harness is built with the package's .cu it compares against; if that does not compile
 # (the package being mid-edit), it is built without (its own versions only) and summary.txt says
@@ -21,13 +22,17 @@ export BUILD="${BUILD:-/tmp/pyregnet-dev-cuda}"
 export NVCC="${NVCC:-nvcc}"
 jobs="${JOBS:-4}"
 run_timeout="${RUN_TIMEOUT:-300}"
-harnesses=(adam_update conv2d maxpool2d)
+harnesses=(adam_update augment conv2d dense maxpool2d relu softmax_xent)
 
 mkdir -p "$logs" "$BUILD"
 build_log="$logs/build.log"
+harness_log="$logs/harnesses.log"
 summary="$logs/summary.txt"
 : >"$build_log"
+: >"$harness_log"
 : >"$summary"
+# Each run's output goes here first (outside the log folder), then into harnesses.log.
+run_out="$BUILD/run_all.current.log"
 status=0
 
 say() { echo "$*" | tee -a "$summary"; }
@@ -47,10 +52,12 @@ fi
 
 # The Makefile's flags, for machines without make. Keep in step with Makefile.
 flags=(-O3 -std=c++17 -arch=sm_90 -Xptxas -v -lineinfo -I"$here/../../csrc" -DPYREGNET_WITH_CUDA=1)
+# csrc/cuda/<source>.cu of each harness (the Makefile's PACKAGE_SOURCE_<harness>).
 package_source() {
   case "$1" in
     adam_update) echo adam ;;
-    *) echo "$1" ;;
+    relu) echo activation ;;
+    *) echo "$1" ;;  # augment, conv2d, dense, maxpool2d, softmax_xent
   esac
 }
 build_with_package() {  # $1 = harness; without make
@@ -70,12 +77,16 @@ build_standalone() {  # $1 = harness
 # Stale binaries from an earlier build must not stand in for one that fails now.
 for h in "${harnesses[@]}"; do rm -f "$BUILD/$h" "$BUILD/${h}_standalone"; done
 
-# With make: everything at once, in parallel, keeping going past a failure (-k); without it,
-# harness by harness below.
+# With make: everything at once, in parallel, keeping going past a failure (-k), each compile's
+# output kept together (--output-sync, GNU make >= 4: the register table below pairs each
+# "Compiling entry function" line with the lines after it, which interleaved parallel output
+# would mismatch); without make, harness by harness below.
 have_make=0
 if command -v make >/dev/null 2>&1; then
   have_make=1
-  make -C "$here" -k -j"$jobs" "${harnesses[@]}" >>"$build_log" 2>&1
+  sync_output=()
+  make --help 2>/dev/null | grep -q -- '--output-sync' && sync_output=(--output-sync=target)
+  make -C "$here" -k -j"$jobs" ${sync_output[@]+"${sync_output[@]}"} "${harnesses[@]}" >>"$build_log" 2>&1
 fi
 
 for h in "${harnesses[@]}"; do
@@ -95,14 +106,20 @@ for h in "${harnesses[@]}"; do
     fi
   fi
   echo "== $h ($how) ==" >&2
-  timeout "$run_timeout" "$bin" >"$logs/$h.log" 2>&1
+  timeout "$run_timeout" "$bin" >"$run_out" 2>&1
   rc=$?
   [[ $rc -ne 0 ]] && status=1
-  verdict="$(grep -E '^(ALL OK|FAILED)' "$logs/$h.log" | tail -n 1)"
-  [[ -z "$verdict" ]] && verdict="no verdict; last line: $(tail -n 1 "$logs/$h.log")"
+  {
+    echo "######## $h ($how): exit $rc ########"
+    cat "$run_out"
+    echo
+  } >>"$harness_log"
+  verdict="$(grep -E '^(ALL OK|FAILED)' "$run_out" | tail -n 1)"
+  [[ -z "$verdict" ]] && verdict="no verdict; last line: $(tail -n 1 "$run_out")"
   say "$h ($how): exit $rc; $verdict"
   if [[ $rc -eq 124 ]]; then say "  (timed out after ${run_timeout}s)"; fi
 done
+rm -f "$run_out"
 
 # Registers, stack and spills per kernel, from ptxas -v (names demangled when c++filt exists).
 {
