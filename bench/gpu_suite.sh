@@ -2,20 +2,21 @@
 # The GPU verification of pyregnet, in device-tool calls of at most 10 minutes each (an NVIDIA
 # machine with nvcc, CuPy, PyTorch, pytest, scikit-build-core and pybind11, no internet):
 #
-#   test     build with the CUDA backend required, the whole test suite, the dev/cuda harnesses
+#   test     build with the CUDA backend required, the whole test suite
 #   epoch    epoch_time: epochs vs PyTorch eager and torch.compile, conv vs cuDNN, update vs copy
 #            bandwidth, every kernel vs its roofline
 #   train    20-epoch CIFAR-10 runs: three seeds, one repeated (identical?), one without graphs
+#   harness  the dev/cuda harnesses: every kernel version validated, timed, against its roofline
 #   kernels  step_time and penalty_cost
 #   sanitize compute-sanitizer memcheck and racecheck over a short training run and the CUDA
 #            kernel tests (the kernels' first runs on a GPU deserve it)
-#   all      the five in order (when one call may take longer)
+#   all      the six in order (when one call may take longer)
 # In that order of priority: correctness first, then the issue's targets.
 #
 # Each stage builds first unless this machine already installed this commit. Results go to
 # $OUT (default bench/results/gpu-<date>), at most 8 files per stage (the device tool returns 8).
 # Usage, from the repository root (the copy there has no .git, so the commit is passed in):
-#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|epoch|train|kernels|sanitize|all
+#   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|epoch|train|harness|kernels|sanitize|all
 # The train stage reads CIFAR-10 from .data/cifar10-jpeg.tar.gz (ignored by git; carry it):
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
 set -uo pipefail
@@ -62,8 +63,11 @@ record = {"device": open(f"{tmp}/gpu.txt").read().strip(), "commit": os.environ[
 json.dump(record, open(f"{out}/tests_gpu.json", "w"), indent=2)
 print(json.dumps(record))
 PY
-  # The kernel harnesses: every version validated against its CPU reference, then timed.
-  bash dev/cuda/run_all.sh "$TMP/dev_cuda" > "$OUT/dev_cuda.log" 2>&1 || { echo "dev/cuda: a harness failed"; status=1; }
+}
+
+stage_harness() {
+  # Every version validated against its CPU reference, then timed; 3 logs, concatenated.
+  JOBS=8 bash dev/cuda/run_all.sh "$TMP/dev_cuda" > "$OUT/dev_cuda.log" 2>&1 || { echo "dev/cuda: a harness failed"; status=1; }
   cat "$TMP"/dev_cuda/*.log >> "$OUT/dev_cuda.log" 2>/dev/null
   tail -40 "$OUT/dev_cuda.log"
 }
@@ -149,9 +153,10 @@ case "$STAGE" in
   test) stage_test ;;
   epoch) stage_epoch ;;
   train) stage_train ;;
+  harness) stage_harness ;;
   kernels) stage_kernels ;;
   sanitize) stage_sanitize ;;
-  all) stage_test; stage_epoch; stage_train; stage_kernels; stage_sanitize ;;
-  *) echo "usage: bash bench/gpu_suite.sh test|epoch|train|kernels|sanitize|all"; exit 2 ;;
+  all) stage_test; stage_epoch; stage_train; stage_harness; stage_kernels; stage_sanitize ;;
+  *) echo "usage: bash bench/gpu_suite.sh test|epoch|train|harness|kernels|sanitize|all"; exit 2 ;;
 esac
 exit $status
