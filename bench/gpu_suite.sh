@@ -19,6 +19,8 @@
 #   PYREGNET_COMMIT=$(git rev-parse HEAD) bash bench/gpu_suite.sh test|epoch|train|harness|kernels|sanitize|all
 # The train stage reads CIFAR-10 from .data/cifar10-jpeg.tar.gz (ignored by git; carry it):
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
+# `python3 -P`: the current directory (the source tree, whose pyregnet has no built extension)
+# stays off sys.path, so the installed package is the one imported.
 set -uo pipefail
 STAGE=${1:-all}
 OUT=${OUT:-bench/results/gpu-$(date -u +%Y%m%d)}
@@ -43,7 +45,7 @@ stage_test() {
   (cd / && python3 -c "import pyregnet, json; print(json.dumps(pyregnet.build_info()))") > "$TMP/build_info.json"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$TMP/gpu.txt" 2>&1
   # The whole suite, from the repository root with plain pytest (the installed package is imported).
-  python3 -m pytest -q -rs -p no:cacheprovider --rootdir=. -o addopts="" --junitxml="$OUT/junit.xml" tests \
+  python3 -P -m pytest -q -rs -p no:cacheprovider --rootdir=. -o addopts="" --junitxml="$OUT/junit.xml" tests \
     > "$OUT/pytest.log" 2>&1
   status=$?
   tail -25 "$OUT/pytest.log"
@@ -101,7 +103,7 @@ stage_train() {
     local seed=$1 name="none-seed$1${2:+-${2#--}}"
     local extra=""; [ "${2:-}" = "--no-graph" ] && extra="--no-graph"
     echo "== $name"
-    python3 -m pyregnet.train --reg none --epochs 20 --seed "$seed" --data "$data" --device cuda $extra \
+    python3 -P -m pyregnet.train --reg none --epochs 20 --seed "$seed" --data "$data" --device cuda $extra \
       --out "$runs/$name" 2>&1 | tail -3 | tee -a "$OUT/train.log"
   done
   python3 - "$runs" "$OUT/train_gpu.json" <<'PY'
@@ -132,7 +134,7 @@ stage_sanitize() {
   for tool in memcheck racecheck; do
     echo "== $tool: 1 epoch, synthetic, eager launches, then the graph" | tee -a "$log"
     for graph in --no-graph ""; do
-      timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pyregnet.train --dataset synthetic \
+      timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -P -m pyregnet.train --dataset synthetic \
         --train-size 200 --val-size 100 --epochs 2 --device cuda $graph --out "$TMP/san-$tool$graph" >> "$log" 2>&1
       local rc=$?
       echo "$tool ${graph:-graph}: exit $rc" | tee -a "$log"
@@ -140,7 +142,7 @@ stage_sanitize() {
     done
   done
   echo "== memcheck over the CUDA kernel tests" | tee -a "$log"
-  timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider \
+  timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -P -m pytest -q -x -p no:cacheprovider \
     --rootdir=. -o addopts="" -k cuda tests/test_ops.py tests/test_graph_ops.py tests/test_augment.py >> "$log" 2>&1
   local rc=$?
   echo "memcheck tests: exit $rc" | tee -a "$log"
