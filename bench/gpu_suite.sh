@@ -56,11 +56,13 @@ suite = ET.parse(f"{out}/junit.xml").getroot()
 suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
 counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-cuda_cases = sum(1 for case in suite.iter("testcase") if "cuda" in case.get("name", "")
-                 and case.find("skipped") is None)
+# Cases skipped for want of a GPU, the CUDA backend or CuPy: 0 when the GPU suite really ran.
+gpu_words = ("CUDA", "GPU", "CuPy")
+gpu_skipped = sum(1 for case in suite.iter("testcase") if case.find("skipped") is not None
+                  and any(w in (case.find("skipped").get("message") or "") for w in gpu_words))
 record = {"device": open(f"{tmp}/gpu.txt").read().strip(), "commit": os.environ["PYREGNET_COMMIT"],
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "pytest_exit": status, **counts, "cuda_cases_run": cuda_cases,
+          "pytest_exit": status, **counts, "skipped_for_want_of_a_gpu": gpu_skipped,
           "build_info": json.load(open(f"{tmp}/build_info.json"))}
 json.dump(record, open(f"{out}/tests_gpu.json", "w"), indent=2)
 print(json.dumps(record))
