@@ -267,10 +267,14 @@ def op_breakdown(xp, images, labels, batch, timer, roof):
     # The bias and ReLU run in the conv and dense epilogues, as in model.forward.
     r1 = op("conv1 + relu fwd", ops.conv2d_forward, x, p["conv1.w"], p["conv1.b"], 0, relu=True,
             flops=2 * macs("conv1"))
-    p1 = op("pool1 fwd", ops.maxpool2d_forward, r1)
+    # The pools store each window's argmax for their backward pass, as in model.forward.
+    a1 = xp.empty(r1.shape[:2] + (r1.shape[2] // 2, r1.shape[3] // 2), dtype=np.uint8)
+    p1 = op("pool1 fwd (+argmax)", ops.maxpool2d_forward, r1, argmax=a1, nbytes=r1.nbytes + a1.nbytes * r1.itemsize + a1.nbytes)
     r2 = op("conv2 + relu fwd", ops.conv2d_forward, p1, p["conv2.w"], p["conv2.b"], 0, relu=True,
             flops=2 * macs("conv2"))
-    p2 = op("pool2 fwd", ops.maxpool2d_forward, r2)
+    a2 = xp.empty(r2.shape[:2] + (r2.shape[2] // 2, r2.shape[3] // 2), dtype=np.uint8)
+    p2 = op("pool2 fwd (+argmax)", ops.maxpool2d_forward, r2, argmax=a2,
+            nbytes=r2.nbytes + a2.nbytes * r2.itemsize + a2.nbytes)
     flat = p2.reshape(p2.shape[0], -1)
     h = op("dense1 + relu fwd", ops.dense_forward, flat, p["dense1.w"], p["dense1.b"], relu=True,
            flops=2 * macs("dense1"))
@@ -281,10 +285,12 @@ def op_breakdown(xp, images, labels, batch, timer, roof):
     dh, _, _ = op("dense2 bwd", ops.dense_backward, h, p["dense2.w"], dlogits, flops=4 * macs("dense2"))
     dd1 = op("relu3 bwd", ops.relu_backward, h, dh)
     dflat, _, _ = op("dense1 bwd", ops.dense_backward, flat, p["dense1.w"], dd1, flops=4 * macs("dense1"))
-    dr2 = op("pool2 bwd", ops.maxpool2d_backward, r2, dflat.reshape(p2.shape))
+    # x is not read: the argmax, dy and dx move
+    dr2 = op("pool2 bwd (argmax)", ops.maxpool2d_backward, r2, dflat.reshape(p2.shape), argmax=a2,
+             nbytes=a2.nbytes + p2.nbytes + r2.nbytes)
     dc2 = op("relu2 bwd", ops.relu_backward, r2, dr2)
     dp1, _, _ = op("conv2 bwd", ops.conv2d_backward, p1, p["conv2.w"], dc2, 0, flops=4 * macs("conv2"))
-    dr1 = op("pool1 bwd", ops.maxpool2d_backward, r1, dp1)
+    dr1 = op("pool1 bwd (argmax)", ops.maxpool2d_backward, r1, dp1, argmax=a1, nbytes=a1.nbytes + dp1.nbytes + r1.nbytes)
     dc1 = op("relu1 bwd", ops.relu_backward, r1, dr1)
     op("conv1 bwd (dW only)", ops.conv2d_backward, x, p["conv1.w"], dc1, 0, input_grad=False, flops=2 * macs("conv1"))
     adam_bytes = 7 * model.N_PARAMS * st.params.itemsize  # reads w, g, m, v; writes w, m, v
