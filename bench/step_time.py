@@ -540,8 +540,8 @@ def main(argv=None):
         ops_sum = sum(r["ms"] for r in rows_for(rows, "none"))
         rest = step_none - ops_sum
         print(f"sum of the reg-none ops, each timed alone: {ops_sum:.2f} ms vs the step {step_none:.2f} ms" +
-              (f"; the rest ({rest:.2f} ms) is Python dispatch, the label gather and the gradient copies into the "
-               f"flat buffer" if rest >= 0 else "; the ops timed alone take longer than in the step (noise or a "
+              (f"; the rest ({rest:.2f} ms) is Python dispatch, the label gather, the clock tick and the "
+               f"metric sums" if rest >= 0 else "; the ops timed alone take longer than in the step (noise or a "
                "loaded machine)"))
     for e in epochs:
         print(f"epoch (measured, {e['reg']}): {e['images']} images in {e['seconds']:.2f} s = {e['images_per_s']:.0f} img/s"
