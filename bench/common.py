@@ -129,6 +129,22 @@ def machine_busy(meta):
     return None
 
 
+def start(name, device, quick, log=print, quick_note="a smoke run with few samples, not a measurement"):
+    """A benchmark's opening: (metadata, notes). Logs what runs where, and notes (and logs) a
+    busy machine and a --quick run, which the results must carry."""
+    meta = metadata(device)
+    log(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}; "
+        f"pyregnet from {meta['pyregnet_path']}")
+    notes = []
+    busy = machine_busy(meta)
+    if busy:
+        log(busy)
+        notes.append(busy)
+    if quick:
+        notes.append("--quick: " + quick_note)
+    return meta, notes
+
+
 # ---------------------------------------------------------------- timing
 
 class CudaEvents:

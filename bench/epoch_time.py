@@ -1208,15 +1208,7 @@ def main(argv=None):
         import cupy as xp
     pen = Penalty.with_defaults(args.reg)
 
-    meta = common.metadata(device)
-    log(f"epoch_time: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
-    notes = []
-    busy = common.machine_busy(meta)
-    if busy:
-        log(busy)
-        notes.append(busy)
-    if args.quick:
-        notes.append("--quick: a smoke run with few samples, not a measurement")
+    meta, notes = common.start("epoch_time", device, args.quick, log=log)
 
     log("loading data ...")
     try:

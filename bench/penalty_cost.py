@@ -924,17 +924,9 @@ def main(argv=None):
     else:
         xp = np
 
-    meta = common.metadata(device)
+    meta, notes = common.start("penalty_cost", device, args.quick,
+                               quick_note="a smoke run with few samples on a small epoch, not a measurement")
     api_now = api()
-    print(f"penalty_cost: {meta['device_description']}; commit {meta['commit']}; {meta['date']}; "
-          f"pyregnet from {meta['pyregnet_path']}")
-    notes = []
-    busy = common.machine_busy(meta)
-    if busy:
-        print(busy)
-        notes.append(busy)
-    if args.quick:
-        notes.append("--quick: a smoke run with few samples on a small epoch, not a measurement")
     print("pyregnet API: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in api_now.items()))
 
     # ---- item 1: epochs (first: nothing else has started thread pools yet)

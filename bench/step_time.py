@@ -398,15 +398,7 @@ def main(argv=None):
     else:
         xp = np
 
-    meta = common.metadata(device)
-    print(f"step_time: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
-    busy = common.machine_busy(meta)
-    notes = []
-    if busy:
-        print(busy)
-        notes.append(busy)
-    if args.quick:
-        notes.append("--quick: a smoke run with few samples, not a measurement")
+    meta, notes = common.start("step_time", device, args.quick)
 
     print("roofline: measuring copy bandwidth and matmul peak ...", flush=True)
     bw = common.measure_copy_bandwidth(device, repeats=3 if args.quick else 5)
