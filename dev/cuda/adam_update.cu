@@ -389,9 +389,7 @@ int run_case(const Case& c, double copy_bw, dev::DeviceBuffer<double>& partials,
 }  // namespace
 
 int main() {
-  try {
-    dev::validator_self_test();
-    dev::print_device_summary();
+  return dev::harness_main([&]() -> int {
     const double copy_bw = dev::measured_copy_bandwidth();
 
     const std::vector<Case> cases = {
@@ -414,10 +412,6 @@ int main() {
 #ifndef WITH_PACKAGE
     std::printf("\n(v3, the package's adam_update, not built: compile with -DWITH_PACKAGE and csrc/cuda/adam.cu)\n");
 #endif
-    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
-    return failures ? 1 : 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+    return failures;
+  });
 }

@@ -334,15 +334,13 @@ int run_take_case(const TakeCase& c, DeviceCounters& counters, double bw) {
 }  // namespace
 
 int main() {
-  try {
+  return dev::harness_main([&]() -> int {
 #ifndef WITH_PACKAGE
     // The only version is the package's: without it nothing would be validated, and a harness
     // that validates nothing must not report success.
     std::printf("FAILED: built without the package (-DWITH_PACKAGE and csrc/cuda/augment.cu): no version to run\n");
     return 1;
 #else
-    dev::validator_self_test();
-    dev::print_device_summary();
     const double bw = dev::measured_copy_bandwidth();
 
     constexpr int64_t kImages = 50000;
@@ -399,11 +397,7 @@ int main() {
     };
     for (const TakeCase& c : take_cases) failures += run_take_case(c, counters, bw);
 
-    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
-    return failures ? 1 : 0;
+    return failures;
 #endif
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -409,4 +409,20 @@ inline void print_compute_rates(const char* what, const Timing& t, double flops,
               t_compute >= t_memory ? "compute" : "memory", 100.0 * t_roof / sec);
 }
 
+// A harness's main: the validator's self-test and the device summary, then body() (which returns
+// its number of failures), then the verdict line. Exit status 1 on any failure or exception.
+template <class Body>
+int harness_main(const Body& body) {
+  try {
+    validator_self_test();
+    print_device_summary();
+    const int failures = body();
+    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
+    return failures ? 1 : 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
+
 }  // namespace dev

@@ -367,9 +367,7 @@ int run_case(const Case& c, double peak, double bw) {
 }  // namespace
 
 int main() {
-  try {
-    dev::validator_self_test();
-    dev::print_device_summary();
+  return dev::harness_main([&]() -> int {
     const double peak = dev::fp32_peak().used(), bw = dev::measured_copy_bandwidth();
 
     const std::vector<Case> cases = {
@@ -393,10 +391,6 @@ int main() {
 #ifndef WITH_PACKAGE
     std::printf("\n(v2, the package's conv2d, not built: compile with -DWITH_PACKAGE and csrc/cuda/conv2d.cu)\n");
 #endif
-    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
-    return failures ? 1 : 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+    return failures;
+  });
 }

@@ -282,9 +282,7 @@ int run_case(const Case& c, const std::vector<Version>& versions, double peak, d
 }  // namespace
 
 int main() {
-  try {
-    dev::validator_self_test();
-    dev::print_device_summary();
+  return dev::harness_main([&]() -> int {
     const double peak = dev::fp32_peak().used(), bw = dev::measured_copy_bandwidth();
     std::vector<Version> versions = {{"v1 naive (a thread per output)", forward_v1, backward_v1}};
 #ifdef WITH_PACKAGE
@@ -315,10 +313,6 @@ int main() {
 #ifndef WITH_PACKAGE
     std::printf("\n(v2, the package's dense, not built: compile with -DWITH_PACKAGE and csrc/cuda/dense.cu)\n");
 #endif
-    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
-    return failures ? 1 : 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+    return failures;
+  });
 }

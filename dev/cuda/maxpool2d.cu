@@ -198,15 +198,13 @@ int run_case(const Case& c, double bw) {
 }  // namespace
 
 int main() {
-  try {
+  return dev::harness_main([&]() -> int {
 #ifndef WITH_PACKAGE
     // Both versions are the package's: without it nothing would be validated, and a harness that
     // validates nothing must not report success.
     std::printf("FAILED: built without the package (-DWITH_PACKAGE and csrc/cuda/maxpool2d.cu): no version to run\n");
     return 1;
 #endif
-    dev::validator_self_test();
-    dev::print_device_summary();
     const double bw = dev::measured_copy_bandwidth();
     const std::vector<Case> cases = {
         {"pool1 (paper, batch 64)", make_shape(64, 32, 30, 30), Data::quantized_with_nans, true},
@@ -220,10 +218,6 @@ int main() {
     };
     int failures = 0;
     for (const Case& c : cases) failures += run_case(c, bw);
-    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
-    return failures ? 1 : 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+    return failures;
+  });
 }

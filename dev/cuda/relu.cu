@@ -195,9 +195,7 @@ int run_case(const Case& c, const std::vector<Version>& versions, double bw) {
 }  // namespace
 
 int main() {
-  try {
-    dev::validator_self_test();
-    dev::print_device_summary();
+  return dev::harness_main([&]() -> int {
     const double bw = dev::measured_copy_bandwidth();
     std::vector<Version> versions;
 #ifdef WITH_PACKAGE
@@ -220,10 +218,6 @@ int main() {
 #ifndef WITH_PACKAGE
     std::printf("\n(v1, the package's relu, not built: compile with -DWITH_PACKAGE and csrc/cuda/activation.cu)\n");
 #endif
-    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
-    return failures ? 1 : 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+    return failures;
+  });
 }

@@ -334,9 +334,7 @@ int run_case(const Case& c, double bw) {
 }  // namespace
 
 int main() {
-  try {
-    dev::validator_self_test();
-    dev::print_device_summary();
+  return dev::harness_main([&]() -> int {
     const double bw = dev::measured_copy_bandwidth();
     const std::vector<Case> cases = {
         {"training batch", 64, 10, DType::i32, 4.0f, true, true},
@@ -356,10 +354,6 @@ int main() {
     std::printf("\n(v2, the package's softmax_cross_entropy, not built: compile with -DWITH_PACKAGE and "
                 "csrc/cuda/softmax_xent.cu)\n");
 #endif
-    std::printf("\n%s: %d failure(s)\n", failures ? "FAILED" : "ALL OK", failures);
-    return failures ? 1 : 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+    return failures;
+  });
 }
