@@ -8,9 +8,10 @@
 # Three files, one folder, however many harnesses: within the five files a device call brings
 # back from $OUT.
 #
-# Each harness is built with the package's .cu it compares against; if that does not compile
-# (the package being mid-edit), it is built without (its own versions only) and summary.txt says
-# so. Exit status: 0 when every harness built with the package and passed validation, else 1.
+# Each harness is built with the package's .cu (one or more) it compares against; if they do not
+# compile (the package being mid-edit), it is built without (its own versions only) and
+# summary.txt says so. Exit status: 0 when every harness built with the package and passed
+# validation, else 1.
 #
 # Environment: BUILD (default /tmp/pyregnet-dev-cuda), NVCC (default nvcc), JOBS (parallel
 # compiles, default 4), RUN_TIMEOUT (seconds per harness, default 300).
@@ -22,7 +23,7 @@ export BUILD="${BUILD:-/tmp/pyregnet-dev-cuda}"
 export NVCC="${NVCC:-nvcc}"
 jobs="${JOBS:-4}"
 run_timeout="${RUN_TIMEOUT:-300}"
-harnesses=(adam_update augment conv2d dense maxpool2d relu softmax_xent)
+harnesses=(adam_update augment conv2d dense maxpool2d reduce relu softmax_xent)
 
 mkdir -p "$logs" "$BUILD"
 build_log="$logs/build.log"
@@ -52,19 +53,23 @@ fi
 
 # The Makefile's flags, for machines without make. Keep in step with Makefile.
 flags=(-O3 -std=c++17 -arch=sm_90 -Xptxas -v -lineinfo -I"$here/../../csrc" -DPYREGNET_WITH_CUDA=1)
-# csrc/cuda/<source>.cu of each harness (the Makefile's PACKAGE_SOURCE_<harness>).
-package_source() {
+# The csrc/cuda/<source>.cu files of each harness, space-separated (the Makefile's
+# PACKAGE_SOURCE_<harness>).
+package_sources() {
   case "$1" in
     adam_update) echo adam ;;
     relu) echo activation ;;
+    reduce) echo reduce adam ;;  # penalty, sparsity_count; penalty_gradient
     *) echo "$1" ;;  # augment, conv2d, dense, maxpool2d, softmax_xent
   esac
 }
 build_with_package() {  # $1 = harness; without make
-  local src
-  src="$(package_source "$1")"
-  "$NVCC" "${flags[@]}" -c "$here/../../csrc/cuda/$src.cu" -o "$BUILD/pkg_$src.o" &&
-    "$NVCC" "${flags[@]}" -DWITH_PACKAGE "$here/$1.cu" "$BUILD/pkg_$src.o" -o "$BUILD/$1"
+  local src objects=()
+  for src in $(package_sources "$1"); do
+    "$NVCC" "${flags[@]}" -c "$here/../../csrc/cuda/$src.cu" -o "$BUILD/pkg_$src.o" || return 1
+    objects+=("$BUILD/pkg_$src.o")
+  done
+  "$NVCC" "${flags[@]}" -DWITH_PACKAGE "$here/$1.cu" "${objects[@]}" -o "$BUILD/$1"
 }
 build_standalone() {  # $1 = harness
   if [[ $have_make -eq 1 ]]; then
