@@ -96,7 +96,8 @@ import penalty_cost as pc  # noqa: E402  -- the update's byte model and its 90%-
 from pyregnet import data as datasets  # noqa: E402
 from pyregnet import model, ops  # noqa: E402
 from pyregnet.regularizers import KINDS, Penalty  # noqa: E402
-from pyregnet.train import EVAL_BATCH, MAX_SHIFT, Config, Run, UsageError, resolve_device  # noqa: E402
+from pyregnet.engine import MAX_SHIFT  # noqa: E402
+from pyregnet.train import EVAL_BATCH, Config, Run, UsageError, resolve_device  # noqa: E402
 
 TRAIN_IMAGES = 50_000          # the epoch of the issue: CIFAR-10's training set ...
 VAL_IMAGES = 10_000            # ... and its test set, evaluated
@@ -433,7 +434,7 @@ class PyregnetContender:
         self.min_warmup = 1 if graph else 0   # the capture happens in the first epoch
         self.run = Run(self.config, dataset)
         self.setup = {"config": dataclasses.asdict(self.config),
-                      "graph": getattr(self.config, "graph", None),
+                      "graph": self.config.graph,
                       "what": "Run(Config(...)).train_epoch() + .evaluate()"}
 
     def train_epoch(self):

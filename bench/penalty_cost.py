@@ -37,7 +37,6 @@ CPU: the fused penalty adds <= 1% to epoch time. Results: bench/results/penalty_
 import argparse
 import dataclasses
 import importlib.util
-import inspect
 import itertools
 import math
 import os
@@ -106,14 +105,6 @@ CHECK_ATOL, CHECK_RTOL = 1e-7, 1e-6      # float32 against the float64 reference
 
 # ---------------------------------------------------------------- what this pyregnet offers
 
-def api():
-    """Which parts of the penalty API this pyregnet has (older builds lack some)."""
-    fields = {f.name for f in dataclasses.fields(Config)}
-    return {"with_penalty": "with_penalty" in inspect.signature(ops.adam_update).parameters,
-            "penalty_gradient": hasattr(ops, "penalty_gradient"),
-            "penalty_mode": "penalty_mode" in fields}
-
-
 # ---------------------------------------------------------------- roofline arithmetic
 
 def update_bytes(n, itemsize=4):
@@ -140,11 +131,10 @@ def build_pyregnet(form):
     fused-novalue: the fused update without the penalty value (isolates what summing it costs)."""
 
     def build(w, g, m, v, *, l1, l2, hyper, step0=0, check=False):
-        has = api()
         pen = bool(l1 or l2)
         adam = dict(lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"], eps=hyper["eps"])
         if form in ("fused", "fused-novalue"):
-            kw = {"with_penalty": True} if pen and has["with_penalty"] and form == "fused" else {}
+            kw = {"with_penalty": True} if pen and form == "fused" else {}
 
             def update(step):
                 return ops.adam_update(w, g, m, v, step=step, l1=l1, l2=l2, **adam, **kw)
@@ -379,13 +369,8 @@ def _import_reason(module):
     return None
 
 
-def availability(impl, device, api_now=None):
-    """None when `impl` can run on `device` with this pyregnet, else the reason it is skipped."""
-    api_now = api_now or api()
-    if impl.name == "pyregnet-fused-noval" and not api_now["with_penalty"]:
-        return "this pyregnet has no adam_update(with_penalty=...): pyregnet-fused already has no value"
-    if impl.name in ("pyregnet-unfused", "pyregnet-loss") and not api_now["penalty_gradient"]:
-        return "this pyregnet has no ops.penalty_gradient"
+def availability(impl, device):
+    """None when `impl` can run on `device`, else the reason it is skipped."""
     missing = [r for m in impl.needs if (r := _import_reason(m))]
     if impl.device not in ("any", device):
         where = "the GPU" if impl.device == "cuda" else "the CPU"
@@ -457,7 +442,6 @@ def _check_line(result):
 def prepare_impls(device, xp, selected=None, log=print):
     """Every implementation with its availability and, when available, its correctness check.
     Returns (runnable [Impl], report {name: {...}})."""
-    api_now = api()
     runnable, report = [], {}
     for impl in implementations():
         entry = {"kind": impl.kind, "device": impl.device, "description": impl.description, "available": False,
@@ -466,7 +450,7 @@ def prepare_impls(device, xp, selected=None, log=print):
         if selected is not None and impl.kind == "peer" and impl.name not in selected:
             entry["skipped"] = "not selected (--peers)"
         else:
-            entry["skipped"] = availability(impl, device, api_now)
+            entry["skipped"] = availability(impl, device)
         if entry["skipped"] is None:
             try:
                 entry["check"] = check_impl(impl, xp)
@@ -544,7 +528,6 @@ def update_row(impl, reg, n, samples, bytes_per_s, with_penalty):
 
 def run_sweep(device, xp, impls, sizes, warmup, repeats, bytes_per_s, log=print):
     rows = []
-    has_value = api()["with_penalty"]
     for n in sizes:
         log(f"  n = {n:,} ({update_bytes(n) / 1e6:.0f} MB moved per update) ...", flush=True)
         arrays = sweep_arrays(xp, n)
@@ -556,8 +539,7 @@ def run_sweep(device, xp, impls, sizes, warmup, repeats, bytes_per_s, log=print)
                 update = impl.build(*arrays, l1=pen.l1, l2=pen.l2, hyper=HYPER)
                 samples = time_update(update, device, impl.events, warmup, repeats)
                 # does the timed call also compute the penalty value (as the training step does)?
-                value = (impl.kind == "pyregnet" and reg != "none" and impl.name != "pyregnet-fused-noval"
-                         and (impl.name != "pyregnet-fused" or has_value))
+                value = impl.kind == "pyregnet" and reg != "none" and impl.name != "pyregnet-fused-noval"
                 rows.append(update_row(impl.name, reg, n, samples, bytes_per_s, value))
                 del update
         del arrays
@@ -587,12 +569,11 @@ def run_epochs(device, images, batch, rounds, warmup_epochs, methods, log=print)
     ds = datasets.Dataset(x, y, x[:batch].copy(), y[:batch].copy(), tuple(str(i) for i in range(model.CLASSES)),
                           "synthetic-random (timing only)")
     cases = epoch_cases(methods)
-    has_mode = api()["penalty_mode"]
     runs, first = {}, None
     for method, reg in cases:
         pen = Penalty.with_defaults(reg)
-        mode = {"penalty_mode": method} if has_mode else {}
-        run = Run(Config(reg=pen.kind, l1=pen.l1, l2=pen.l2, batch_size=batch, seed=SEED, device=device, **mode), ds)
+        run = Run(Config(reg=pen.kind, l1=pen.l1, l2=pen.l2, batch_size=batch, seed=SEED, device=device,
+                         penalty_mode=method), ds)
         if first is None:
             first = run
         else:  # one copy of the data set on the device, shared
@@ -926,30 +907,21 @@ def main(argv=None):
 
     meta, notes = common.start("penalty_cost", device, args.quick,
                                quick_note="a smoke run with few samples on a small epoch, not a measurement")
-    api_now = api()
-    print("pyregnet API: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in api_now.items()))
 
     # ---- item 1: epochs (first: nothing else has started thread pools yet)
-    methods = list(METHODS) if api_now["penalty_mode"] else ["fused"]
-    skipped_methods = {} if api_now["penalty_mode"] else {
-        m: "this pyregnet's Config has no penalty_mode (only the fused update exists)" for m in METHODS[1:]}
+    methods = list(METHODS)
     samples = {}
     if args.epochs_on:
         steps = math.ceil(images / batch)
         print(f"epochs: {len(methods) * len(REGS)} cases (methods {', '.join(methods)} x {', '.join(REGS)}), "
               f"{images} synthetic images = {steps} steps of {batch}, {warmup_epochs} warm-up + {rounds} timed "
               f"epochs each, round-robin ...", flush=True)
-        for m, why in skipped_methods.items():
-            print(f"  method {m}: skipped: {why}")
         samples = run_epochs(device, images, batch, rounds, warmup_epochs, methods)
     overhead = share = noise = None
     aa = {}
     if samples:
         overhead, share, noise = penalty_overhead(samples, methods)
         aa = aa_none(samples, methods)
-        for m in skipped_methods:
-            overhead[m] = {reg: None for reg in PENALIZED}
-            share[m] = {reg: None for reg in PENALIZED}
 
     # ---- roofline and peers
     print("roofline: measuring copy bandwidth ...", flush=True)
@@ -1028,7 +1000,6 @@ def main(argv=None):
                    "update_repeats": repeats, "update_warmup": warmup, "dtype": np.dtype(DTYPE).name,
                    "hyper": HYPER, "lambda": {reg: dataclasses.asdict(Penalty.with_defaults(reg)) for reg in REGS},
                    "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
-        "api": api_now,
         "roofline": {"copy_bandwidth": bw, "bytes_per_s": bw["bytes_per_s"],
                      "bytes_per_update": "7 x itemsize x n (read w, g, m, v; write w, m, v)"},
         "epochs": {
@@ -1037,7 +1008,7 @@ def main(argv=None):
             "rounds": rounds if args.epochs_on else 0, "warmup_epochs": warmup_epochs,
             "order": "round-robin: every case one epoch per round, the starting case rotating each round",
             "timed": "Run.train_epoch only (no evaluation)", "data": "synthetic random uint8 images and labels",
-            "methods": methods, "skipped_methods": skipped_methods,
+            "methods": methods,
             "baseline": "fused/none: the overhead of every method is measured against the fused method's none run",
             "baseline_noise": noise,
             "baseline_noise_definition": "(p90 - p10) / median of the fused/none epochs",

@@ -3,10 +3,10 @@
     python bench/step_time.py [--device auto|cpu|cuda] [--batch-size 64] [--steps N] [--repeats R]
                               [--quick] [--json PATH] [--epoch-images N] [--check]
 
-pyregnet's step is the one pyregnet.train runs (Run.train_epoch): augment_batch gathers the batch
-from a synthetic uint8 data set already on the device -> model.forward -> softmax_cross_entropy
--> the penalty value (for the reported loss) -> model.backward -> the fused penalty + Adam
-update over the flat buffer. PyTorch gets the same network (same initial weights), a pre-made
+pyregnet's step is the one pyregnet.train runs (Run.train_epoch): one launch of the engine's
+full-batch program, in which augment_batch gathers the batch from a synthetic uint8 data set
+already on the device -> model.forward -> softmax_cross_entropy -> model.backward -> the fused
+penalty + Adam update over the flat buffer, the penalty value summed in the same pass. PyTorch gets the same network (same initial weights), a pre-made
 float batch on the device (its best case: no data loader, no augmentation, no .item() per step),
 CrossEntropyLoss and torch.optim.Adam(lr=1e-3, eps=1e-7); with L1L2 the penalty is added to the
 loss through autograd. Both run with reg none (the main number) and l1l2 (the default λ).
@@ -55,13 +55,12 @@ def _locate_pyregnet():
 
 
 _locate_pyregnet()
-import pyregnet  # noqa: E402
 from pyregnet import data as datasets  # noqa: E402
 from pyregnet import model, ops  # noqa: E402
-from pyregnet.optim import Adam  # noqa: E402
 from pyregnet.regularizers import Penalty  # noqa: E402
 from pyregnet import engine  # noqa: E402
-from pyregnet.train import MAX_SHIFT, Config, Run, UsageError, resolve_device  # noqa: E402
+from pyregnet.engine import MAX_SHIFT  # noqa: E402
+from pyregnet.train import Config, Run, UsageError, resolve_device  # noqa: E402
 
 TRAIN_IMAGES = 50_000       # CIFAR-10's training set: the epoch the model scales to
 TARGET_RATIO = 2.0          # pyregnet step <= 2x PyTorch's (the issue), on a 2-core CPU

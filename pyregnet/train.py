@@ -19,7 +19,7 @@ import numpy as np
 
 from . import data as datasets
 from . import engine, model
-from .engine import MAX_SHIFT, PENALTY_MODES  # noqa: F401 (re-exported for the benchmarks)
+from .engine import PENALTY_MODES
 from .files import atomic_write
 from .optim import Adam
 from .regularizers import KINDS, Penalty

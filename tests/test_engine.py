@@ -117,11 +117,11 @@ class FakeStream:
 
     def end_capture(self):
         self.log.append("end")
-        stream = self
+        log = self.log
 
         class Graph:
             def launch(self, stream=None):
-                stream.log.append("launch")
+                log.append("launch")
         return Graph()
 
 
