@@ -66,27 +66,13 @@ struct Reference {
   double penalty;            // sum of penalty_value(w before) over [0, n_penalized)
 };
 
-// Neumaier's compensated sum: the reference penalty to ~1 ulp of double whatever n, so that the
-// GPU's sum (tree-ordered, far more accurate than a plain serial sum of 6.7e7 terms) is checked
-// against the true value rather than against the serial sum's own rounding (measured 3e-13 off
-// at n = 16M).
-struct CompensatedSum {
-  double sum = 0.0, compensation = 0.0;
-  void add(double x) {
-    const double t = sum + x;
-    compensation += std::fabs(sum) >= std::fabs(x) ? (sum - t) + x : (x - t) + sum;
-    sum = t;
-  }
-  double value() const { return sum + compensation; }
-};
-
 // adam_element<float> on the host, element by element: the exact float formula the kernels run
 // (the device contracts a*b+c into FMAs, the host compiler does not: hence a tolerance of a few
 // ulp, not zero). Double-checked: the same step in float64 from the same inputs must agree with
 // the float reference to float precision, else the reference itself is not trustworthy.
 Reference adam_update_cpu(const State& init, int64_t n, int64_t n_penalized, const AdamStep& s, bool* sane) {
   Reference ref{init, 0.0};
-  CompensatedSum penalty;
+  dev::CompensatedSum penalty;
   const float alpha = float(pyregnet::adam_alpha(s, kStep));
   const double alpha64 = pyregnet::adam_alpha(s, kStep);
   double max_dw = 0, max_dm = 0, max_dv = 0;

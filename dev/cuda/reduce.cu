@@ -90,18 +90,6 @@ constexpr dev::Tolerance kExact{0.0, 0.0};
 
 // ---- CPU reference -------------------------------------------------------------------------
 
-// Neumaier's compensated sum: the reference penalty to ~1 ulp of double whatever n, so that the
-// GPU's tree-ordered sum is checked against the true value, not against a serial sum's rounding.
-struct CompensatedSum {
-  double sum = 0.0, compensation = 0.0;
-  void add(double x) {
-    const double t = sum + x;
-    compensation += std::fabs(sum) >= std::fabs(x) ? (sum - t) + x : (x - t) + sum;
-    sum = t;
-  }
-  double value() const { return sum + compensation; }
-};
-
 // From the rule in words rather than with math/elementwise.h, so that the shared math is checked
 // too; all in double.
 double penalty_term_reference(float w) {
@@ -119,7 +107,7 @@ struct Reference {
 
 Reference reference(const std::vector<float>& w, const std::vector<float>& g, size_t n) {
   Reference ref{0.0, std::vector<int64_t>(kThresholds.size(), 0), std::vector<double>(n), std::vector<double>(n)};
-  CompensatedSum sum;
+  dev::CompensatedSum sum;
   for (size_t i = 0; i < n; ++i) {
     sum.add(penalty_term_reference(w[i]));
     for (size_t t = 0; t < kThresholds.size(); ++t) ref.counts[t] += std::fabs(double(w[i])) <= kThresholds[t] ? 1 : 0;
