@@ -35,8 +35,8 @@ void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, T* dx, c
     for (int64_t p = 0; p < s.P; ++p)
       for (int64_t q = 0; q < s.Q; ++q) {
         const int64_t corner = 2 * p * s.W + 2 * q;
-        const int which = argmax != nullptr ? argmax[plane * s.P * s.Q + p * s.Q + q] : window_argmax(xp + corner, s.W);
-        dxp[corner + window_offset(which & 3, s.W)] = dyp[p * s.Q + q];  // & 3: stays in the window
+        const int which = window_choice(argmax, plane * s.P * s.Q + p * s.Q + q, xp + corner, s.W);
+        dxp[corner + window_offset(which, s.W)] = dyp[p * s.Q + q];
       }
   }
 }

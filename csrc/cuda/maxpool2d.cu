@@ -43,8 +43,8 @@ __global__ void __launch_bounds__(kBlockThreads)
     T g = T(0);
     if (p < P && q < Q) {
       const int out = (nc * P + p) * Q + q;
-      const int which = argmax != nullptr ? int(argmax[out]) : window_argmax(x + (nc * H + 2 * p) * W + 2 * q, W);
-      if ((which & 3) == 2 * (h - 2 * p) + (w - 2 * q)) g = dy[out];  // & 3 as on the CPU
+      const int which = window_choice(argmax, out, x + (nc * H + 2 * p) * W + 2 * q, W);
+      if (which == 2 * (h - 2 * p) + (w - 2 * q)) g = dy[out];
     }
     dx[e] = g;
   }

@@ -30,4 +30,12 @@ PYREGNET_HD int window_argmax(const T* top_left, int64_t W) {
 
 PYREGNET_HD int64_t window_offset(int which, int64_t W) { return (which >> 1) * W + (which & 1); }
 
+// The window's maximum for the backward pass: the one the forward pass stored (stored[out], when
+// `stored` is set; & 3 keeps a corrupt byte inside the window), else recomputed from x by the
+// same rule.
+template <class T>
+PYREGNET_HD int window_choice(const uint8_t* stored, int64_t out, const T* top_left, int64_t W) {
+  return stored != nullptr ? int(stored[out] & 3) : window_argmax(top_left, W);
+}
+
 }  // namespace pyregnet
