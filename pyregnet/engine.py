@@ -65,9 +65,8 @@ class Engine:
     def __init__(self, run, eval_batch, capture=True):
         cfg, xp = run.config, run.xp
         self.run, self.xp = run, xp
-        self.capture = capture and xp is not np
-        self.stream = None
-        if self.capture:
+        self.stream = None  # the CuPy stream the programs capture on; None: they run eagerly
+        if capture and xp is not np:
             import cupy
             # Capture needs a stream other than the legacy default one; a blocking stream keeps
             # the implicit ordering with work on the default stream (the run's other arrays,
@@ -80,7 +79,6 @@ class Engine:
         self.val_clock = xp.zeros(1, dtype=np.int64)  # position in the validation set
         self.metrics = xp.zeros(6, dtype=np.float64)
         self.val_metrics = xp.zeros(6, dtype=np.float64)
-        self.batch = cfg.batch_size
         self.train_steps = self._programs(n_train, cfg.batch_size, self._train_step)
         self.eval_steps = self._programs(n_val, eval_batch, self._eval_step)
 
@@ -99,7 +97,7 @@ class Engine:
         run, xp = self.run, self.xp
         cfg, adam, penalty = run.config, run.adam, run.penalty
         act = model.Activations(xp, batch, run.params.dtype)
-        tick = xp.asarray([1, self.batch], dtype=np.int64)  # kept: the captured add reads it
+        tick = xp.asarray([1, cfg.batch_size], dtype=np.int64)  # kept: the captured add reads it
         step, offset = self.clock[0:1], self.clock[1:2]
         m = self.metrics
         sums = m[LOSS:BAD_LABELS + 1]

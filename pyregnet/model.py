@@ -75,7 +75,6 @@ class Activations:
     def __init__(self, xp, batch, dtype=np.float32, backward=True):
         def empty(*shape):
             return xp.empty((batch, *shape), dtype=dtype)
-        self.batch = batch
         self.x = empty(*INPUT_SHAPE)
         self.input = self.x  # what the forward pass last read (backward needs it for conv1's dw)
         self.labels = xp.empty(batch, dtype=np.int32)

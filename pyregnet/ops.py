@@ -7,7 +7,7 @@ device and must be C-contiguous. Layouts are PyTorch's: activations (N, C, H, W)
 (K, C, R, S), dense weight (out, in). Bad arguments raise TypeError or ValueError naming the
 argument; a CUDA failure raises RuntimeError naming the kernel.
 
-For a step captured as a CUDA graph (pyregnet.graph), every op can also
+For a step captured as a CUDA graph (pyregnet.engine), every op can also
 - write into preallocated arrays (``out=``, ``dx=``/``dw=``/``db=``, ``dlogits=``), which must
   have the result's shape, dtype and device and share no memory with the inputs (the elementwise
   ReLU ops may write in place);
