@@ -36,7 +36,6 @@ CPU: the fused penalty adds <= 1% to epoch time. Results: bench/results/penalty_
 
 import argparse
 import dataclasses
-import importlib.util
 import itertools
 import math
 import os
@@ -47,32 +46,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 if str(HERE) not in sys.path:  # imported by the tests rather than run as `python bench/penalty_cost.py`
     sys.path.insert(0, str(HERE))
 import common  # noqa: E402
-
-
-def _locate_pyregnet():
-    """This checkout's pyregnet when its compiled module was built in place (pyregnet/_core*.so:
-    the developer's tree, which may be newer than an installed copy); else the importable one if
-    it is this checkout's generation (has model.py: the GPU machine's `pip install .`); else the
-    source tree. `python bench/penalty_cost.py` puts bench/, not the root, on sys.path."""
-    if "pyregnet" in sys.modules:
-        return
-    if any((ROOT / "pyregnet").glob("_core*.so")) or any((ROOT / "pyregnet").glob("_core*.pyd")):
-        sys.path.insert(0, str(ROOT))
-        return
-    spec = importlib.util.find_spec("pyregnet")
-    if spec is not None and spec.origin and (Path(spec.origin).parent / "model.py").exists():
-        return
-    if (ROOT / "pyregnet" / "model.py").exists():
-        sys.path.insert(0, str(ROOT))
-
-
-_locate_pyregnet()
 from pyregnet import data as datasets  # noqa: E402
 from pyregnet import model, ops, reference  # noqa: E402
+from pyregnet.extras import missing  # noqa: E402
 from pyregnet.regularizers import Penalty  # noqa: E402
 from pyregnet.train import Config, Run, UsageError, resolve_device  # noqa: E402
 
@@ -361,9 +340,8 @@ def _import_reason(module):
                 return "numba.cuda finds no usable CUDA GPU or driver"
         else:
             __import__(module)
-    except ImportError as e:
-        pkg = {"cupy": "cupy-cuda13x", "numba.cuda": "numba"}.get(module, module)
-        return f"{module} is not installed ({e}); `pip install {pkg}` to compare against it"
+    except ImportError:
+        return missing(module)
     except Exception as e:  # noqa: BLE001 -- a broken install is a reason to skip, not to fail
         return f"{module} failed to import ({type(e).__name__}: {e})"
     return None

@@ -21,7 +21,6 @@ Results go to bench/results/step_time_<device>.json (step_time_<device>_quick.js
 """
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -31,32 +30,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 if str(HERE) not in sys.path:  # imported by the tests rather than run as `python bench/step_time.py`
     sys.path.insert(0, str(HERE))
 import common  # noqa: E402
-
-
-def _locate_pyregnet():
-    """Use the installed (or already importable) pyregnet as is. `python bench/step_time.py` puts
-    bench/, not the repository root, on sys.path, so the source tree is only found when pyregnet
-    is installed; when it is not importable at all, or the importable one predates
-    pyregnet/model.py (an old `pip install .`), fall back to the source tree this script belongs
-    to (its compiled module must then have been built in place)."""
-    spec = importlib.util.find_spec("pyregnet")
-    if spec is not None and spec.origin and (Path(spec.origin).parent / "model.py").exists():
-        return
-    if "pyregnet" in sys.modules:
-        raise ImportError(f"the pyregnet already imported ({spec.origin}) has no pyregnet/model.py: it predates "
-                          f"this checkout; reinstall it (`pip install .`) or run from the repository root with "
-                          f"`python -m pytest`")
-    if (ROOT / "pyregnet" / "model.py").exists():
-        sys.path.insert(0, str(ROOT))
-
-
-_locate_pyregnet()
 from pyregnet import data as datasets  # noqa: E402
 from pyregnet import model, ops  # noqa: E402
+from pyregnet.extras import missing  # noqa: E402
 from pyregnet.regularizers import Penalty  # noqa: E402
 from pyregnet import engine  # noqa: E402
 from pyregnet.engine import MAX_SHIFT  # noqa: E402
@@ -163,8 +142,8 @@ def import_torch():
     """(torch, None), or (None, why it is skipped). PyTorch is a peer for benchmarks only."""
     try:
         import torch
-    except ImportError as e:
-        return None, f"PyTorch is not installed ({e}); `pip install torch` to compare against it"
+    except ImportError:
+        return None, missing("torch")
     return torch, None
 
 

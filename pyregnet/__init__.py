@@ -8,11 +8,8 @@ the compiled module ``pyregnet._core``; :mod:`pyregnet.ops` is their functional 
 try:
     from ._core import build_info as _build_info
 except ImportError as exc:  # the sources are importable but the extension was never built here
-    raise ImportError(
-        "pyregnet's compiled module pyregnet._core is missing: install with `pip install .` and "
-        "run the tests with `pytest` from the repository root (`python -m pytest` puts the "
-        "unbuilt source tree first on sys.path)"
-    ) from exc
+    raise ImportError("pyregnet's compiled module pyregnet._core is missing: install with "
+                      "`pip install -e \".[test]\"` from the repository (README.md)") from exc
 
 from . import ops
 

@@ -205,12 +205,8 @@ def train_command(spec, opts, run_dir, resume=False, python=None):
 
 
 def child_env(gpu=None, threads=None):
-    """The environment of a train process: it imports the same pyregnet as this process. (The
-    process runs in its run directory, so `python -m` does not put a source checkout in the
-    working directory ahead of PYTHONPATH.)"""
+    """The environment of a train process: this one's, with its GPU and thread count."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if threads is not None and "OMP_NUM_THREADS" not in os.environ:

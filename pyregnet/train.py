@@ -20,6 +20,7 @@ import numpy as np
 from . import data as datasets
 from . import engine, model
 from .engine import PENALTY_MODES
+from .extras import missing
 from .files import atomic_write
 from .optim import Adam
 from .regularizers import KINDS, Penalty
@@ -138,7 +139,7 @@ def resolve_device(choice):
         try:
             import cupy  # noqa: F401
         except ImportError:
-            usable, why = False, "CuPy is not installed (pip install cupy-cuda13x)"
+            usable, why = False, missing("cupy")
     if choice == "cuda" and not usable:
         raise UsageError(f"--device cuda: {why}")
     return "cuda" if choice == "cuda" or (choice == "auto" and usable) else "cpu"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pyregnet
+from pyregnet.extras import missing
 
 
 def cuda_skip_reason():
@@ -20,7 +21,7 @@ def cuda_skip_reason():
     try:
         import cupy  # noqa: F401
     except ImportError:
-        return "CuPy is not installed (pip install cupy-cuda13x)"
+        return missing("cupy")
     return None
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pyregnet
 from pyregnet import data as datasets
 from pyregnet import reference
 from pyregnet.regularizers import Penalty
@@ -256,10 +255,7 @@ RUN = ["--device", "cpu", "--quick", "--dataset", "synthetic", "--train-size", s
 
 
 def _env():
-    # the pyregnet this test imported (installed, or a build on PYTHONPATH), not the source tree
-    root = str(Path(pyregnet.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(
-        os.pathsep) if p]), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _run(tmp_path, args, no_torch=False):

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import pyregnet
 from pyregnet import sweep
 from pyregnet.regularizers import DEFAULT_L1, DEFAULT_L2
 
@@ -221,10 +219,12 @@ def test_from_grid_uses_the_chosen_lambda(tmp_path, capsys):
     assert code == 2 and "has no finished runs for l2" in capsys.readouterr().err
 
 
-def test_child_env_imports_this_pyregnet():
+def test_child_env_sets_gpu_and_threads_and_leaves_the_import_path(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     env = sweep.child_env(gpu="3", threads=2)
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(pyregnet.__file__).resolve().parents[1])
-    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["OMP_NUM_THREADS"] == "2"
+    assert "PYTHONPATH" not in env  # the installed (editable) pyregnet is found from any directory
 
 
 # ---------------------------------------------------------------- running (a stand-in trainer)
