@@ -4,8 +4,9 @@
 // range. So, when built with PYREGNET_FLUSH_DENORMALS, a float32 op runs with flush-to-zero (FTZ:
 // subnormal results become 0) and denormals-are-zero (DAZ: subnormal operands count as 0), as the
 // CUDA backend does with -ftz=true; float64 ops keep the caller's mode (IEEE by default), as
-// -ftz leaves the GPU's float64 arithmetic IEEE. The mode is per thread (MXCSR) and OpenMP
-// worker threads do not inherit it from the caller, so it is set in two places:
+// -ftz leaves the GPU's float64 arithmetic IEEE. The mode is per thread (MXCSR), and an OpenMP
+// worker thread keeps its own from region to region (it copies its creator's only when the
+// runtime creates it), so the mode is set in two places:
 //   OpMode    on the calling thread for the whole op (the bindings' dispatch), then restored;
 //   parallel  every parallel region of the backend, which gives each thread of the team the
 //             caller's FTZ/DAZ bits for the region and restores the thread's own afterwards.
