@@ -262,8 +262,8 @@ CPU_SOURCES = Path(__file__).resolve().parents[1] / "csrc" / "cpu"
 
 @pytest.mark.skipif(not CPU_SOURCES.is_dir(), reason="the C++ sources are not next to the tests")
 def test_every_cpu_parallel_region_sets_the_mode():
-    # OpenMP worker threads do not inherit the caller's MXCSR: every region must go through
-    # cpu::parallel (cpu/fp_mode.h), which gives them the caller's FTZ/DAZ bits.
+    # OpenMP worker threads keep their own MXCSR from region to region: every region must go
+    # through cpu::parallel (cpu/fp_mode.h), which gives them the caller's FTZ/DAZ bits.
     raw = [f"{path.name}: {line.strip()}" for path in sorted(CPU_SOURCES.iterdir()) if path.name != "fp_mode.h"
            for line in path.read_text().splitlines() if re.match(r"\s*#\s*pragma\s+omp\s+parallel", line)]
     assert not raw, "parallel regions that bypass cpu::parallel:\n" + "\n".join(raw)
