@@ -10,6 +10,7 @@
 
 #include "core/arrays.h"
 #include "core/backend.h"
+#include "cpu/fp_mode.h"
 #include "math/int_array.h"
 
 #ifdef _OPENMP
@@ -21,18 +22,25 @@ using namespace pyregnet;
 
 namespace {
 
-// Runs fn<T>(args...) on the call's backend for its dtype, without the GIL.
+// Runs fn<T>(args...) on the call's backend for its dtype, without the GIL; on the CPU in the
+// op's floating-point mode (cpu/fp_mode.h: float32 flushes subnormals in a flushing build).
+#define PYREGNET_RUN_CPU(call, fn, ...)                     \
+  [&] {                                                     \
+    const cpu::OpMode mode((call).dtype() == DType::f32);   \
+    return cpu::fn(__VA_ARGS__);                            \
+  }()
 #ifdef PYREGNET_WITH_CUDA
-#define PYREGNET_RUN(call, fn, ...)                                                        \
-  [&] {                                                                                    \
-    py::gil_scoped_release nogil;                                                          \
-    return (call).on_cuda() ? cuda::fn(__VA_ARGS__, (call).stream()) : cpu::fn(__VA_ARGS__); \
+#define PYREGNET_RUN(call, fn, ...)                                                     \
+  [&] {                                                                                 \
+    py::gil_scoped_release nogil;                                                       \
+    return (call).on_cuda() ? cuda::fn(__VA_ARGS__, (call).stream())                    \
+                            : PYREGNET_RUN_CPU(call, fn, __VA_ARGS__);                  \
   }()
 #else
-#define PYREGNET_RUN(call, fn, ...) \
-  [&] {                             \
-    py::gil_scoped_release nogil;   \
-    return cpu::fn(__VA_ARGS__);    \
+#define PYREGNET_RUN(call, fn, ...)                  \
+  [&] {                                              \
+    py::gil_scoped_release nogil;                    \
+    return PYREGNET_RUN_CPU(call, fn, __VA_ARGS__);  \
   }()
 #endif
 
@@ -495,6 +503,8 @@ py::dict build_info() {
   info["cuda_runtime_version"] = py::none();
 #endif
   info["cuda_archs"] = archs;
+  // Subnormal float32 values flushed to zero by both backends (PYREGNET_FLUSH_DENORMALS).
+  info["flush_denormals"] = cpu::kFlushDenormals;
 #ifdef _OPENMP
   info["openmp"] = true;
   info["cpu_threads"] = omp_get_max_threads();

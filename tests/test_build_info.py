@@ -1,6 +1,7 @@
 """build_info() says how pyregnet was built and what it can use, truthfully."""
 
 import os
+import platform
 
 import pyregnet
 from conftest import CUDA_SKIP
@@ -12,6 +13,7 @@ def test_build_info_keys_and_types():
     assert isinstance(info["cuda_compiled"], bool)
     assert isinstance(info["cuda_available"], bool)
     assert isinstance(info["cuda_archs"], list)
+    assert isinstance(info["flush_denormals"], bool)
     assert info["version"] == pyregnet.__version__
 
 
@@ -30,6 +32,14 @@ def test_cuda_expected_by_the_build():
     # .ci/run builds with PYREGNET_CUDA=ON: then the backend must be in the module.
     if os.environ.get("PYREGNET_CUDA") == "ON":
         assert pyregnet.build_info()["cuda_compiled"]
+
+
+def test_flush_denormals_follows_the_build_option():
+    # Set at install time (pyproject.toml); x86 is the only CPU with the control, so ON
+    # elsewhere builds IEEE.
+    option = os.environ.get("PYREGNET_FLUSH_DENORMALS")
+    if option in ("ON", "OFF") and platform.machine() in ("x86_64", "AMD64"):
+        assert pyregnet.build_info()["flush_denormals"] == (option == "ON")
 
 
 def test_cpu_backend_works_without_a_gpu():

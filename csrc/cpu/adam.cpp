@@ -9,6 +9,7 @@
 
 #include "core/backend.h"
 #include "cpu/chunked_sum.h"
+#include "cpu/fp_mode.h"
 #include "math/int_array.h"
 
 namespace pyregnet::cpu {
@@ -18,8 +19,10 @@ double adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized,
                    bool with_penalty, double* into) {
   const T alpha = T(adam_alpha(s, read_counter(s.step)));
   if (!with_penalty) {
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; ++i) adam_element(w[i], g[i], m[i], v[i], i < n_penalized, s, alpha);
+    parallel([&] {
+#pragma omp for simd schedule(static)
+      for (int64_t i = 0; i < n; ++i) adam_element(w[i], g[i], m[i], v[i], i < n_penalized, s, alpha);
+    });
     return 0.0;
   }
   // Per chunk: the value of the weights before the step, then the step; the chunk is still in
@@ -37,8 +40,10 @@ template <class T>
 double penalty_gradient(const T* w, T* g, int64_t n_penalized, double l1, double l2, bool with_penalty,
                         double* into) {
   if (!with_penalty) {
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n_penalized; ++i) g[i] += penalty_grad(w[i], T(l1), T(l2));
+    parallel([&] {
+#pragma omp for simd schedule(static)
+      for (int64_t i = 0; i < n_penalized; ++i) g[i] += penalty_grad(w[i], T(l1), T(l2));
+    });
     return 0.0;
   }
   return deliver(chunked_sum(n_penalized, [&](int64_t begin, int64_t end) {

@@ -5,6 +5,7 @@
 // As on the GPU, a position or an index out of range gives a zero image (and is counted for the
 // caller to report) or the label -1.
 #include "core/backend.h"
+#include "cpu/fp_mode.h"
 #include "math/augment.h"
 #include "math/int_array.h"
 
@@ -15,25 +16,27 @@ int64_t augment_batch(const uint8_t* images, IntArray index, T* batch, const Aug
   const uint64_t step = uint64_t(read_counter(s.step));
   const int64_t offset = read_counter(s.offset);
   int64_t bad_indices = 0;
-#pragma omp parallel for schedule(static) reduction(+ : bad_indices)
-  for (int64_t b = 0; b < s.B; ++b) {
-    const AugmentDraw d = augment_draw(s.seed, step, uint64_t(b), s.max_shift, s.flip);
-    const int64_t n = sample_at(index, s.n_index, offset + b, s.N);
-    T* out = batch + b * s.C * s.H * s.W;
-    if (n < 0) {
-      for (int64_t e = 0; e < s.C * s.H * s.W; ++e) out[e] = T(0);
-      ++bad_indices;
-      continue;
-    }
-    const uint8_t* image = images + n * s.H * s.W * s.C;
-    for (int64_t h = 0; h < s.H; ++h) {
-      const uint8_t* row = image + source_row(d, h, s.H) * s.W * s.C;
-      for (int64_t w = 0; w < s.W; ++w) {
-        const uint8_t* px = row + source_col(d, w, s.W) * s.C;
-        for (int64_t c = 0; c < s.C; ++c) out[(c * s.H + h) * s.W + w] = pixel_to_unit<T>(px[c]);
+  parallel([&] {
+#pragma omp for schedule(static) reduction(+ : bad_indices)
+    for (int64_t b = 0; b < s.B; ++b) {
+      const AugmentDraw d = augment_draw(s.seed, step, uint64_t(b), s.max_shift, s.flip);
+      const int64_t n = sample_at(index, s.n_index, offset + b, s.N);
+      T* out = batch + b * s.C * s.H * s.W;
+      if (n < 0) {
+        for (int64_t e = 0; e < s.C * s.H * s.W; ++e) out[e] = T(0);
+        ++bad_indices;
+        continue;
+      }
+      const uint8_t* image = images + n * s.H * s.W * s.C;
+      for (int64_t h = 0; h < s.H; ++h) {
+        const uint8_t* row = image + source_row(d, h, s.H) * s.W * s.C;
+        for (int64_t w = 0; w < s.W; ++w) {
+          const uint8_t* px = row + source_col(d, w, s.W) * s.C;
+          for (int64_t c = 0; c < s.C; ++c) out[(c * s.H + h) * s.W + w] = pixel_to_unit<T>(px[c]);
+        }
       }
     }
-  }
+  });
   if (into == nullptr) return bad_indices;
   into[0] += double(bad_indices);
   return 0;

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/fp_mode.h"
+
 namespace pyregnet::cpu {
 
 constexpr int64_t kSumChunk = 1 << 14;
@@ -17,8 +19,10 @@ template <class Chunk>
 double chunked_sum(int64_t n, const Chunk& chunk) {
   const int64_t chunks = (n + kSumChunk - 1) / kSumChunk;
   std::vector<double> partial(chunks, 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) partial[c] = chunk(c * kSumChunk, std::min(n, (c + 1) * kSumChunk));
+  parallel([&] {
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) partial[c] = chunk(c * kSumChunk, std::min(n, (c + 1) * kSumChunk));
+  });
   double total = 0.0;
   for (double p : partial) total += p;
   return total;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "cpu/fp_mode.h"
 #include "cpu/gemm.h"
 
 namespace pyregnet::cpu {
@@ -75,8 +76,7 @@ constexpr int64_t kImagesPerPartial = 4;
 template <class T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, bool relu_out) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
-#pragma omp parallel
-  {
+  parallel([&] {
     std::vector<T> col(CRS * PQ);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < sh.N; ++n) {
@@ -89,7 +89,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
           yn[k * PQ + i] = relu_out ? relu(z) : z;
         }
     }
-  }
+  });
 }
 
 template <class T>
@@ -97,8 +97,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q, CHW = sh.C * sh.H * sh.W;
   const int64_t n_partials = (sh.N + kImagesPerPartial - 1) / kImagesPerPartial;
   std::vector<T> dw_partial(n_partials * sh.K * CRS);
-#pragma omp parallel
-  {
+  parallel([&] {
     std::vector<T> col(CRS * PQ);
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < n_partials; ++part) {
@@ -116,19 +115,21 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
         col2im_add(col.data(), sh, dx + n * CHW);
       }
     }
-  }
+  });
   std::fill(dw, dw + sh.K * CRS, T(0));
   for (int64_t part = 0; part < n_partials; ++part)
     for (int64_t i = 0; i < sh.K * CRS; ++i) dw[i] += dw_partial[part * sh.K * CRS + i];
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < sh.K; ++k) {
-    T sum = T(0);
-    for (int64_t n = 0; n < sh.N; ++n) {
-      const T* plane = dy + (n * sh.K + k) * PQ;
-      for (int64_t i = 0; i < PQ; ++i) sum += plane[i];
+  parallel([&] {
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < sh.K; ++k) {
+      T sum = T(0);
+      for (int64_t n = 0; n < sh.N; ++n) {
+        const T* plane = dy + (n * sh.K + k) * PQ;
+        for (int64_t i = 0; i < PQ; ++i) sum += plane[i];
+      }
+      db[k] = sum;
     }
-    db[k] = sum;
-  }
+  });
 }
 
 template void conv2d_forward<float>(const float*, const float*, const float*, float*, const ConvShape&, bool);

@@ -2,6 +2,7 @@
 //   forward:  y  = x . w^T + b, then ReLU when asked (the epilogue saves a pass)
 //   backward: dx = dy . w,  dw = dy^T . x,  db = sum over the batch of dy
 #include "core/backend.h"
+#include "cpu/fp_mode.h"
 #include "cpu/gemm.h"
 
 namespace pyregnet::cpu {
@@ -9,12 +10,14 @@ namespace pyregnet::cpu {
 template <class T>
 void dense_forward(const T* x, const T* w, const T* b, T* y, const DenseShape& s, bool relu_out) {
   gemm<T>(s.N, s.out, s.in, {x, s.in, false}, {w, s.in, true}, y, s.out, false, true);
-#pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t j = 0; j < s.out; ++j) {
-      const T z = y[n * s.out + j] + b[j];
-      y[n * s.out + j] = relu_out ? relu(z) : z;
-    }
+  parallel([&] {
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t j = 0; j < s.out; ++j) {
+        const T z = y[n * s.out + j] + b[j];
+        y[n * s.out + j] = relu_out ? relu(z) : z;
+      }
+  });
 }
 
 template <class T>

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/fp_mode.h"
+
 namespace pyregnet::cpu {
 
 template <class T>
@@ -89,11 +91,11 @@ void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, int64
 }  // namespace detail
 
 // C (M x N, row-major, leading dimension ldc) = op(A) (M x K) . op(B) (K x N), plus the old C
-// when `accumulate`. `parallel` spreads the tiles of C over the OpenMP threads; callers that
+// when `accumulate`. `threaded` spreads the tiles of C over the OpenMP threads; callers that
 // already run in a parallel loop pass false.
 template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* c, int64_t ldc,
-          bool accumulate, bool parallel) {
+          bool accumulate, bool threaded) {
   using Tiles = GemmTiles<T>;
   constexpr int64_t MR = Tiles::MR, NR = Tiles::NR, KC = Tiles::KC, NC = Tiles::NC;
   if (M <= 0 || N <= 0) return;
@@ -112,12 +114,14 @@ void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* 
       const bool add = accumulate || k0 > 0;
       detail::pack_a(a, 0, M, k0, kc, ap.data());
       detail::pack_b(b, k0, kc, j0, cols, bp.data());
-#pragma omp parallel for collapse(2) schedule(static) if (parallel && m_panels * n_panels > 1)
-      for (int64_t jp = 0; jp < n_panels; ++jp)
-        for (int64_t ip = 0; ip < m_panels; ++ip)
-          detail::micro_kernel(kc, ap.data() + ip * MR * kc, bp.data() + jp * NR * kc,
-                               c + ip * MR * ldc + j0 + jp * NR, ldc,
-                               std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
+      parallel([&] {
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t jp = 0; jp < n_panels; ++jp)
+          for (int64_t ip = 0; ip < m_panels; ++ip)
+            detail::micro_kernel(kc, ap.data() + ip * MR * kc, bp.data() + jp * NR * kc,
+                                 c + ip * MR * ldc + j0 + jp * NR, ldc,
+                                 std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
+      }, threaded && m_panels * n_panels > 1);
     }
   }
 }

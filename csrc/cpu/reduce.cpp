@@ -14,8 +14,10 @@ double penalty(const T* w, int64_t n, double l1, double l2, double* into) {
 template <class T>
 int64_t sparsity_count(const T* w, int64_t n, double threshold) {
   int64_t count = 0;
-#pragma omp parallel for reduction(+ : count) schedule(static)
-  for (int64_t i = 0; i < n; ++i) count += (hd_abs(double(w[i])) <= threshold);
+  parallel([&] {
+#pragma omp for reduction(+ : count) schedule(static)
+    for (int64_t i = 0; i < n; ++i) count += (hd_abs(double(w[i])) <= threshold);
+  });
   return count;
 }
 
