@@ -416,7 +416,41 @@ def run_record(config, dataset, run):
             "params": model.N_PARAMS, "train_images": len(run.y_train), "val_images": len(run.y_val),
             "test_images": len(run.y_test), "train_clean_images": len(run.eval_sets["train_clean"][2]),
             "sparsity_thresholds": [model.threshold_key(t) for t in model.SPARSITY_THRESHOLDS],
-            "weight_hist_log10_edges": list(model.HIST_LOG10_EDGES)}
+            "weight_hist_log10_edges": list(model.HIST_LOG10_EDGES), **provenance(config.device)}
+
+
+def provenance(device):
+    """What ran the run: the source commit (None outside a git checkout; "+" marks uncommitted
+    changes), the build (pyregnet.build_info), the processor or GPU, and when (UTC) this
+    process started or resumed the run."""
+    import datetime
+    import platform
+    import subprocess
+
+    import pyregnet
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", "pyregnet", "csrc"):
+        commit += "+"
+    processor = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        processor = names[0] if names else processor
+    except OSError:
+        pass
+    if device == "cuda":
+        import cupy
+        processor = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    return {"commit": commit, "build": pyregnet.build_info(), "processor": processor,
+            "started_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
 def main(argv=None):

@@ -104,6 +104,8 @@ def test_test_and_clean_train_metrics_match_a_direct_evaluation_of_the_checkpoin
     assert config["holdout"] == 64 and config["train_images"] == 320 and config["val_images"] == 64
     assert config["train_clean_images"] == 320 and config["test_images"] == 128
     assert config["weight_hist_log10_edges"] == list(model.HIST_LOG10_EDGES)
+    assert config["build"]["version"] and config["processor"] and len(config["started_utc"]) == 16
+    assert config["commit"] is None or len(config["commit"].rstrip("+")) >= 7
     for layer in model.KERNEL_NAMES:
         h = last["weight_hist"][layer]
         assert h["zeros"] + sum(h["counts"]) == model.views(params)[layer].size
