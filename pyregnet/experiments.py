@@ -208,7 +208,7 @@ def run_e2(args, root, launch, log=print):
     chosen["l1l2"] = {"l1": a, "l2": b, "score": pair_scores[(a, b)],
                       "grid": {f"{sweep._num(x)}:{sweep._num(y)}": v for (x, y), v in sorted(pair_scores.items())}}
     record = {"criterion": f"mean held-out accuracy over the last {ENDPOINT_EPOCHS} epochs, seed 0, "
-                           f"--holdout {E2_HOLDOUT}, no augmentation; ties go to the smaller λ", **chosen}
+                           f"--holdout {opts.holdout}, no augmentation; ties go to the smaller λ", **chosen}
     (root / "E2" / CHOSEN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     log("E2: chosen " + ", ".join(f"{k} {sweep.lambda_text(k, v['l1'], v['l2'])} ({v['score']:.4f})"
                                          for k, v in chosen.items()) + f"; written to {root / 'E2' / CHOSEN_FILE}")

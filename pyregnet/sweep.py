@@ -5,7 +5,7 @@
     python -m pyregnet.sweep compare --out DIR [--seeds 0,1,2] [--l1 λ1] [--l2 λ2] [--l1l2 λ1:λ2]
                                      [--from-grid GRID_DIR] [train options]
     python -m pyregnet.sweep run     E1|E2|E3|E4 --root DIR [--data PATH] [--device D] [--jobs N]
-    python -m pyregnet.sweep report  DIR
+    python -m pyregnet.sweep report  DIR | --root DIR
 
 Every run is an independent process, ``python -m pyregnet.train ... --out DIR/<name>``, named
 ``none_s0``, ``l1_1e-05_s0``, ``l2_0.001_s0``, ``l1l2_1e-05_0.0001_s0`` (penalty, λ, seed). The train
@@ -661,7 +661,10 @@ def parser():
     from .experiments import add_parser as add_experiment_parser
     add_experiment_parser(sub)
     r = sub.add_parser("report", help="re-make the tables and figures from the run directories in DIR")
-    r.add_argument("dir", metavar="DIR")
+    r.add_argument("dir", metavar="DIR", nargs="?", default=None)
+    r.add_argument("--root", metavar="ROOT", default=None,
+                   help="instead of DIR: the experiments E1-E4 under ROOT (python -m pyregnet.sweep run), reported "
+                        "in ROOT/report.md and ROOT/figures/ (pyregnet.report)")
     r.add_argument("--kind", choices=("auto", "grid", "compare"), default="auto",
                    help="which tables (default: those the sweep recorded in DIR/sweep.json, else compare when "
                         "every penalty has one λ and grid otherwise)")
@@ -784,6 +787,14 @@ def run_sweep(args, argv, log=print):
 
 
 def report(args, log=print):
+    if (args.dir is None) == (args.root is None):
+        raise UsageError("report: expected a sweep directory DIR or --root ROOT (the experiments), one of the two")
+    if args.root is not None:
+        if not Path(args.root).is_dir():
+            raise UsageError(f"--root: {args.root} is not a directory; give the --root the experiments ran in")
+        from .report import write_report
+        write_report(args.root, log)
+        return 0
     directory = Path(args.dir)
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
