@@ -116,7 +116,8 @@ def e2_section(root):
     lines = [f"Seed 0, {', '.join(f'{h:,}' for h in held)} training images held out; the score is the held-out "
              f"accuracy averaged over the last "
              f"{ex.ENDPOINT_EPOCHS} epochs (the test accuracy is shown, not used).", "",
-             "| penalty | λ | held-out score (%) | test acc (%) | clean train acc (%) | chosen |", "|---|---|---|---|---|---|"]
+             "| penalty | λ | held-out score (%) | test acc (%) | clean train acc (%) | chosen |",
+             "|---|---|---|---|---|---|"]
     rows = []
     for r in runs:
         c, h = r["config"], r["history"]
@@ -183,7 +184,8 @@ def claims_rows(groups):
         for quantity, a, b, sign in comparisons:
             seeds = sorted(set(numbers.get(a, {})) & set(numbers.get(b, {})))
             if len(seeds) >= 2:
-                result = stats.paired([numbers[a][s][quantity] for s in seeds], [numbers[b][s][quantity] for s in seeds])
+                result = stats.paired([numbers[a][s][quantity] for s in seeds],
+                                      [numbers[b][s][quantity] for s in seeds])
                 tests.append([cid, text, quantity, a, b, sign, result])
     adjusted = stats.holm([t[-1].p for t in tests])
     return [(*t, p, verdict(t[-1], p, t[5])) for t, p in zip(tests, adjusted)]
@@ -242,7 +244,8 @@ def figures(groups, directory, regime):
              directory / f"{regime}_weight_hist.png"]
     plot_methods(series, paths[0], "acc", "accuracy", f"Figure 10, {regime}: clean training vs test accuracy",
                  names=("clean train", "test"))
-    plot_methods(series, paths[1], "loss", "data loss (no penalty)", f"Figure 11, {regime}: clean training vs test loss",
+    plot_methods(series, paths[1], "loss", "data loss (no penalty)",
+                 f"Figure 11, {regime}: clean training vs test loss",
                  names=("clean train", "test"))
     edges = runs[0]["config"]["weight_hist_log10_edges"]
     plot_weight_hists(hists, edges, paths[2], f"{regime}: log10|w| of the kernel weights after the last epoch "
@@ -259,7 +262,8 @@ def provenance(root):
     dates = sorted(c["started_utc"] for c in configs if c.get("started_utc"))
     data = values("data_file", lambda f: f"{f['name']} (sha256 {f['sha256']})")
     return (f"{len(configs)} runs. Processor: {values('processor')}; device: {values('device')}; commits: "
-            f"{values('commit')}; started {dates[0] if dates else '?'} – {dates[-1] if dates else '?'} UTC; data: {data}.")
+            f"{values('commit')}; started {dates[0] if dates else '?'} – {dates[-1] if dates else '?'} UTC; "
+            f"data: {data}.")
 
 
 def write_report(root, log=print):
