@@ -132,6 +132,29 @@ def _md5_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def source_identity(spec: str | None, dataset: str = "cifar10") -> dict:
+    """{"name", "sha256"}: the data a run read, named without a path of this machine. A file: its
+    name and the SHA-256 of its bytes; a directory: its name and the SHA-256 of every file's
+    relative path and bytes, in sorted order; no --data: the cached CIFAR-10 that
+    :func:`load_cifar10` reads; synthetic data: its name and None."""
+    if spec is None:
+        if dataset != "cifar10":
+            return {"name": dataset, "sha256": None}
+        root = cache_dir()
+        p = root / BATCHES_DIR if (root / BATCHES_DIR).is_dir() else root / TARBALL_NAME
+    else:
+        p = Path(spec).expanduser()
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(f.relative_to(p).as_posix().encode() + b"\0" + f.stat().st_size.to_bytes(8, "little"))
+        with open(f, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+    return {"name": p.name, "sha256": h.hexdigest()}
+
+
 def _download(url: str, dest: Path, md5: str | None, progress) -> None:
     """Download url to dest atomically, verifying md5 (when not None) before the rename."""
 
@@ -634,6 +657,27 @@ def _subset(x, y, size, what, split, seed):
                         f"expected an integer from 1 to {n}")
     idx = np.random.default_rng([seed, 0xDA7A, _SPLITS.index(split)]).permutation(n)[:size]
     return np.ascontiguousarray(x[idx]), y[idx], f", {split} {size}/{n}"
+
+
+def stratified_indices(labels, size, stream):
+    """`size` sorted indices into `labels` with every class in proportion to its share (largest
+    remainders; ties go to the lower class), drawn by a generator that depends on `stream` only,
+    so the pick is the same for every training seed. stream names the use (e.g. "holdout")."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 0 <= size <= n:
+        raise ValueError(f"stratified_indices: size: expected 0 to {n} but got {size}")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / n
+    quota = np.floor(exact).astype(np.int64)
+    by_remainder = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]), i))
+    quota[by_remainder[:size - int(quota.sum())]] += 1
+    key = int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "little")
+    picked = []
+    for c, q in zip(classes, quota):
+        members = np.flatnonzero(labels == c)
+        picked.append(members[np.random.default_rng([key, int(c)]).permutation(len(members))[:q]])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
 def load(spec: str | None = None, *, dataset="cifar10", download=True, train_size=None, val_size=None,

@@ -72,15 +72,25 @@ class Engine:
             # the implicit ordering with work on the default stream (the run's other arrays,
             # benchmarks' events), so callers need not know about it.
             self.stream = cupy.cuda.Stream(non_blocking=False)
-        n_train, n_val = len(run.y_train), len(run.y_val)
-        self.order = xp.zeros(n_train, dtype=np.int32)
-        self.val_order = xp.arange(n_val, dtype=np.int32)
+        self.order = xp.zeros(len(run.y_train), dtype=np.int32)
         self.clock = xp.zeros(2, dtype=np.int64)      # [Adam updates done, position in the order]
-        self.val_clock = xp.zeros(1, dtype=np.int64)  # position in the validation set
         self.metrics = xp.zeros(6, dtype=np.float64)
-        self.val_metrics = xp.zeros(6, dtype=np.float64)
-        self.train_steps = self._programs(n_train, cfg.batch_size, self._train_step)
-        self.eval_steps = self._programs(n_val, eval_batch, self._eval_step)
+        self.train_steps = self._programs(len(run.y_train), cfg.batch_size, self._train_step)
+        self.eval_batch = eval_batch
+        self.evals = {}       # image set name -> EvalSet, built on first use
+        self._eval_acts = {}  # batch size -> Activations: the image sets' programs share them
+
+    def eval_set(self, name):
+        """The evaluation programs over the run's image set `name` (run.eval_sets[name]: images,
+        labels and the indices to evaluate), built on first use."""
+        if name not in self.evals:
+            images, labels, index = self.run.eval_sets[name]
+            xp = self.xp
+            s = EvalSet(images, labels, xp.asarray(np.asarray(index, dtype=np.int32)),
+                        xp.zeros(1, dtype=np.int64), xp.zeros(6, dtype=np.float64))
+            s.plan = self._programs(len(index), self.eval_batch, lambda batch, last: self._eval_step(batch, s))
+            self.evals[name] = s
+        return self.evals[name]
 
     def _programs(self, n, batch, step):
         """[(program, count)]: the full-batch program n // batch times, then the last batch."""
@@ -129,19 +139,21 @@ class Engine:
                             penalized=n_kernel, with_penalty=fused, into=penalty_sum if fused else None)
         return body
 
-    def _eval_step(self, batch, last):
+    def _eval_step(self, batch, s):
         run, xp = self.run, self.xp
-        act = model.Activations(xp, batch, run.params.dtype, backward=False)
+        if batch not in self._eval_acts:
+            self._eval_acts[batch] = model.Activations(xp, batch, run.params.dtype, backward=False)
+        act = self._eval_acts[batch]
         tick = xp.asarray([batch], dtype=np.int64)
-        m = self.val_metrics
+        m = s.metrics
 
         def body():
-            ops.augment_batch(run.x_val, self.val_order, seed=0, step=0, offset=self.val_clock, max_shift=0,
+            ops.augment_batch(s.images, s.index, seed=0, step=0, offset=s.clock, max_shift=0,
                               flip=False, out=act.x, into=m[BAD_INDICES:BAD_INDICES + 1])
-            ops.take(run.y_val, self.val_order, offset=self.val_clock, out=act.labels)
+            ops.take(s.labels, s.index, offset=s.clock, out=act.labels)
             logits, _ = model.forward(run.params, act.x, act)
             ops.softmax_cross_entropy(logits, act.labels, dlogits=act.dlogits, into=m[LOSS:BAD_LABELS + 1])
-            self.val_clock += tick
+            s.clock += tick
         return body
 
     # ------------------------------------------------------------ epochs
@@ -176,14 +188,23 @@ class Engine:
         run.adam.step += steps
         return sums, steps
 
-    def evaluate(self):
-        """Metric sums over the validation set, no augmentation, as NumPy float64."""
+    def evaluate(self, name="val"):
+        """Metric sums over the image set `name` (see eval_set), no augmentation, as NumPy float64."""
+        s = self.eval_set(name)
         with self._stream():
-            self.val_clock[...] = 0
-            self.val_metrics[...] = 0
-            self._run(self.eval_steps)
-            return _to_host(self.val_metrics)
+            s.clock[...] = 0
+            s.metrics[...] = 0
+            self._run(s.plan)
+            return _to_host(s.metrics)
 
+
+class EvalSet:
+    """One image set's evaluation: what its programs read and the sums they write."""
+
+    def __init__(self, images, labels, index, clock, metrics):
+        self.images, self.labels, self.index = images, labels, index
+        self.clock, self.metrics = clock, metrics  # position in `index`; the metric sums
+        self.plan = []
 
 
 def _to_host(a):

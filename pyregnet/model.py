@@ -131,19 +131,72 @@ def array_module(a):
     return cupy
 
 
-def sparsity(params, thresholds=(1e-3, 1e-4, 0.0)):
+# Sparsity thresholds: fraction of kernel weights with |w| <= t. SUBNORMAL_MAX, the largest
+# subnormal float32, counts |w| < the smallest normal float (about 1.18e-38): zero or subnormal,
+# the same whether or not the arithmetic flushed subnormals to zero; 0 counts exact zeros only.
+SUBNORMAL_MAX = float(np.nextafter(np.float32(np.finfo(np.float32).tiny), np.float32(0)))
+SPARSITY_THRESHOLDS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, SUBNORMAL_MAX, 0.0)
+# log10|w| histogram: bin i holds the non-zero weights with EDGES[i] <= log10|w| < EDGES[i + 1],
+# half decades from 1e-45 (float32's smallest subnormal is 1.4e-45) to 10; the last bin is open
+# above. Exact zeros are counted apart. Edges are compared as the nearest float32 to 10**edge.
+HIST_LOG10_EDGES = tuple(k / 2 for k in range(-90, 3))
+
+
+def sparsity(params, thresholds=SPARSITY_THRESHOLDS):
     """Fraction of kernel weights with |w| <= t, per layer and in total, for each threshold:
     {layer or "total": {str(t): fraction}}."""
-    p = views(params)
-    out, totals = {}, {t: 0 for t in thresholds}
-    for name in KERNEL_NAMES:
-        counts = {t: ops.sparsity_count(p[name], t) for t in thresholds}
+    return weight_stats(params, thresholds)[0]
+
+
+def weight_stats(params, thresholds=SPARSITY_THRESHOLDS):
+    """(sparsity, histograms) of the kernel weights, from one host copy of `params`.
+
+    sparsity as :func:`sparsity` returns it; histograms {layer: {"zeros": n, "counts": [...]}}
+    over HIST_LOG10_EDGES. Magnitudes are compared as bit patterns (for non-negative IEEE floats
+    the integer order is the numeric order), so no floating-point mode (flush-to-zero,
+    denormals-are-zero) can turn a subnormal weight into a zero here."""
+    host = params.get() if hasattr(params, "get") else np.asarray(params)
+    mags = {name: _magnitude_bits(w) for name, w in views(host).items() if name in KERNEL_NAMES}
+    dtype = host.dtype
+    limits = {t: _bits_at_most(t, dtype) for t in thresholds}
+    edges = np.array([_bits_nearest(10.0 ** e, dtype) for e in HIST_LOG10_EDGES])
+    spars, hists, totals = {}, {}, dict.fromkeys(thresholds, 0)
+    for name, bits in mags.items():
+        ordered = np.sort(bits)
+        counts = {t: int(np.searchsorted(ordered, limits[t], side="right")) for t in thresholds}
         for t in thresholds:
             totals[t] += counts[t]
-        out[name] = {_key(t): counts[t] / p[name].size for t in thresholds}
-    out["total"] = {_key(t): totals[t] / N_KERNEL for t in thresholds}
-    return out
+        spars[name] = {threshold_key(t): counts[t] / bits.size for t in thresholds}
+        zeros = int(np.searchsorted(ordered, 0, side="right"))
+        below = np.searchsorted(ordered[zeros:], edges, side="left")  # how many lie below each edge
+        within = np.diff(np.append(below, ordered.size - zeros))
+        within[0] += below[0]  # none in float32; float64 has smaller subnormals
+        hists[name] = {"zeros": zeros, "counts": [int(c) for c in within[:-2]] + [int(within[-2] + within[-1])]}
+    spars["total"] = {threshold_key(t): totals[t] / N_KERNEL for t in thresholds}
+    return spars, hists
 
 
-def _key(t):
+def _uint(dtype):
+    return np.dtype(f"u{np.dtype(dtype).itemsize}")
+
+
+def _magnitude_bits(w):
+    """The bit patterns of |w| as unsigned integers (the sign bit cleared)."""
+    u = _uint(w.dtype)
+    return np.ascontiguousarray(w).reshape(-1).view(u) & u.type(np.iinfo(u).max >> 1)
+
+
+def _bits_at_most(t, dtype):
+    """The bit pattern of the largest value of `dtype` that is <= t (t >= 0)."""
+    v = np.array(t, dtype=dtype)
+    if float(v) > t:
+        v = np.nextafter(v, dtype.type(0))
+    return np.array(v, dtype=dtype).view(_uint(dtype))[()]
+
+
+def _bits_nearest(x, dtype):
+    return np.array(x, dtype=dtype).view(_uint(dtype))[()]
+
+
+def threshold_key(t):
     return "0" if t == 0 else f"{t:g}"

@@ -1,6 +1,8 @@
 """Figures: training curves of one run (the paper's Figures 2-9) and the comparison of methods
 (Figures 10-11). matplotlib with the Agg backend: files only, no display needed."""
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -27,11 +29,12 @@ def plot_curves(history, path, title=""):
     plt.close(fig)
 
 
-def plot_methods(series, path, quantity, ylabel, title=""):
+def plot_methods(series, path, quantity, ylabel, title="", names=("train", "validation")):
     """Train (solid) vs validation (dashed) `quantity` ("acc" or "loss") per epoch, one colour per
     method: the paper's Figures 10 (accuracy) and 11 (loss). `series` holds, per method, "label",
     "epochs", "train_<quantity>", "val_<quantity>" (means over seeds), optionally the matching
-    "..._std" lists (drawn as a band when non-zero) and "color"."""
+    "..._std" lists (drawn as a band when non-zero) and "color". `names`: what the legend calls
+    the train and val series."""
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -41,7 +44,7 @@ def plot_methods(series, path, quantity, ylabel, title=""):
         for split, style in (("train", "-"), ("val", "--")):
             mean = s[f"{split}_{quantity}"]
             ax.plot(s["epochs"], mean, style, color=color, marker="o" if split == "train" else "s", markersize=3,
-                    label=f"{s['label']} {'train' if split == 'train' else 'validation'}")
+                    label=f"{s['label']} {names[0] if split == 'train' else names[1]}")
             std = s.get(f"{split}_{quantity}_std")
             if std and any(std):
                 banded = True
@@ -53,6 +56,26 @@ def plot_methods(series, path, quantity, ylabel, title=""):
         ax.set_title(title + ("\n(mean over seeds; bands: ± 1 std)" if banded else ""), fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_weight_hists(series, edges, path, title=""):
+    """The distribution of log10|w| of the kernel weights, one line per method: `series` holds,
+    per method, "label", "fractions" (the fraction of weights per bin between consecutive `edges`,
+    the last bin open above) and "zeros" (the fraction of exact zeros, named in the legend)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, s in enumerate(series):
+        ax.step(edges[:-1], s["fractions"], where="post", color=s.get("color") or f"C{i}",
+                label=f"{s['label']} (exact zeros {100 * s['zeros']:.3g}%)")
+    ax.axvline(math.log10(2.0 ** -126), color="k", linestyle=":", linewidth=1)  # the smallest normal float32
+    ax.set(xlabel="log10 |w| (dotted: smallest normal float32; left of it: subnormal)",
+           ylabel="fraction of kernel weights per half decade", yscale="log")
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

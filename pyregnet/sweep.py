@@ -4,14 +4,16 @@
                                      [--l1l2 1e-5:1e-4,1e-4:1e-3,1e-3:1e-2] [--seeds 0] [train options]
     python -m pyregnet.sweep compare --out DIR [--seeds 0,1,2] [--l1 λ1] [--l2 λ2] [--l1l2 λ1:λ2]
                                      [--from-grid GRID_DIR] [train options]
-    python -m pyregnet.sweep report  DIR
+    python -m pyregnet.sweep run     E1|E2|E3|E4 --root DIR [--data PATH] [--device D] [--jobs N]
+    python -m pyregnet.sweep report  DIR | --root DIR
 
 Every run is an independent process, ``python -m pyregnet.train ... --out DIR/<name>``, named
 ``none_s0``, ``l1_1e-05_s0``, ``l2_0.001_s0``, ``l1l2_1e-05_0.0001_s0`` (penalty, λ, seed). The train
-options (--data/--dataset, --train-size, --val-size, --epochs, --batch-size, --lr, --device,
---no-augment) are passed through. A run whose metrics.jsonl already holds all epochs is skipped
-and one with a checkpoint but fewer epochs is resumed, so running the same command again
-continues an interrupted sweep. --jobs N runs N at once; --gpus 0,1,... gives each running
+options (--data/--dataset, --train-size, --val-size, --holdout, --epochs, --batch-size, --lr,
+--device, --no-augment) are passed through. ``run`` runs one of the experiments of
+docs/experiments.md (pyregnet.experiments) under DIR/E1 … DIR/E4. A run whose metrics.jsonl
+already holds all epochs is skipped and one with a checkpoint but fewer epochs is resumed, so
+running the same command again continues an interrupted sweep. --jobs N runs N at once; --gpus 0,1,... gives each running
 process its own CUDA_VISIBLE_DEVICES (one process per GPU by default). A run that fails is
 reported at the end (exit code, last line of its stderr), left out of the tables, and makes the
 sweep exit 1; bad arguments exit 2.
@@ -93,7 +95,8 @@ DEFAULT_GRID = {
 METHOD_NAMES = {"none": "none", "l1": "L1", "l2": "L2", "l1l2": "L1L2"}
 METHOD_COLORS = {"none": "tab:gray", "l1": "tab:blue", "l2": "tab:orange", "l1l2": "tab:green"}
 # The settings that must agree for two runs to be the same experiment (the epochs may grow).
-RUN_KEYS = ("reg", "l1", "l2", "seed", "batch_size", "lr", "data", "dataset", "train_size", "val_size", "augment")
+RUN_KEYS = ("reg", "l1", "l2", "seed", "batch_size", "lr", "data", "dataset", "train_size", "val_size", "augment",
+            "holdout")
 
 Stat = namedtuple("Stat", "mean std")   # std: sample standard deviation over seeds; nan for one seed
 
@@ -161,7 +164,8 @@ def run_state(run_dir, expected, epochs):
         return "new", ""
     config = read_config(run_dir)
     if config is not None:
-        diff = [f"{k} {config.get(k)!r} (now {expected[k]!r})" for k in RUN_KEYS if config.get(k) != expected[k]]
+        diff = [f"{k} {_recorded(config, k)!r} (now {expected[k]!r})" for k in RUN_KEYS
+                if _recorded(config, k) != expected[k]]
         if diff:
             return "conflict", (f"{run_dir} holds a run with other settings: {', '.join(diff)}; "
                                 "use another --out or remove it")
@@ -175,13 +179,21 @@ def run_state(run_dir, expected, epochs):
     return "conflict", f"{run_dir} has {done} epochs in metrics.jsonl but no checkpoint.npz; remove it to rerun"
 
 
+def _recorded(config, key):
+    """A RUN_KEYS value of a config.json, as the current trainer writes it: runs made before
+    --holdout existed held out nothing, and the data is named by its file name, not its path."""
+    value = config.get(key, 0 if key == "holdout" else None)
+    return Path(value).name if key == "data" and value is not None else value
+
+
 def expected_config(spec, opts):
     """The config.json values (RUN_KEYS) that `python -m pyregnet.train` will write for this run."""
     defaults = Config()
     return {"reg": spec.reg, "l1": spec.l1, "l2": spec.l2, "seed": spec.seed,
             "batch_size": opts.batch_size or defaults.batch_size, "lr": opts.lr or defaults.lr,
-            "data": opts.data, "dataset": opts.dataset or defaults.dataset, "train_size": opts.train_size,
-            "val_size": opts.val_size, "augment": opts.augment}
+            "data": Path(opts.data).name if opts.data else None, "dataset": opts.dataset or defaults.dataset,
+            "train_size": opts.train_size,
+            "val_size": opts.val_size, "augment": opts.augment, "holdout": getattr(opts, "holdout", None) or 0}
 
 
 def passthrough(opts):
@@ -191,7 +203,8 @@ def passthrough(opts):
     data = str(Path(opts.data).resolve()) if opts.data else None
     for flag, value in (("--data", data), ("--dataset", opts.dataset), ("--train-size", opts.train_size),
                         ("--val-size", opts.val_size), ("--epochs", opts.epochs),
-                        ("--batch-size", opts.batch_size), ("--lr", opts.lr), ("--device", opts.device)):
+                        ("--batch-size", opts.batch_size), ("--lr", opts.lr), ("--device", opts.device),
+                        ("--holdout", getattr(opts, "holdout", None) or None)):
         if value is not None:
             args += [flag, str(value) if not isinstance(value, float) else _num(value)]
     if not opts.augment:
@@ -612,6 +625,7 @@ def _add_run_options(p, seeds):
     src.add_argument("--dataset", choices=("cifar10", "synthetic"), default=None)
     t.add_argument("--train-size", type=_positive_int, metavar="N", default=None)
     t.add_argument("--val-size", type=_positive_int, metavar="N", default=None)
+    t.add_argument("--holdout", type=_positive_int, metavar="N", default=None)
     t.add_argument("--epochs", type=_positive_int, metavar="N", default=None, help=f"default {Config.epochs}")
     t.add_argument("--batch-size", type=_positive_int, metavar="N", default=None)
     t.add_argument("--lr", type=_lr, default=None)
@@ -621,7 +635,7 @@ def _add_run_options(p, seeds):
 
 def parser():
     p = _Parser(prog="python -m pyregnet.sweep", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", metavar="{grid,compare,report}")
+    sub = p.add_subparsers(dest="command", metavar="{grid,compare,run,report}")
     sub.required = True
     g = sub.add_parser("grid", help="the λ grid for each penalty, written to DIR/grid.md and grid.csv")
     g.add_argument("--l1", type=_floats, metavar="λ1,...", default=_floats(DEFAULT_GRID["l1"]),
@@ -640,8 +654,13 @@ def parser():
     c.add_argument("--from-grid", metavar="GRID_DIR", default=None,
                    help="use the λ a grid sweep chose (explicit --l1/--l2/--l1l2 win)")
     _add_run_options(c, "0,1,2")
+    from .experiments import add_parser as add_experiment_parser
+    add_experiment_parser(sub)
     r = sub.add_parser("report", help="re-make the tables and figures from the run directories in DIR")
-    r.add_argument("dir", metavar="DIR")
+    r.add_argument("dir", metavar="DIR", nargs="?", default=None)
+    r.add_argument("--root", metavar="ROOT", default=None,
+                   help="instead of DIR: the experiments E1-E4 under ROOT (python -m pyregnet.sweep run), reported "
+                        "in ROOT/report.md and ROOT/figures/ (pyregnet.report)")
     r.add_argument("--kind", choices=("auto", "grid", "compare"), default="auto",
                    help="which tables (default: those the sweep recorded in DIR/sweep.json, else compare when "
                         "every penalty has one λ and grid otherwise)")
@@ -764,6 +783,14 @@ def run_sweep(args, argv, log=print):
 
 
 def report(args, log=print):
+    if (args.dir is None) == (args.root is None):
+        raise UsageError("report: expected a sweep directory DIR or --root ROOT (the experiments), one of the two")
+    if args.root is not None:
+        if not Path(args.root).is_dir():
+            raise UsageError(f"--root: {args.root} is not a directory; give the --root the experiments ran in")
+        from .report import write_report
+        write_report(args.root, log)
+        return 0
     directory = Path(args.dir)
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
@@ -801,6 +828,9 @@ def main(argv=None):
         args = parser().parse_args(argv)
         if args.command == "report":
             return report(args)
+        if args.command == "run":
+            from .experiments import run_experiment
+            return run_experiment(args)
         return run_sweep(args, argv)
     except UsageError as e:
         print(f"pyregnet.sweep: error: {e}", file=sys.stderr)

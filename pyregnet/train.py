@@ -28,6 +28,9 @@ from .regularizers import KINDS, Penalty
 EXIT_USAGE = 2      # bad arguments or data
 EXIT_DIVERGED = 1   # the loss became NaN or infinite
 EVAL_BATCH = 1000
+# The clean-train evaluation: up to this many training images, a fixed class-stratified pick
+# (the same for every seed and epoch), evaluated without augmentation every epoch.
+CLEAN_TRAIN_SIZE = 10_000
 
 
 @dataclasses.dataclass
@@ -47,6 +50,7 @@ class Config:
     augment: bool = True
     penalty_mode: str = "fused"
     graph: bool = True  # on the GPU, replay each step as a captured CUDA graph (same results)
+    holdout: int = 0  # training images held out as the validation set (0: validate on the test set)
 
     def same_run(self, other):
         """Everything but the number of epochs and how the steps are launched must match to
@@ -76,6 +80,13 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {text}")
+    return value
+
+
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 but got {text}")
     return value
 
 
@@ -111,7 +122,12 @@ def parser():
     src.add_argument("--dataset", choices=("cifar10", "synthetic"), default="cifar10",
                      help="cifar10: from the cache ($PYREGNET_DATA or ~/.cache/pyregnet), downloaded on first use")
     p.add_argument("--train-size", type=_positive_int, default=None, help="train on a subset of N images")
-    p.add_argument("--val-size", type=_positive_int, default=None, help="validate on a subset of N images")
+    p.add_argument("--val-size", type=_positive_int, default=None,
+                   help="use a subset of N test images (the validation set when --holdout is 0)")
+    p.add_argument("--holdout", type=_count, default=0, metavar="N",
+                   help="hold out N training images (a fixed class-stratified pick, the same for every seed) as "
+                        "the validation set; the test set is then only reported. 0: validate on the test set, "
+                        "as the paper does")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="turn off the random flips and ±3 px shifts")
@@ -153,7 +169,7 @@ def config_from_args(args):
     return Config(reg=penalty.kind, l1=penalty.l1, l2=penalty.l2, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, seed=args.seed, data=args.data, dataset=args.dataset, train_size=args.train_size,
                   val_size=args.val_size, device=resolve_device(args.device), augment=args.augment,
-                  penalty_mode=args.penalty_mode, graph=args.graph)
+                  penalty_mode=args.penalty_mode, graph=args.graph, holdout=args.holdout)
 
 
 # ---------------------------------------------------------------- files
@@ -183,8 +199,21 @@ class Run:
         else:
             xp = np
         self.xp = xp
-        self.x_train, self.y_train = xp.asarray(dataset.x_train), xp.asarray(dataset.y_train)
-        self.x_val, self.y_val = xp.asarray(dataset.x_test), xp.asarray(dataset.y_test)
+        train, held = split_holdout(dataset.y_train, config.holdout)
+        if config.holdout:
+            self.x_train, self.y_train = xp.asarray(dataset.x_train[train]), xp.asarray(dataset.y_train[train])
+            self.x_val, self.y_val = xp.asarray(dataset.x_train[held]), xp.asarray(dataset.y_train[held])
+            self.x_test, self.y_test = xp.asarray(dataset.x_test), xp.asarray(dataset.y_test)
+        else:
+            self.x_train, self.y_train = xp.asarray(dataset.x_train), xp.asarray(dataset.y_train)
+            self.x_val, self.y_val = xp.asarray(dataset.x_test), xp.asarray(dataset.y_test)
+            self.x_test, self.y_test = self.x_val, self.y_val
+        y_train = dataset.y_train[train]
+        clean = datasets.stratified_indices(y_train, min(CLEAN_TRAIN_SIZE, len(y_train)), "train_clean")
+        # name -> (images, labels, the indices evaluated): the engine's evaluation programs.
+        self.eval_sets = {"val": (self.x_val, self.y_val, np.arange(len(self.y_val))),
+                          "test": (self.x_test, self.y_test, np.arange(len(self.y_test))),
+                          "train_clean": (self.x_train, self.y_train, clean)}
         self.params = xp.asarray(model.init_params(config.seed))
         self.grad = xp.zeros_like(self.params)
         self.adam = Adam.zeros_like(self.params, lr=config.lr)
@@ -240,11 +269,12 @@ class Run:
             report(steps, steps, sums)
         return sums[engine.LOSS] / n, total_loss(sums) / n, sums[engine.CORRECT] / n
 
-    def evaluate(self):
-        """Mean data loss and accuracy on the validation set, no augmentation."""
-        sums = self.engine.evaluate()
-        self._check(sums, "validation")
-        n = len(self.y_val)
+    def evaluate(self, name="val"):
+        """Mean data loss and accuracy on an image set, no augmentation: "val" (the validation
+        set), "test" or "train_clean" (the fixed clean-train subset)."""
+        sums = self.engine.evaluate(name)
+        self._check(sums, {"val": "validation", "train_clean": "clean-train"}.get(name, name))
+        n = len(self.eval_sets[name][2])
         return sums[engine.LOSS] / n, sums[engine.CORRECT] / n
 
     def _check(self, sums, what):
@@ -262,18 +292,36 @@ class Run:
         t1 = time.perf_counter()
         val_data_loss, val_acc = self.evaluate()
         t2 = time.perf_counter()
+        # Without a holdout the validation set is the test set: one pass serves both.
+        test_loss, test_acc = self.evaluate("test") if self.config.holdout else (val_data_loss, val_acc)
+        t3 = time.perf_counter()
+        clean_loss, clean_acc = self.evaluate("train_clean")
+        t4 = time.perf_counter()
+        sparsity, hist = model.weight_stats(self.params)
+        t5 = time.perf_counter()
         self.epoch += 1
         penalty = self.penalty.value(self.params[:model.N_KERNEL])
         metrics = {
             "epoch": self.epoch, "train_loss": train_loss, "train_data_loss": train_data_loss, "train_acc": train_acc,
             # Keras adds the regularization losses to the validation loss too.
             "val_loss": val_data_loss + penalty, "val_data_loss": val_data_loss, "val_acc": val_acc,
-            "penalty": penalty, "sparsity": model.sparsity(self.params),
+            "penalty": penalty, "sparsity": sparsity,
             "epoch_time_s": t1 - t0, "eval_time_s": t2 - t1, "images_per_s": len(self.y_train) / (t1 - t0),
             "device": self.config.device, "step": self.adam.step,
+            # Data losses (no penalty): the test set always; the clean-train subset, no augmentation.
+            "test_loss": test_loss, "test_acc": test_acc, "train_clean_loss": clean_loss, "train_clean_acc": clean_acc,
+            "extra_eval_time_s": {"test": t3 - t2, "train_clean": t4 - t3, "weights": t5 - t4},
+            "weight_hist": hist,  # per layer: exact zeros and counts over model.HIST_LOG10_EDGES
         }
         self.history.append(metrics)
         return metrics
+
+
+def split_holdout(y_train, holdout):
+    """(train indices, held-out indices) into the training set: a fixed class-stratified pick of
+    `holdout` images, disjoint from the rest and the same for every seed."""
+    held = datasets.stratified_indices(y_train, holdout, "holdout")
+    return np.setdiff1d(np.arange(len(y_train)), held), held
 
 
 # ---------------------------------------------------------------- command line
@@ -325,13 +373,16 @@ def train(config: Config, out, resume=False, log=print, progress=True):
                                 val_size=config.val_size, seed=0)
     except datasets.DataError as e:
         raise UsageError(str(e)) from None
+    if config.holdout >= len(dataset.y_train):
+        raise UsageError(f"--holdout: expected fewer than the {len(dataset.y_train)} training images (some must "
+                         f"remain to train on) but got {config.holdout}; lower --holdout or raise --train-size")
     run = Run(config, dataset)
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         run.restore(state)
         log(f"resuming {out} after epoch {run.epoch}")
-    atomic_write(out / "config.json", lambda f: f.write(json.dumps(
-        {**dataclasses.asdict(config), "data_source": dataset.source, "params": model.N_PARAMS}, indent=2).encode()))
+    record = run_record(config, dataset, run)
+    atomic_write(out / "config.json", lambda f: f.write(json.dumps(record, indent=2).encode()))
     # metrics.jsonl holds exactly the checkpoint's epochs: an interrupted epoch leaves no line.
     atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in run.history).encode()))
     log(f"pyregnet.train: {run.penalty.describe()}, {dataset.source}, device {config.device}, "
@@ -350,6 +401,57 @@ def train(config: Config, out, resume=False, log=print, progress=True):
     from .plots import plot_curves
     plot_curves(run.history, out / "curves.png", title=f"{run.penalty.describe()}, seed {config.seed}")
     return run.history
+
+
+def run_record(config, dataset, run):
+    """config.json: the settings, the data named by file name and SHA-256 (a path of this machine
+    would mean nothing elsewhere), the image counts, and how the metrics are defined."""
+    record = dataclasses.asdict(config)
+    source = dataset.source
+    if config.data is not None:
+        name = Path(config.data).name
+        for path in sorted({str(Path(config.data).expanduser().absolute()), config.data}, key=len, reverse=True):
+            source = source.replace(path, name)
+        record["data"] = name
+    return {**record, "data_source": source, "data_file": datasets.source_identity(config.data, config.dataset),
+            "params": model.N_PARAMS, "train_images": len(run.y_train), "val_images": len(run.y_val),
+            "test_images": len(run.y_test), "train_clean_images": len(run.eval_sets["train_clean"][2]),
+            "sparsity_thresholds": [model.threshold_key(t) for t in model.SPARSITY_THRESHOLDS],
+            "weight_hist_log10_edges": list(model.HIST_LOG10_EDGES), **provenance(config.device)}
+
+
+def provenance(device):
+    """What ran the run: the source commit (None outside a git checkout; "+" marks uncommitted
+    changes), the build (pyregnet.build_info), the processor or GPU, and when (UTC) this
+    process started or resumed the run."""
+    import datetime
+    import platform
+    import subprocess
+
+    import pyregnet
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", "pyregnet", "csrc"):
+        commit += "+"
+    processor = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        processor = names[0] if names else processor
+    except OSError:
+        pass
+    if device == "cuda":
+        import cupy
+        processor = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    return {"commit": commit, "build": pyregnet.build_info(), "processor": processor,
+            "started_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import pytest
 from pyregnet import ops, train
 
 TINY = ["--dataset", "synthetic", "--train-size", "384", "--val-size", "128", "--device", "cpu"]
-TIMING = {"epoch_time_s", "eval_time_s", "images_per_s"}
+TIMING = {"epoch_time_s", "eval_time_s", "images_per_s", "extra_eval_time_s"}
 
 
 def run(tmp_path, name, *args):
@@ -40,7 +40,7 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
                 "images_per_s", "device"):
         assert key in h[0]
     assert set(h[0]["sparsity"]) == {"conv1.w", "conv2.w", "dense1.w", "dense2.w", "total"}
-    assert set(h[0]["sparsity"]["total"]) == {"0.001", "0.0001", "0"}
+    assert {"0.001", "0.0001", "0"} <= set(h[0]["sparsity"]["total"])
     assert h[0]["penalty"] > 0 and h[0]["train_loss"] > h[0]["train_data_loss"]
     assert (out / "curves.png").stat().st_size > 1000
     config = json.loads((out / "config.json").read_text())

@@ -1,0 +1,295 @@
+"""python -m pyregnet.sweep report --root DIR: the results of the experiments E1-E4
+(docs/experiments.md) as DIR/report.md and figures under DIR/figures/, from the runs' config.json
+and metrics.jsonl alone: per regime the endpoint numbers (mean ± std over seeds), E1's
+overfitting criterion, E2's λ grid, the claims table with paired-by-seed differences, 95% paired-t
+intervals and Holm-corrected p-values, the paper's Figures 10-11 and log10|w| histograms."""
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from . import experiments as ex
+from . import stats, sweep
+
+METHODS = ("none", "l1", "l2", "l1l2")
+REGIMES = {"E3": "no augmentation (E3; its baseline runs are E1's)", "E4": "with augmentation (E4)"}
+NO_DIFFERENCE_PP = 0.5  # "no difference" needs the whole 95% interval inside ± this
+ALPHA = 0.05
+# Paper's numbers, read off its text (single runs): DESIGN.md §1.
+PAPER = {"none": "12 epochs: train ≈85%, val 65–70%, val loss rising", "l1": "20 epochs: train ≈73%, val close",
+         "l2": "train ≈70%, val close", "l1l2": "train ≈74%"}
+
+
+# ---------------------------------------------------------------- per run
+
+def run_numbers(history):
+    """The endpoint numbers of one run (fractions; the loss rise in loss units)."""
+    last = history[-1]
+    losses = [h["test_loss"] for h in history]
+    acc = ex.endpoint(history, "test_acc")
+    clean = ex.endpoint(history, "train_clean_acc")
+    out = {"endpoint_acc": acc, "clean_acc": clean, "gap": clean - acc,
+           "best_loss_epoch": history[losses.index(min(losses))]["epoch"], "loss_rise": losses[-1] - min(losses)}
+    for key, value in last["sparsity"]["total"].items():
+        out[f"sparsity_{key}"] = value
+    return out
+
+
+def load_regime(root, name):
+    """{method: [run, ...] sorted by seed} of the finished runs of experiment `name` (E3 adds
+    E1's baseline runs)."""
+    dirs = [Path(root) / name] + ([Path(root) / "E1"] if name == "E3" else [])
+    groups = {}
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for run in sweep.load_runs(d):
+            if sweep.is_complete(run) and "test_acc" in run["history"][-1]:
+                if d.name == "E1" and run["config"]["reg"] != "none":
+                    continue
+                groups.setdefault(run["config"]["reg"], []).append(run)
+    for runs in groups.values():
+        runs.sort(key=lambda r: r["config"]["seed"])
+    return {m: groups[m] for m in METHODS if m in groups}
+
+
+# ---------------------------------------------------------------- tables
+
+def _pm(values, scale=100.0, digits=2):
+    values = [v * scale for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _threshold_text(key):
+    return {"0": "= 0", TINY_KEY.removeprefix("sparsity_"): "< 1.18e-38 (subnormal or 0)"}.get(key, f"≤ {key}")
+
+
+def regime_table(groups):
+    """Per method: seeds, λ, endpoint accuracy, clean training accuracy, gap, epochs of the lowest
+    test loss, and the sparsity at every threshold (%), mean ± std over seeds."""
+    keys = [k for k in next(iter(groups.values()))[0]["history"][-1]["sparsity"]["total"]]
+    head = ["method", "λ", "seeds", "endpoint test acc (%)", "clean train acc (%)", "gap (pp)",
+            "epoch of lowest test loss", *(f"\\|w\\| {_threshold_text(k)} (%)" for k in keys), "paper"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, runs in groups.items():
+        numbers = [run_numbers(r["history"]) for r in runs]
+        c = runs[0]["config"]
+        cells = [sweep.METHOD_NAMES[method], sweep.lambda_text(method, c["l1"], c["l2"]),
+                 ",".join(str(r["config"]["seed"]) for r in runs)]
+        cells += [_pm([n[k] for n in numbers]) for k in ("endpoint_acc", "clean_acc", "gap")]
+        cells.append(", ".join(str(n["best_loss_epoch"]) for n in numbers))
+        cells += [_pm([n[f"sparsity_{k}"] for n in numbers], digits=3) for k in keys]
+        lines.append("| " + " | ".join(cells + [PAPER[method]]) + " |")
+    return lines
+
+
+def e1_section(root):
+    runs = load_regime(root, "E1").get("none", [])
+    if not runs:
+        return ["E1 has no finished runs yet."]
+    numbers = [run_numbers(r["history"]) for r in runs]
+    gap = statistics.fmean(n["gap"] for n in numbers) * 100
+    rise = statistics.fmean(n["loss_rise"] for n in numbers)
+    holds = gap >= 10 and rise >= 0.05
+    return [f"Seeds {', '.join(str(r['config']['seed']) for r in runs)}. Criterion (fixed before the runs): mean gap "
+            f"≥ 10 pp and mean test-loss rise ≥ 0.05. Measured: gap {gap:.2f} pp "
+            f"({sum(n['gap'] >= 0.10 for n in numbers)}/{len(runs)} seeds ≥ 10), test-loss rise {rise:.3f} "
+            f"({sum(n['loss_rise'] >= 0.05 for n in numbers)}/{len(runs)} seeds ≥ 0.05); endpoint test accuracy "
+            f"{_pm([n['endpoint_acc'] for n in numbers])}%, clean train accuracy "
+            f"{_pm([n['clean_acc'] for n in numbers])}%. **The baseline {'overfits' if holds else 'does not overfit'} "
+            f"by the criterion.**"]
+
+
+def e2_section(root):
+    d = Path(root) / "E2"
+    runs = [r for r in sweep.load_runs(d) if sweep.is_complete(r)] if d.is_dir() else []
+    if not runs:
+        return ["E2 has no finished runs yet."]
+    try:
+        chosen = json.loads((d / ex.CHOSEN_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        chosen = {}
+    held = sorted({r["config"].get("holdout", 0) for r in runs})
+    lines = [f"Seed 0, {', '.join(f'{h:,}' for h in held)} training images held out; the score is the held-out "
+             f"accuracy averaged over the last "
+             f"{ex.ENDPOINT_EPOCHS} epochs (the test accuracy is shown, not used).", "",
+             "| penalty | λ | held-out score (%) | test acc (%) | clean train acc (%) | chosen |",
+             "|---|---|---|---|---|---|"]
+    rows = []
+    for r in runs:
+        c, h = r["config"], r["history"]
+        pick = chosen.get(c["reg"], {})
+        rows.append((METHODS.index(c["reg"]), c["l1"], c["l2"], "| " + " | ".join([
+            sweep.METHOD_NAMES[c["reg"]], sweep.lambda_text(c["reg"], c["l1"], c["l2"]),
+            f"{100 * ex.endpoint(h):.2f}", f"{100 * ex.endpoint(h, 'test_acc'):.2f}",
+            f"{100 * ex.endpoint(h, 'train_clean_acc'):.2f}",
+            "**chosen**" if (pick.get("l1"), pick.get("l2")) == (c["l1"], c["l2"]) else ""]) + " |"))
+    lines += [row[-1] for row in sorted(rows)]
+    if not chosen:
+        lines += ["", "E2 has not finished: no λ chosen yet."]
+    return lines
+
+
+# ---------------------------------------------------------------- claims
+
+TINY_KEY = "sparsity_1.17549e-38"
+# (claim, the paper's words, [(quantity, method A, method B, claimed sign of A − B; 0: two-sided)])
+CLAIMS = (
+    ("C2", "regularization improves accuracy (cures the baseline's overfitting)",
+     [("endpoint_acc", "l1", "none", 1), ("endpoint_acc", "l2", "none", 1), ("endpoint_acc", "l1l2", "none", 1)]),
+    ("C3", "regularization narrows the train/validation gap",
+     [("gap", "l1", "none", -1), ("gap", "l2", "none", -1), ("gap", "l1l2", "none", -1)]),
+    ("C4", "L1L2 narrows the gap the most", [("gap", "l1l2", "l1", -1), ("gap", "l1l2", "l2", -1)]),
+    ("C5", "L2 (or L1L2) gives the best accuracy",
+     [("endpoint_acc", "l2", "l1", 1), ("endpoint_acc", "l1l2", "l1", 1), ("endpoint_acc", "l2", "l1l2", 0)]),
+    ("C6", "L1 gives the sparsest weights (\"shrunk exactly to zero\")",
+     [(TINY_KEY, "l1", "l2", 1), (TINY_KEY, "l1", "l1l2", 1), ("sparsity_0.001", "l1", "l2", 1),
+      ("sparsity_0.001", "l1", "l1l2", 1)]),
+)
+QUANTITY_NAMES = {"endpoint_acc": "endpoint test acc", "gap": "gap", TINY_KEY: "\\|w\\| < 1.18e-38",
+                  "sparsity_0.001": "\\|w\\| ≤ 1e-3"}
+
+
+def verdict(result, p_holm, sign):
+    """One comparison's verdict (docs/experiments.md): the interval in percentage points."""
+    if p_holm < ALPHA:
+        observed = 1 if result.mean > 0 else -1
+        if sign == 0:
+            return "A higher" if observed > 0 else "B higher"
+        return "supported" if observed == sign else "contradicted"
+    if -NO_DIFFERENCE_PP <= result.low * 100 and result.high * 100 <= NO_DIFFERENCE_PP:
+        return "no difference"
+    return "inconclusive"
+
+
+def claim_verdict(verdicts):
+    if all(v == "supported" for v in verdicts):
+        return "supported"
+    if any(v == "contradicted" for v in verdicts):
+        return "contradicted" + (" in part" if any(v == "supported" for v in verdicts) else "")
+    if all(v == "no difference" for v in verdicts):
+        return "no difference"
+    return "not shown" + (" (in part supported)" if "supported" in verdicts else "")
+
+
+def claims_rows(groups):
+    """[(claim id, text, quantity, A, B, sign, stats.Paired, Holm p, verdict)] for the comparisons
+    whose two methods both have runs for at least 2 common seeds; Holm across all of them."""
+    numbers = {m: {r["config"]["seed"]: run_numbers(r["history"]) for r in runs} for m, runs in groups.items()}
+    tests = []
+    for cid, text, comparisons in CLAIMS:
+        for quantity, a, b, sign in comparisons:
+            seeds = sorted(set(numbers.get(a, {})) & set(numbers.get(b, {})))
+            if len(seeds) >= 2:
+                result = stats.paired([numbers[a][s][quantity] for s in seeds],
+                                      [numbers[b][s][quantity] for s in seeds])
+                tests.append([cid, text, quantity, a, b, sign, result])
+    adjusted = stats.holm([t[-1].p for t in tests])
+    return [(*t, p, verdict(t[-1], p, t[5])) for t, p in zip(tests, adjusted)]
+
+
+def claims_table(rows):
+    head = ["claim", "the paper", "comparison (A − B)", "mean (pp)", "95% CI (pp)", "p", "Holm p", "verdict",
+            "claim verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cid, text, comparisons in CLAIMS:
+        mine = [r for r in rows if r[0] == cid]
+        directional = [r[-1] for r in mine if r[5] != 0]
+        overall = claim_verdict(directional) if directional else ""
+        for i, (_, _, quantity, a, b, sign, res, p_holm, v) in enumerate(mine):
+            arrow = {1: " (claimed > 0)", -1: " (claimed < 0)", 0: " (two-sided)"}[sign]
+            lines.append("| " + " | ".join([
+                cid if i == 0 else "", text if i == 0 else "",
+                f"{QUANTITY_NAMES[quantity]}: {sweep.METHOD_NAMES[a]} − {sweep.METHOD_NAMES[b]}{arrow}, n = {res.n}",
+                f"{100 * res.mean:+.2f}", f"[{100 * res.low:+.2f}, {100 * res.high:+.2f}]", f"{res.p:.3g}",
+                f"{p_holm:.3g}", v, overall if i == 0 else ""]) + " |")
+    return lines
+
+
+# ---------------------------------------------------------------- figures and the report
+
+def _mean_std(values):
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def figures(groups, directory, regime):
+    """The paper's Figures 10-11 (clean train vs test, mean ± std over seeds) and the log10|w|
+    histograms at the last epoch, per method. Returns the paths written."""
+    from .plots import plot_methods, plot_weight_hists
+    directory.mkdir(parents=True, exist_ok=True)
+    series, hists = [], []
+    for method, runs in groups.items():
+        c = runs[0]["config"]
+        label = sweep.method_label(method, c["l1"], c["l2"])
+        n = min(len(r["history"]) for r in runs)
+        entry = {"label": label, "color": sweep.METHOD_COLORS[method],
+                 "epochs": [runs[0]["history"][i]["epoch"] for i in range(n)]}
+        for mine, key in (("train_acc", "train_clean_acc"), ("val_acc", "test_acc"), ("train_loss", "train_clean_loss"),
+                          ("val_loss", "test_loss")):
+            pairs = [_mean_std([r["history"][i][key] for r in runs]) for i in range(n)]
+            entry[mine], entry[mine + "_std"] = [m for m, _ in pairs], [s for _, s in pairs]
+        series.append(entry)
+        fractions, zeros = [], []
+        for r in runs:
+            layers = r["history"][-1]["weight_hist"].values()
+            total = sum(h["zeros"] + sum(h["counts"]) for h in layers)
+            fractions.append([sum(col) / total for col in zip(*(h["counts"] for h in layers))])
+            zeros.append(sum(h["zeros"] for h in layers) / total)
+        hists.append({"label": label, "color": sweep.METHOD_COLORS[method], "zeros": statistics.fmean(zeros),
+                      "fractions": [statistics.fmean(col) for col in zip(*fractions)]})
+    paths = [directory / f"{regime}_fig10_accuracy.png", directory / f"{regime}_fig11_loss.png",
+             directory / f"{regime}_weight_hist.png"]
+    plot_methods(series, paths[0], "acc", "accuracy", f"Figure 10, {regime}: clean training vs test accuracy",
+                 names=("clean train", "test"))
+    plot_methods(series, paths[1], "loss", "data loss (no penalty)",
+                 f"Figure 11, {regime}: clean training vs test loss",
+                 names=("clean train", "test"))
+    edges = runs[0]["config"]["weight_hist_log10_edges"]
+    plot_weight_hists(hists, edges, paths[2], f"{regime}: log10|w| of the kernel weights after the last epoch "
+                                              "(mean over seeds)")
+    return paths
+
+
+def provenance(root):
+    """One line: the processors, commits, dates and data of every run under root."""
+    configs = [r["config"] for d in sorted(Path(root).glob("E[1-4]")) for r in sweep.load_runs(d)]
+
+    def values(key, fmt=str):
+        return ", ".join(sorted({fmt(c.get(key)) for c in configs if c.get(key) is not None})) or "not recorded"
+    dates = sorted(c["started_utc"] for c in configs if c.get("started_utc"))
+    data = values("data_file", lambda f: f"{f['name']} (sha256 {f['sha256']})")
+    return (f"{len(configs)} runs. Processor: {values('processor')}; device: {values('device')}; commits: "
+            f"{values('commit')}; started {dates[0] if dates else '?'} – {dates[-1] if dates else '?'} UTC; "
+            f"data: {data}.")
+
+
+def write_report(root, log=print):
+    """Writes root/report.md and root/figures/*.png; returns the report's path."""
+    root = Path(root)
+    lines = ["# Experiments E1–E4: results", "",
+             "Generated by `python -m pyregnet.sweep report --root " + str(root) + "` from the runs' config.json and "
+             "metrics.jsonl; criteria and definitions: docs/experiments.md (fixed before the runs).", "",
+             provenance(root), "", "## E1: does the baseline overfit without augmentation?", "", *e1_section(root), "",
+             "## E2: λ chosen on held-out training images", "", *e2_section(root)]
+    for regime, title in REGIMES.items():
+        groups = load_regime(root, regime)
+        lines += ["", f"## {regime}: {title}", ""]
+        if not groups:
+            lines.append(f"{regime} has no finished runs yet.")
+            continue
+        lines += ["Mean ± sample std over seeds; endpoint = mean over the last "
+                  f"{ex.ENDPOINT_EPOCHS} epochs; gap = clean train − test accuracy.", "", *regime_table(groups), ""]
+        rows = claims_rows(groups)
+        if rows:
+            lines += [f"Claims, paired by seed: 95% paired-t intervals, Holm across the {len(rows)} comparisons of "
+                      f"this table; 'no difference' needs the interval inside ±{NO_DIFFERENCE_PP} pp.", "",
+                      *claims_table(rows), ""]
+        paths = figures(groups, root / "figures", regime)
+        lines += ["Figures: " + ", ".join(f"[{p.name}](figures/{p.name})" for p in paths) + "."]
+    out = root / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    log(f"wrote {out} and the figures in {root / 'figures'}")
+    return out

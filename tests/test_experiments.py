@@ -1,0 +1,138 @@
+"""The experiment plans E1-E4 of python -m pyregnet.sweep run: the λ ladder, the choice by
+held-out accuracy with its extensions at an edge, E3/E4 reading E2's choice and E3 sharing E1's
+baseline runs; one real E1 trial run end to end. The E2 flow runs against a stand-in job runner
+that writes each run's metrics from a known accuracy surface, so the choice is known in advance."""
+
+import json
+import math
+
+import pytest
+
+from pyregnet import experiments as ex
+from pyregnet import sweep
+
+
+def test_ladder_steps():
+    assert ex.ladder_step(1e-5, 1) == 3e-5 and ex.ladder_step(3e-5, 1) == 1e-4
+    assert ex.ladder_step(1e-5, -1) == 3e-6 and ex.ladder_step(3e-6, -1) == 1e-6
+    assert ex.ladder_step(1e-3, 1) == 3e-3 and ex.ladder_step(1.0, -1) == 0.3
+    with pytest.raises(ValueError, match="expected 1 or 3 times a power of ten"):
+        ex.ladder_step(2e-5, 1)
+
+
+def test_endpoint_is_the_mean_of_the_last_three_epochs():
+    history = [{"val_acc": a} for a in (0.1, 0.2, 0.5, 0.6, 0.7)]
+    assert math.isclose(ex.endpoint(history), 0.6)
+
+
+def test_single_grid_extends_at_an_edge_at_most_twice():
+    first = (1e-6, 3e-6, 1e-5)
+    assert ex.extend_single({1e-6: 0.5, 3e-6: 0.6, 1e-5: 0.4}, first) is None  # interior
+    assert ex.extend_single({1e-6: 0.7, 3e-6: 0.6, 1e-5: 0.4}, first) == 3e-7
+    assert ex.extend_single({3e-7: 0.8, 1e-6: 0.7, 3e-6: 0.6, 1e-5: 0.4}, first) == 1e-7
+    assert ex.extend_single({1e-7: 0.9, 3e-7: 0.8, 1e-6: 0.7, 3e-6: 0.6, 1e-5: 0.4}, first) is None
+    assert ex.extend_single({1e-6: 0.1, 3e-6: 0.6, 1e-5: 0.7}, first) == 3e-5
+    assert ex.best({1e-6: 0.7, 3e-6: 0.7}) == 1e-6  # a tie goes to the weaker penalty
+
+
+def test_pair_grid_starts_below_the_optima_and_extends_down():
+    first = ex.l1l2_first_grid(1e-5, 1e-4)
+    assert first == [(3e-6, 3e-5), (3e-6, 1e-4), (1e-5, 3e-5), (1e-5, 1e-4)]
+    scores = dict.fromkeys(first, 0.5)
+    scores[(1e-5, 1e-4)] = 0.6
+    assert ex.extend_pair(scores, first) == []
+    scores[(3e-6, 1e-4)] = 0.7
+    assert ex.extend_pair(scores, first) == [(1e-6, 3e-5), (1e-6, 1e-4)]
+
+
+def surface(reg, l1, l2):
+    """Held-out accuracy of a made-up grid: L1 best at λ1 = 3e-7 (below E2's grid), L2 at
+    λ2 = 1e-4, L1L2 at λ1 = 3e-8 (below its first 2×2), λ2 = 1e-4."""
+    center = 3e-8 if reg == "l1l2" else 3e-7
+    return 0.7 - 0.01 * abs(math.log10(l1 / center) if l1 else 0) - 0.01 * abs(math.log10(l2 / 1e-4) if l2 else 0)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """Replaces sweep.execute: each job writes a finished run (config.json as the trainer would,
+    metrics.jsonl with val_acc from surface()) instead of training."""
+    ran = []
+
+    def execute(jobs, n_jobs=1, gpus=None, log=print):
+        for job in jobs:
+            spec, command = job.spec, job.command
+
+            def value(flag):
+                return command[command.index(flag) + 1] if flag in command else None
+            opts = sweep.argparse.Namespace(data=None, dataset=value("--dataset"), train_size=None, val_size=None,
+                                            batch_size=None, lr=None, augment="--no-augment" not in command,
+                                            holdout=int(value("--holdout") or 0))
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            (job.run_dir / "config.json").write_text(json.dumps(sweep.expected_config(spec, opts)))
+            acc = surface(spec.reg, spec.l1, spec.l2) if spec.reg != "none" else 0.6
+            lines = [json.dumps({"epoch": e, "val_acc": acc}) for e in range(1, int(value("--epochs")) + 1)]
+            (job.run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+            ran.append((job.run_dir.parent.name, spec))
+        return {job.spec.name: (0, "") for job in jobs}
+
+    monkeypatch.setattr(sweep, "execute", execute)
+    return ran
+
+
+def main(*argv):
+    return sweep.main(list(argv))
+
+
+def test_e2_extends_chooses_and_e3_e4_use_its_choice(tmp_path, stand_in, capsys):
+    root = tmp_path / "results"
+    args = ["--root", str(root), "--dataset", "synthetic", "--epochs", "4"]
+    assert main("run", "E3", *args) == 2
+    assert "E2/chosen.json does not exist: run E2 first" in capsys.readouterr().err
+    assert main("run", "E2", *args) == 0
+    chosen = json.loads((root / "E2" / "chosen.json").read_text())
+    assert (chosen["l1"]["l1"], chosen["l2"]["l2"]) == (3e-7, 1e-4)  # λ1 found by one extension below the grid
+    e2 = [spec for where, spec in stand_in if where == "E2"]
+    assert sorted(s.l1 for s in e2 if s.reg == "l1") == [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4]
+    assert sorted(s.l2 for s in e2 if s.reg == "l2") == [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+    pairs = sorted((s.l1, s.l2) for s in e2 if s.reg == "l1l2")
+    # the first 2×2 {1e-7, 3e-7} × {3e-5, 1e-4}; its best takes the lower λ1: extended down twice
+    assert pairs == sorted([(a, b) for a in (1e-8, 3e-8, 1e-7, 3e-7) for b in (3e-5, 1e-4)])
+    assert (chosen["l1l2"]["l1"], chosen["l1l2"]["l2"]) == (3e-8, 1e-4)
+    assert all(s.seed == 0 for s in e2)
+    config = json.loads((root / "E2" / e2[0].name / "config.json").read_text())
+    assert config["holdout"] == 5000 and config["augment"] is False
+
+    stand_in.clear()
+    assert main("run", "E2", *args) == 0 and not stand_in  # finished: nothing runs again
+    assert main("run", "E3", *args) == 0
+    where = {(w, s.reg) for w, s in stand_in}
+    assert where == {("E1", "none"), ("E3", "l1"), ("E3", "l2"), ("E3", "l1l2")}
+    assert sorted({s.seed for _, s in stand_in}) == [0, 1, 2, 3, 4]
+    assert {(s.l1, s.l2) for _, s in stand_in if s.reg == "l1l2"} == {(3e-8, 1e-4)}
+    stand_in.clear()
+    assert main("run", "E1", *args) == 0 and not stand_in  # E3 made E1's runs already
+    assert main("run", "E4", *args) == 0
+    assert {w for w, _ in stand_in} == {"E4"} and sorted({s.seed for _, s in stand_in}) == [0, 1, 2]
+    assert json.loads((root / "E4" / "none_s0" / "config.json").read_text())["augment"] is True
+
+
+def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):
+    root = tmp_path / "r"
+    args = ["--root", str(root), "--dataset", "synthetic", "--train-size", "128", "--val-size", "64",
+            "--epochs", "1", "--device", "cpu"]
+    assert main("run", "E1", "--dry-run", *args) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 5 and all("--no-augment" in c and "--reg none" in c for c in commands)
+    (root / "E1" / "none_s1").mkdir(parents=True)
+    (root / "E1" / "none_s1" / "config.json").write_text(json.dumps({"reg": "l1"}))
+    (root / "E1" / "none_s1" / "metrics.jsonl").write_text("")
+    assert main("run", "E1", *args) == 2  # a directory holding another run is never overwritten
+    assert "holds a run with other settings" in capsys.readouterr().err
+    (root / "E1" / "none_s1" / "config.json").unlink()
+    (root / "E1" / "none_s1" / "metrics.jsonl").unlink()
+    assert main("run", "E1", "--jobs", "2", *args) == 0
+    capsys.readouterr()
+    for seed in range(5):
+        lines = (root / "E1" / f"none_s{seed}" / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and "train_clean_acc" in json.loads(lines[0])
+    assert main("run", "E1", "--dry-run", *args) == 0 and capsys.readouterr().out == ""

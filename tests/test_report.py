@@ -1,0 +1,100 @@
+"""python -m pyregnet.sweep report --root: on made-up runs whose per-seed numbers are known, the
+endpoint table, E1's criterion, the claims table (differences, paired-t intervals, Holm, verdicts
+checked by hand) and the figures."""
+
+import json
+import math
+
+import pytest
+
+from pyregnet import report, stats, sweep
+
+EDGES = [k / 2 for k in range(-90, 3)]
+
+
+def fake_run(directory, reg, seed, acc, clean, loss_curve=None, l1=0.0, l2=0.0, tiny=0.0, epochs=20):
+    """A finished run: test accuracy `acc` and clean accuracy `clean` at every epoch, the test
+    loss along loss_curve, sparsity `tiny` below the smallest normal."""
+    name = sweep.Spec(reg, l1, l2, seed).name
+    d = directory / name
+    d.mkdir(parents=True)
+    config = {"reg": reg, "l1": l1, "l2": l2, "seed": seed, "epochs": epochs, "device": "cpu", "processor": "test",
+              "commit": "abc1234", "started_utc": "2026-11-30 13:00", "data_file": {"name": "x", "sha256": "0"},
+              "weight_hist_log10_edges": EDGES}
+    (d / "config.json").write_text(json.dumps(config))
+    lines = []
+    for e in range(1, epochs + 1):
+        loss = loss_curve[e - 1] if loss_curve else 1.0
+        keys = ["0.01", "0.001", "0.0001", "1e-05", "1e-06", "1.17549e-38", "0"]
+        total = {k: (tiny if k in ("1.17549e-38", "0") else 0.5) for k in keys}
+        hist = {"conv1.w": {"zeros": 10, "counts": [0] * 80 + [90] + [0] * 11}}
+        lines.append(json.dumps({"epoch": e, "test_acc": acc, "test_loss": loss, "train_clean_acc": clean,
+                                 "train_clean_loss": 0.5, "val_acc": acc, "sparsity": {"total": total},
+                                 "weight_hist": hist}))
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "results"
+    base = [0.60, 0.61, 0.62, 0.63, 0.64]
+    rising = [1.0 - 0.02 * e for e in range(10)] + [0.83 + 0.01 * e for e in range(10)]  # min 0.82, last 0.92
+    for seed, acc in enumerate(base):
+        fake_run(r / "E1", "none", seed, acc, acc + 0.15, rising)
+        fake_run(r / "E3", "l1", seed, acc - 0.001 * (seed % 2), acc + 0.15, l1=1e-5, tiny=0.3)  # a tiny difference
+        fake_run(r / "E3", "l2", seed, acc + 0.01 * (seed + 1), acc + 0.10, l2=1e-4, tiny=0.1)  # +1..+5 pp
+        fake_run(r / "E3", "l1l2", seed, acc + 0.02, acc + 0.10, l1=1e-5, l2=1e-4, tiny=0.1 + 0.01 * seed)
+    return r
+
+
+def test_report_tables_and_claims(root):
+    assert sweep.main(["report", "--root", str(root)]) == 0
+    text = (root / "report.md").read_text()
+    # E1: gap 15 pp on every seed, test loss 0.92 at the end against a minimum of 0.82 (epoch 10)
+    assert "gap 15.00 pp (5/5 seeds ≥ 10), test-loss rise 0.100 (5/5 seeds ≥ 0.05)" in text
+    assert "**The baseline overfits by the criterion.**" in text
+    assert "| none | — | 0,1,2,3,4 | 62.00 ± 1.58 | 77.00 ± 1.58 | 15.00 ± 0.00 | 10, 10, 10, 10, 10 |" in text
+    groups = report.load_regime(root, "E3")
+    assert list(groups) == ["none", "l1", "l2", "l1l2"] and len(groups["none"]) == 5
+    rows = {(r[2], r[3], r[4]): r for r in report.claims_rows(groups)}
+    assert len(rows) == 15
+    # L2 − none endpoint accuracy: differences 1..5 pp -> mean 3, the interval worked by hand
+    _, _, _, _, _, _, res, p_holm, v = rows[("endpoint_acc", "l2", "none")]
+    half = 2.7764451051977934 * math.sqrt(0.5)
+    assert math.isclose(100 * res.mean, 3) and math.isclose(100 * res.low, 3 - half, rel_tol=1e-9)
+    assert math.isclose(100 * res.high, 3 + half, rel_tol=1e-9)
+    assert p_holm == pytest.approx(stats.holm([r[6].p for r in rows.values()])[list(rows).index(
+        ("endpoint_acc", "l2", "none"))])
+    # L1 − none accuracy differs by 0 or 0.1 pp: the interval lies inside ±0.5 pp
+    assert rows[("endpoint_acc", "l1", "none")][-1] == "no difference"
+    # L2 − none gap: −6 … −10 pp, t ≈ −11: supported even after Holm
+    assert rows[("gap", "l2", "none")][-1] == "supported"
+    # L1 sparsest below the smallest normal: 30% vs 10% on every seed against L2, a constant
+    # difference (no deviation to divide by) -> p = 0, supported
+    assert rows[("sparsity_1.17549e-38", "l1", "l2")][-1] == "supported"
+    # L1L2 − L2 accuracy two-sided comparison appears with its own label
+    assert ("endpoint_acc", "l2", "l1l2") in rows
+    assert "| C6 | L1 gives the sparsest weights" in text and "E4 has no finished runs yet." in text
+    for name in ("E3_fig10_accuracy.png", "E3_fig11_loss.png", "E3_weight_hist.png"):
+        assert (root / "figures" / name).stat().st_size > 1000
+
+
+def test_verdict_rules():
+    sure_up = stats.Paired(5, 0.02, 0.01, 0.03, 0.001)
+    assert report.verdict(sure_up, 0.01, 1) == "supported"
+    assert report.verdict(sure_up, 0.01, -1) == "contradicted"
+    assert report.verdict(sure_up, 0.01, 0) == "A higher"
+    assert report.verdict(stats.Paired(5, 0.001, -0.004, 0.005, 0.5), 0.9, 1) == "no difference"
+    assert report.verdict(stats.Paired(5, 0.001, -0.006, 0.005, 0.5), 0.9, 1) == "inconclusive"
+    assert report.verdict(sure_up, 0.06, 1) == "inconclusive"  # Holm decides, not the raw p
+    assert report.claim_verdict(["supported", "supported"]) == "supported"
+    assert report.claim_verdict(["supported", "contradicted"]) == "contradicted in part"
+    assert report.claim_verdict(["no difference", "no difference"]) == "no difference"
+    assert report.claim_verdict(["supported", "inconclusive"]) == "not shown (in part supported)"
+
+
+def test_report_needs_a_directory(tmp_path, capsys):
+    assert sweep.main(["report"]) == 2
+    assert "expected a sweep directory DIR or --root ROOT" in capsys.readouterr().err
+    assert sweep.main(["report", "--root", str(tmp_path / "nope")]) == 2
+    assert "--root: " in capsys.readouterr().err
