@@ -24,9 +24,10 @@ pytestmark = CUDA_MARKS
 
 OUT_OF_MEMORY = textwrap.dedent("""
     import cupy, numpy as np
-    from pyregnet import ops
+    from pyregnet import ops, reference
     rt = cupy.cuda.runtime
     x = cupy.asarray(np.linspace(-1, 1, 1000, dtype=np.float32))
+    ops.relu_forward(x)             # pyregnet's CUDA runtime starts while there is memory for it
     cupy.cuda.Device().synchronize()
     held, size = [], rt.memGetInfo()[0]
     while size >= 1 << 16:          # take the free memory, halving the request when refused
@@ -46,6 +47,7 @@ OUT_OF_MEMORY = textwrap.dedent("""
     y = ops.relu_forward(x)
     cupy.cuda.Device().synchronize()
     print("next op right:", bool((y == cupy.maximum(x, 0)).all()))
+    print("same op again right:", np.isclose(ops.{op}, reference.{ref}, rtol=1e-6))
 """)
 
 
@@ -56,13 +58,15 @@ def run_child(script):
     return out.stdout
 
 
-@pytest.mark.parametrize("op", ["penalty(x, 0.1, 0.2)", "sparsity_count(x, 0.5)"])
-def test_failed_allocation_is_the_ops_error_and_not_the_next_ones(op):
-    stdout = run_child(OUT_OF_MEMORY.replace("{op}", op))
+@pytest.mark.parametrize("op, ref", [("penalty(x, 0.1, 0.2)", "penalty(x.get(), 0.1, 0.2)"),
+                                     ("sparsity_count(x, 0.5)", "sparsity_count(x.get(), 0.5)")])
+def test_failed_allocation_is_the_ops_error_and_not_the_next_ones(op, ref):
+    stdout = run_child(OUT_OF_MEMORY.replace("{op}", op).replace("{ref}", ref))
     name = op.split("(")[0]
     assert f"RuntimeError: pyregnet: CUDA error in {name}: " in stdout
     assert "(cudaErrorMemoryAllocation)" in stdout
     assert "next op right: True" in stdout
+    assert "same op again right: True" in stdout
 
 
 POOL = textwrap.dedent("""
@@ -72,7 +76,8 @@ POOL = textwrap.dedent("""
     RELEASE_THRESHOLD, RESERVED_CURRENT = 4, 5       # cudaMemPoolAttr values
     pool = rt.deviceGetDefaultMemPool(rt.getDevice())
     print("threshold before:", rt.memPoolGetAttribute(pool, RELEASE_THRESHOLD))
-    ops.penalty(cupy.ones(1 << 20, cupy.float32), 0.1, 0.2)   # scratch freed, then a synchronization
+    ops.penalty(cupy.ones(1 << 20, cupy.float32), 0.1, 0.2)   # its scratch is freed after its own sync
+    rt.deviceSynchronize()   # where a pool with the default threshold (0) would give that memory back
     print("threshold after:", rt.memPoolGetAttribute(pool, RELEASE_THRESHOLD))
     print("reserved after:", rt.memPoolGetAttribute(pool, RESERVED_CURRENT))
 """)
