@@ -314,7 +314,10 @@ def missing_requirements():
     """The modules and tools the build and the tests need that this machine lacks."""
     import importlib.util
     missing = [m for m in NEEDED_MODULES if importlib.util.find_spec(m) is None]
-    missing += [tool for tool in ("nvcc", "cmake") if find_tool(tool) is None]
+    if find_tool("nvcc") is None:
+        missing.append("nvcc")
+    if find_tool("cmake") is None and importlib.util.find_spec("cmake") is None:   # scikit-build-core takes either
+        missing.append("cmake")
     return missing
 
 
@@ -414,10 +417,11 @@ def determinism(suite, epochs=20, seeds=(0, 1, 2), device="cuda", data_args=None
             "epoch_time_s": {n: [m["epoch_time_s"] for m in h] for n, h in histories.items()}}
 
 
-def epoch_time(suite, contenders=EPOCH_CONTENDERS, extra=(), device="cuda"):
+def epoch_time(suite, contenders=EPOCH_CONTENDERS, extra=("--no-compile",), device="cuda"):
     """bench/epoch_time.py's epoch section: 50,000 training images, batch 64, augmentation on, plus
     10,000 evaluated; 1 warm-up and 3 timed epochs per contender, bounded by the deadline.
-    (extra: more epoch_time arguments, later ones winning; device: the CPU test's.)"""
+    (extra: more epoch_time arguments, later ones winning, by default no torch.compile; device:
+    the CPU test's.)"""
     out = suite.out / f"epoch_time_{device}.json"
     cmd = [sys.executable, "bench/epoch_time.py", "--device", device, "--contenders", contenders, "--epochs", "3",
            "--warmup", "1", "--no-conv", "--no-update", "--no-kernels", "--out", str(out), *extra]
@@ -522,10 +526,12 @@ def failures(summary):
     skipped = [name for name, s in steps.items() if (s.get("why") or "").startswith("not run")]
     if skipped:
         why.append(f"not run: {', '.join(skipped)}")
-    for name, s in summary["steps"].items():
+    for name, s in steps.items():
         r = s.get("result") or {}
         if r.get("failed") or r.get("errors"):
             why.append(f"{name}: {r.get('failed', 0)} failed, {r.get('errors', 0)} errors")
+        if r.get("skipped"):   # a CUDA case skipped on the GPU machine: CuPy or the backend is missing
+            why.append(f"{name}: {r['skipped']} skipped ({'; '.join(r.get('skip_reasons', {}))})")
     if summary.get("graph_equals_eager") is False:
         why.append("graph replay and eager launches gave different metrics")
     return why

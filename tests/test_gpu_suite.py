@@ -207,7 +207,8 @@ FAKE_FIRST = {
     "machine": {"device": "NVIDIA H200 x1, 132 SMs, 60 MiB L2, driver 580.159.04, MIG [N/A]", "gpu_count": 1},
     "build": {"reused": False, "build_s": 95.2, "exit": 0, "spills": []},
     "smoke": {"passed": 5, "failed": 0, "errors": 0, "skipped": 0, "not_run": 0},
-    "cuda_tests": {"passed": 350, "failed": 2, "errors": 0, "skipped": 1, "not_run": 4},
+    "cuda_tests": {"passed": 350, "failed": 2, "errors": 0, "skipped": 1, "not_run": 4,
+                   "skip_reasons": {"Skipped: CuPy is not installed": 1}},
     "real_data": {"identical": True, "first_difference": None, "runs": {}},
     "epoch_time": {"exit": 0, "epoch_s": {"pyregnet_graph": 0.25, "pyregnet_eager": 1.5, "torch_eager": 2.0,
                                           "torch_compile": None}},
@@ -224,7 +225,8 @@ def test_first_contact_json_from_a_fake_result(tmp_path):
     assert saved["cuda_tests"] == {"passed": 355, "failed": 2, "errors": 0, "skipped": 1, "not_run": 4}
     assert saved["graph_equals_eager"] is True
     assert saved["epoch_s"]["pyregnet_graph"] == 0.25 and saved["epoch_s"]["torch_eager"] == 2.0
-    assert gs.failures(saved) == ["cuda_tests: 2 failed, 0 errors"]
+    assert gs.failures(saved) == ["cuda_tests: 2 failed, 0 errors",
+                                  "cuda_tests: 1 skipped (Skipped: CuPy is not installed)"]
 
 
 def test_first_contact_json_when_nothing_ran(tmp_path):
@@ -326,3 +328,10 @@ def test_sanitize_step_runs_both_modes_under_the_tool(suite, tmp_path, monkeypat
     result = gs.sanitize(suite, device="cpu")
     assert result["eager"]["exit"] == result["graph"]["exit"] == 0
     assert result["error_summaries"] == ["ERROR SUMMARY: 0 errors"] * 2
+
+
+def test_missing_requirements_names_what_this_machine_lacks(monkeypatch):
+    monkeypatch.setattr(gs, "NEEDED_MODULES", ("numpy", "surely_not_installed_here"))
+    monkeypatch.setattr(gs, "find_tool", lambda name: None)
+    missing = gs.missing_requirements()
+    assert missing[:2] == ["surely_not_installed_here", "nvcc"] and "numpy" not in missing
