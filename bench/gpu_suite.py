@@ -244,15 +244,17 @@ class Suite:
             f.write(f"exit {rc} after {time.monotonic() - t:.1f} s\n")
         return rc, round(time.monotonic() - t, 1)
 
-    def pytest(self, args, record, log_name, reserve_s=0):
-        """pytest with suite_plugin: stops after the test that ends past the deadline - reserve_s;
-        counts from the record (so a killed run still counts what finished)."""
-        stop_at = time.time() + self.left() - reserve_s
+    def pytest(self, args, record, log_name, reserve_s=0, limit_s=None):
+        """pytest with suite_plugin: stops after the test that ends past min(limit_s from now, the
+        deadline - reserve_s); counts from the record (so a killed run still counts what finished)."""
+        stop_in = self.left() - reserve_s if limit_s is None else min(limit_s, self.left() - reserve_s)
+        stop_at = time.time() + stop_in
         cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "suite_plugin",
                "-o", "addopts=", "--record", str(record), "--stop-at", f"{stop_at:.0f}", *args]
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
         # the hard limit only for a test that hangs: the plugin stops between tests
-        rc, seconds = self.run(cmd, log_name, env=env, reserve_s=max(reserve_s - 60, 0))
+        rc, seconds = self.run(cmd, log_name, env=env, reserve_s=max(reserve_s - 60, 0),
+                               limit_s=None if limit_s is None else limit_s + 60)
         return {"exit": rc, "seconds": seconds, **test_counts(record)}
 
 
@@ -351,7 +353,7 @@ def build(suite):
 
 
 def smoke(suite):
-    return suite.pytest(list(SMOKE_TESTS), STATE / "first-smoke.jsonl", "pytest.log")
+    return suite.pytest(list(SMOKE_TESTS), STATE / "first-smoke.jsonl", "pytest.log", limit_s=60)
 
 
 def cuda_tests(suite, record, skip=(), reserve_s=0):
@@ -369,10 +371,10 @@ def first_cuda_tests(suite):
                       reserve_s=max(0, min(170, suite.left() - 60)))
 
 
-def train_runs(suite, runs, epochs, reg, log_name, data_args=None, reserve_s=0):
+def train_runs(suite, runs, epochs, reg, log_name, data_args=None, reserve_s=0, limit_s=None):
     """python -m pyregnet.train --reg reg for each {name: (seed, extra arguments)}, on the carried
     real CIFAR-10 unless data_args names other data; returns {name: metrics history}.
-    Each run ends reserve_s before the deadline at the latest; one that fails raises."""
+    Each run ends after limit_s or reserve_s before the deadline at the latest; one that fails raises."""
     if data_args is None:
         if not DATA.exists():
             raise FileNotFoundError(f"{DATA.relative_to(ROOT)} is missing: copy /work/shared/data/cifar10-jpeg.tar.gz "
@@ -385,7 +387,7 @@ def train_runs(suite, runs, epochs, reg, log_name, data_args=None, reserve_s=0):
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "pyregnet.train", "--reg", reg, "--epochs", str(epochs), "--seed", str(seed),
                *data_args, "--out", str(out), *extra]
-        rc, seconds = suite.run(cmd, log_name, env=env, reserve_s=reserve_s)
+        rc, seconds = suite.run(cmd, log_name, env=env, reserve_s=reserve_s, limit_s=limit_s)
         if rc != 0:
             raise RuntimeError(f"{name} exited {rc} after {seconds} s (see {log_name})")
         histories[name] = read_metrics(out)
@@ -398,7 +400,7 @@ def real_data(suite, epochs=2, device="cuda", data_args=None):
     same bits, timing fields aside. L1L2, so that the penalty's passes are compared too. (device
     and data_args: the CPU test's.)"""
     runs = {"graph": (0, ["--device", device]), "eager": (0, ["--device", device, "--no-graph"])}
-    histories = train_runs(suite, runs, epochs, "l1l2", f"{suite.stage}.log", data_args, reserve_s=30)
+    histories = train_runs(suite, runs, epochs, "l1l2", f"{suite.stage}.log", data_args, reserve_s=30, limit_s=150)
     same, difference = compare_histories(histories["graph"], histories["eager"])
     return {"identical": same, "first_difference": difference, "runs": histories}
 
