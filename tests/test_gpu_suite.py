@@ -1,9 +1,11 @@
-"""bench/gpu_suite.sh and bench/gpu_suite.py on the CPU, so that no GPU minute is lost to a script
-bug: the one-line refusal without a GPU; the pytest plugin that records, stops at a deadline and
-takes up the rest; the spill check, test counts, metric comparison and epoch times on made-up
-inputs; the summary JSON of a stage whose steps succeed, fail, stop the suite or run out of time;
-gpu-first-contact.json's headline from made-up step results; and the real-data step's two runs
-and comparison, run for real on the CPU with a small synthetic set."""
+"""bench/gpu_suite.sh and its Python (gpu_suite.py, gpu_steps.py, suite_record.py, suite_plugin.py)
+on the CPU, so that no GPU minute is lost to a script bug: the one-line refusal without a GPU; the
+pytest plugin that records, stops at a deadline and takes up the rest; the spill check, test
+counts, metric comparison and epoch times on made-up inputs; the summary JSON of a stage whose
+steps succeed, fail, stop the suite or run out of time; gpu-first-contact.json's headline from
+made-up step results; each stage's steps called in order with arguments their signatures accept;
+and every step that runs a program, run for real on the CPU (small synthetic data, stand-ins for
+nvcc and compute-sanitizer)."""
 
 import json
 import os
@@ -16,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-import gpu_suite as gs  # noqa: E402
+import gpu_steps as steps  # noqa: E402
+import gpu_suite  # noqa: E402
+import suite_record as rec  # noqa: E402
 
 
 # ---------------------------------------------------------------- the shell script
@@ -83,7 +87,7 @@ def run_plugin(tmp_path, *args):
 def test_plugin_records_every_outcome(tmp_path):
     record = tmp_path / "r.jsonl"
     run_plugin(tmp_path, "--record", str(record))
-    counts = gs.test_counts(record)
+    counts = rec.count_outcomes(record)
     assert {k: counts[k] for k in ("passed", "failed", "errors", "skipped", "not_run")} == \
         {"passed": 2, "failed": 1, "errors": 1, "skipped": 1, "not_run": 0}
     assert counts["skip_reasons"] == {"Skipped: no GPU here": 1}
@@ -94,16 +98,16 @@ def test_plugin_stops_at_the_deadline_and_a_second_run_takes_up_the_rest(tmp_pat
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     out = run_plugin(tmp_path, "--record", str(first), "--stop-at", str(time.time() - 1))
     assert "the suite's deadline was reached" in out.stdout + out.stderr
-    assert gs.test_counts(first)["passed"] == 1 and gs.test_counts(first)["not_run"] == 4
+    assert rec.count_outcomes(first)["passed"] == 1 and rec.count_outcomes(first)["not_run"] == 4
     run_plugin(tmp_path, "--record", str(second), "--skip-recorded", str(first),
                "--skip-recorded", str(tmp_path / "missing.jsonl"))
-    _, done = gs.read_records(second)
+    _, done = rec.read_records(second)
     assert sorted(n.split("::")[1] for n in done) == ["test_b", "test_c", "test_d", "test_e"]
-    assert gs.test_counts(second)["not_run"] == 0
+    assert rec.count_outcomes(second)["not_run"] == 0
 
 
 def test_counts_of_a_missing_record_are_zero_and_unknown():
-    counts = gs.test_counts("/nonexistent/record.jsonl")
+    counts = rec.count_outcomes("/nonexistent/record.jsonl")
     assert counts["passed"] == counts["failed"] == 0 and counts["not_run"] is None
 
 
@@ -121,8 +125,8 @@ ptxas info    : Function properties for _Z3badPf
 
 
 def test_spills_names_the_kernels_that_spill():
-    assert gs.spills(PTXAS) == [("_Z3badPf", 16, 12)]
-    assert gs.spills(PTXAS.replace("16 bytes spill stores, 12", "0 bytes spill stores, 0")) == []
+    assert rec.spills(PTXAS) == [("_Z3badPf", 16, 12)]
+    assert rec.spills(PTXAS.replace("16 bytes spill stores, 12", "0 bytes spill stores, 0")) == []
 
 
 def metrics(epoch, acc, t):
@@ -132,10 +136,10 @@ def metrics(epoch, acc, t):
 
 def test_compare_histories_ignores_timing_only():
     a = [metrics(1, 0.5, 1.0), metrics(2, 0.6, 1.1)]
-    assert gs.compare_histories(a, [metrics(1, 0.5, 2.0), metrics(2, 0.6, 0.3)]) == (True, None)
-    same, diff = gs.compare_histories(a, [metrics(1, 0.5, 1.0), metrics(2, 0.6000001, 1.1)])
+    assert rec.compare_histories(a, [metrics(1, 0.5, 2.0), metrics(2, 0.6, 0.3)]) == (True, None)
+    same, diff = rec.compare_histories(a, [metrics(1, 0.5, 1.0), metrics(2, 0.6000001, 1.1)])
     assert not same and diff == "epoch 2: val_acc 0.6 != 0.6000001"
-    assert gs.compare_histories(a, a[:1]) == (False, "2 epochs against 1")
+    assert rec.compare_histories(a, a[:1]) == (False, "2 epochs against 1")
 
 
 def test_epoch_seconds_from_epoch_time_json():
@@ -144,35 +148,35 @@ def test_epoch_seconds_from_epoch_time_json():
         "pyregnet-eager": {"ran": True, "median_s": {"total_s": 0.9}},
         "torch-eager": {"ran": False, "error": "boom"},
         "torch-compile": {"ran": False, "skipped": "not selected"}}}}
-    assert gs.epoch_seconds(payload) == {"pyregnet_graph": 0.21, "pyregnet_eager": 0.9, "torch_eager": None,
+    assert rec.epoch_seconds(payload) == {"pyregnet_graph": 0.21, "pyregnet_eager": 0.9, "torch_eager": None,
                                          "torch_compile": None}
-    assert gs.epoch_seconds({"epoch": None}) == {}
+    assert rec.epoch_seconds({"epoch": None}) == {}
 
 
 def test_parse_gpus():
     text = "NVIDIA H200, 580.159.04, 143771 MiB, Disabled\nNVIDIA H200, 580.159.04, 143771 MiB, [N/A]\n"
-    assert gs.parse_gpus(text) == [{"name": "NVIDIA H200", "driver": "580.159.04", "memory": "143771 MiB",
+    assert steps.parse_gpus(text) == [{"name": "NVIDIA H200", "driver": "580.159.04", "memory": "143771 MiB",
                                     "mig": m} for m in ("Disabled", "[N/A]")]
-    assert gs.parse_gpus("") == []
+    assert steps.parse_gpus("") == []
 
 
 def test_tree_digest_follows_the_sources(tmp_path):
     for name in ("csrc/a.cu", "CMakeLists.txt", "pyproject.toml"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x")
-    before = gs.tree_digest(tmp_path)
-    assert gs.tree_digest(tmp_path) == before
+    before = steps.tree_digest(tmp_path)
+    assert steps.tree_digest(tmp_path) == before
     (tmp_path / "csrc/a.cu").write_text("y")
-    assert gs.tree_digest(tmp_path) != before
+    assert steps.tree_digest(tmp_path) != before
 
 
 # ---------------------------------------------------------------- the suite and its JSON
 
 def test_steps_record_results_failures_and_what_did_not_run(tmp_path):
-    suite = gs.Suite("second", tmp_path, deadline_s=100)
+    suite = rec.Suite("second", tmp_path, deadline_s=100)
 
     def stop():
-        raise gs.Stop("no CUDA backend", {"build_s": 12.5})
+        raise rec.Stop("no CUDA backend", {"build_s": 12.5})
 
     suite.step("ok", lambda: {"n": 1})
     suite.step("broken", lambda: 1 / 0)
@@ -188,14 +192,14 @@ def test_steps_record_results_failures_and_what_did_not_run(tmp_path):
     assert steps["build"]["result"] == {"build_s": 12.5} and steps["build"]["why"] == "no CUDA backend"
     assert steps["after"] == {"result": None, "why": "not run: build failed (no CUDA backend)"}
     assert saved["stage"] == "second" and saved["deadline_s"] == 100 and saved["commit"]
-    assert gs.failures(saved) == ["broken: ZeroDivisionError: division by zero", "build: no CUDA backend",
+    assert rec.failures(saved) == ["broken: ZeroDivisionError: division by zero", "build: no CUDA backend",
                                   "not run: slow, after"]
     log = (tmp_path / "second.log").read_text()
     assert "== ok" in log and "FAILED: ZeroDivisionError" in log
 
 
 def test_run_is_bounded_by_the_deadline(tmp_path):
-    suite = gs.Suite("third", tmp_path, deadline_s=2)
+    suite = rec.Suite("third", tmp_path, deadline_s=2)
     rc, seconds = suite.run([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(30)"],
                             "slow.log")
     assert rc == "timeout" and seconds < 10
@@ -216,7 +220,7 @@ FAKE_FIRST = {
 
 
 def test_first_contact_json_from_a_fake_result(tmp_path):
-    suite = gs.Suite("first", tmp_path, deadline_s=420, headline=gs.first_contact)
+    suite = rec.Suite("first", tmp_path, deadline_s=420, headline=rec.first_contact)
     for name, result in FAKE_FIRST.items():
         suite.step(name, lambda result=result: result)
     saved = json.loads((tmp_path / "gpu-first-contact.json").read_text())
@@ -225,14 +229,14 @@ def test_first_contact_json_from_a_fake_result(tmp_path):
     assert saved["cuda_tests"] == {"passed": 355, "failed": 2, "errors": 0, "skipped": 1, "not_run": 4}
     assert saved["graph_equals_eager"] is True
     assert saved["epoch_s"]["pyregnet_graph"] == 0.25 and saved["epoch_s"]["torch_eager"] == 2.0
-    assert gs.failures(saved) == ["cuda_tests: 2 failed, 0 errors",
+    assert rec.failures(saved) == ["cuda_tests: 2 failed, 0 errors",
                                   "cuda_tests: 1 skipped (Skipped: CuPy is not installed)"]
 
 
 def test_first_contact_json_when_nothing_ran(tmp_path):
-    suite = gs.Suite("first", tmp_path, deadline_s=420, headline=gs.first_contact)
+    suite = rec.Suite("first", tmp_path, deadline_s=420, headline=rec.first_contact)
     suite.step("machine", lambda: FAKE_FIRST["machine"])
-    suite.step("build", lambda: (_ for _ in ()).throw(gs.Stop("the build exited 1 (see build.log)",
+    suite.step("build", lambda: (_ for _ in ()).throw(rec.Stop("the build exited 1 (see build.log)",
                                                                {"build_s": 30.0, "exit": 1})))
     for name in ("smoke", "cuda_tests", "real_data", "epoch_time"):
         suite.step(name, lambda: {"never": True})
@@ -246,9 +250,9 @@ def test_first_contact_json_when_nothing_ran(tmp_path):
 def test_real_data_step_runs_both_modes_and_compares_them(tmp_path, monkeypatch):
     # The GPU step's two runs and their comparison, on the CPU with a small synthetic set (on the
     # CPU --no-graph changes nothing: the two runs must agree).
-    monkeypatch.setattr(gs, "STATE", tmp_path / "state")
-    suite = gs.Suite("first", tmp_path / "out", deadline_s=300)
-    result = gs.real_data(suite, epochs=2, device="cpu",
+    monkeypatch.setattr(steps, "STATE", tmp_path / "state")
+    suite = rec.Suite("first", tmp_path / "out", deadline_s=300)
+    result = steps.real_data(suite, epochs=2, device="cpu",
                           data_args=["--dataset", "synthetic", "--train-size", "64", "--val-size", "40"])
     assert result["identical"] is True and result["first_difference"] is None
     assert [m["epoch"] for m in result["runs"]["graph"]] == [1, 2]
@@ -256,9 +260,9 @@ def test_real_data_step_runs_both_modes_and_compares_them(tmp_path, monkeypatch)
 
 
 def test_real_data_without_the_archive_says_what_to_carry(tmp_path, monkeypatch):
-    monkeypatch.setattr(gs, "DATA", gs.ROOT / ".data" / "not-there.tar.gz")
+    monkeypatch.setattr(steps, "DATA", steps.ROOT / ".data" / "not-there.tar.gz")
     with pytest.raises(FileNotFoundError, match=r"\.data/not-there\.tar\.gz is missing: copy .* carry \.data"):
-        gs.real_data(gs.Suite("first", tmp_path, deadline_s=10))
+        steps.real_data(rec.Suite("first", tmp_path, deadline_s=10))
 
 
 def test_cuda_marker_covers_every_cuda_parameter():
@@ -279,12 +283,12 @@ SYNTHETIC = ["--dataset", "synthetic", "--train-size", "96", "--val-size", "40"]
 
 @pytest.fixture
 def suite(tmp_path, monkeypatch):
-    monkeypatch.setattr(gs, "STATE", tmp_path / "state")
-    return gs.Suite("second", tmp_path / "out", deadline_s=300)
+    monkeypatch.setattr(steps, "STATE", tmp_path / "state")
+    return rec.Suite("second", tmp_path / "out", deadline_s=300)
 
 
 def test_determinism_step_repeats_the_first_seed(suite):
-    result = gs.determinism(suite, epochs=1, seeds=(3,), device="cpu", data_args=SYNTHETIC)
+    result = steps.determinism(suite, epochs=1, seeds=(3,), device="cpu", data_args=SYNTHETIC)
     assert result["same_seed_identical"] is True and result["first_difference"] is None
     assert sorted(result["final"]) == ["seed3", "seed3-again"]
     assert result["final"]["seed3"] == result["final"]["seed3-again"]
@@ -292,7 +296,7 @@ def test_determinism_step_repeats_the_first_seed(suite):
 
 
 def test_epoch_time_step_reads_the_benchmarks_json(suite):
-    result = gs.epoch_time(suite, "pyregnet-eager", ["--train-size", "128", "--val-size", "64", "--epochs", "1",
+    result = steps.epoch_time(suite, "pyregnet-eager", ["--train-size", "128", "--val-size", "64", "--epochs", "1",
                                                      "--warmup", "0"], device="cpu")
     assert result["exit"] == 0
     assert result["epoch_s"]["pyregnet_eager"] > 0
@@ -301,7 +305,7 @@ def test_epoch_time_step_reads_the_benchmarks_json(suite):
 
 
 def test_kernel_tables_step_reads_the_targets(suite):
-    result = gs.kernel_tables(suite, ["--quick", "--repeats", "1", "--update-sizes", "1000", "--no-conv",
+    result = steps.kernel_tables(suite, ["--quick", "--repeats", "1", "--update-sizes", "1000", "--no-conv",
                                       "--no-kernels"], device="cpu")
     assert result["exit"] == 0 and result["errors"] == {}
     assert any("copy bandwidth" in t for t in result["targets"])
@@ -311,8 +315,8 @@ def test_harnesses_step_reports_a_failed_build(suite, tmp_path, monkeypatch):
     nvcc = tmp_path / "nvcc"
     nvcc.write_text("#!/bin/sh\necho 'nvcc: made to fail' >&2\nexit 1\n")
     nvcc.chmod(0o755)
-    monkeypatch.setattr(gs, "find_tool", lambda name: str(nvcc))
-    result = gs.harnesses(suite, ["relu"])
+    monkeypatch.setattr(steps, "find_tool", lambda name: str(nvcc))
+    result = steps.harnesses(suite, ["relu"])
     assert result["exit"] == 1
     assert any(line.startswith("relu") and "FAILED" in line for line in result["verdicts"])
     assert "######## summary.txt" in (suite.out / "dev_cuda.log").read_text()
@@ -325,13 +329,45 @@ def test_sanitize_step_runs_both_modes_under_the_tool(suite, tmp_path, monkeypat
     tool.write_text('#!/bin/sh\nshift 4\n"$@"\nrc=$?\necho "========= ERROR SUMMARY: 0 errors"\nexit $rc\n')
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
-    result = gs.sanitize(suite, device="cpu")
+    result = steps.sanitize(suite, device="cpu")
     assert result["eager"]["exit"] == result["graph"]["exit"] == 0
     assert result["error_summaries"] == ["ERROR SUMMARY: 0 errors"] * 2
 
 
 def test_missing_requirements_names_what_this_machine_lacks(monkeypatch):
-    monkeypatch.setattr(gs, "NEEDED_MODULES", ("numpy", "surely_not_installed_here"))
-    monkeypatch.setattr(gs, "find_tool", lambda name: None)
-    missing = gs.missing_requirements()
+    monkeypatch.setattr(steps, "NEEDED_MODULES", ("numpy", "surely_not_installed_here"))
+    monkeypatch.setattr(steps, "find_tool", lambda name: None)
+    missing = steps.missing_requirements()
     assert missing[:2] == ["surely_not_installed_here", "nvcc"] and "numpy" not in missing
+
+
+STAGE_STEPS = {   # stage: [(function in gpu_steps, step name in the summary)] in order
+    "first": [("machine", "machine"), ("build", "build"), ("smoke", "smoke"), ("first_cuda_tests", "cuda_tests"),
+              ("real_data", "real_data"), ("epoch_time", "epoch_time"), ("harnesses", "harnesses")],
+    "second": [("machine", "machine"), ("build", "build"), ("cuda_tests", "cuda_tests"), ("harnesses", "harnesses"),
+               ("sanitize", "sanitize"), ("kernel_tables", "kernel_tables")],
+    "third": [("machine", "machine"), ("build", "build"), ("determinism", "determinism"),
+              ("epoch_time", "torch_compile")],
+}
+
+
+@pytest.mark.parametrize("stage", STAGE_STEPS)
+def test_each_stage_calls_its_steps_in_order(stage, tmp_path, monkeypatch):
+    import inspect
+    calls = []
+
+    def stand_in(name, real):
+        def call(*args, **kwargs):
+            inspect.signature(real).bind(*args, **kwargs)   # arguments the real step accepts
+            calls.append(name)
+            return {"ok": True}
+        return call
+
+    for name, _ in STAGE_STEPS[stage]:
+        monkeypatch.setattr(steps, name, stand_in(name, getattr(steps, name)))
+    monkeypatch.setattr(steps, "STATE", tmp_path / "state")
+    assert gpu_suite.main([stage, "--out", str(tmp_path / "out"), "--deadline-s", "600"]) == 0
+    assert calls == [name for name, _ in STAGE_STEPS[stage]]
+    saved = json.loads((tmp_path / "out" / rec.SUMMARY[stage]).read_text())
+    assert list(saved["steps"]) == [step for _, step in STAGE_STEPS[stage]]
+    assert saved["failures"] == [] and "all steps passed" in (tmp_path / "out" / f"{stage}.log").read_text()
