@@ -224,8 +224,9 @@ class Suite:
 
 
 def failures(summary):
-    """Why a stage's run is not a success: failed steps, failed tests, graph != eager, and how many
-    steps did not run (their reasons are in the summary)."""
+    """Why a stage's run is not a success: failed steps, failed or skipped tests, spills, runs that
+    should have given the same bits and did not, programs that exited non-zero, and which steps did
+    not run (their reasons are in the summary)."""
     steps = summary["steps"]
     why = [f"{name}: {s['why']}" for name, s in steps.items() if s.get("why") and not s["why"].startswith("not run")]
     skipped = [name for name, s in steps.items() if (s.get("why") or "").startswith("not run")]
@@ -237,6 +238,10 @@ def failures(summary):
             why.append(f"{name}: {r.get('failed', 0)} failed, {r.get('errors', 0)} errors")
         if r.get("skipped"):   # a CUDA case skipped on the GPU machine: CuPy or the backend is missing
             why.append(f"{name}: {r['skipped']} skipped ({'; '.join(r.get('skip_reasons', {}))})")
-    if summary.get("graph_equals_eager") is False:
-        why.append("graph replay and eager launches gave different metrics")
+        if r.get("spills"):    # CI refuses them too
+            why.append(f"{name}: register spills in {', '.join(k for k, _, _ in r['spills'])}")
+        if r.get("identical") is False or r.get("same_seed_identical") is False:
+            why.append(f"{name}: not the same bits: {r.get('first_difference')}")
+        if "passed" not in r and r.get("exit") not in (None, 0):   # pytest's exit is in its counts
+            why.append(f"{name}: exit {r['exit']}")
     return why

@@ -209,12 +209,12 @@ def test_run_is_bounded_by_the_deadline(tmp_path):
 
 FAKE_FIRST = {
     "machine": {"device": "NVIDIA H200 x1, 132 SMs, 60 MiB L2, driver 580.159.04, MIG [N/A]", "gpu_count": 1},
-    "build": {"reused": False, "build_s": 95.2, "exit": 0, "spills": []},
+    "build": {"reused": False, "build_s": 95.2, "exit": 0, "spills": [["_Z3badPf", 16, 12]]},
     "smoke": {"passed": 5, "failed": 0, "errors": 0, "skipped": 0, "not_run": 0},
     "cuda_tests": {"passed": 350, "failed": 2, "errors": 0, "skipped": 1, "not_run": 4,
                    "skip_reasons": {"Skipped: CuPy is not installed": 1}},
-    "real_data": {"identical": True, "first_difference": None, "runs": {}},
-    "epoch_time": {"exit": 0, "epoch_s": {"pyregnet_graph": 0.25, "pyregnet_eager": 1.5, "torch_eager": 2.0,
+    "real_data": {"identical": False, "first_difference": "epoch 2: val_acc 0.5 != 0.51", "runs": {}},
+    "epoch_time": {"exit": 3, "epoch_s": {"pyregnet_graph": 0.25, "pyregnet_eager": 1.5, "torch_eager": 2.0,
                                           "torch_compile": None}},
 }
 
@@ -227,10 +227,11 @@ def test_first_contact_json_from_a_fake_result(tmp_path):
     assert saved["device"].startswith("NVIDIA H200 x1") and saved["commit"] and saved["date"]
     assert saved["build_s"] == 95.2 and saved["smoke_passed"] is True
     assert saved["cuda_tests"] == {"passed": 355, "failed": 2, "errors": 0, "skipped": 1, "not_run": 4}
-    assert saved["graph_equals_eager"] is True
+    assert saved["graph_equals_eager"] is False
     assert saved["epoch_s"]["pyregnet_graph"] == 0.25 and saved["epoch_s"]["torch_eager"] == 2.0
-    assert rec.failures(saved) == ["cuda_tests: 2 failed, 0 errors",
-                                  "cuda_tests: 1 skipped (Skipped: CuPy is not installed)"]
+    assert rec.failures(saved) == ["build: register spills in _Z3badPf", "cuda_tests: 2 failed, 0 errors",
+                                  "cuda_tests: 1 skipped (Skipped: CuPy is not installed)",
+                                  "real_data: not the same bits: epoch 2: val_acc 0.5 != 0.51", "epoch_time: exit 3"]
 
 
 def test_first_contact_json_when_nothing_ran(tmp_path):
