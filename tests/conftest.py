@@ -27,6 +27,13 @@ def cuda_skip_reason():
 
 CUDA_SKIP = cuda_skip_reason()
 
+# A CUDA case: marked `cuda` (the GPU suite runs `pytest -m cuda`), skipped where CUDA is unusable.
+CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: a case that runs on the CUDA backend (skipped without one)")
+
 
 class Backend:
     """Moves NumPy test data to the backend's device and results back."""
@@ -51,7 +58,7 @@ class Backend:
 
 BACKENDS = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))),
+    pytest.param("cuda", id="cuda", marks=CUDA_MARKS),
 ]
 
 

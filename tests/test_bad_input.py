@@ -775,6 +775,7 @@ def test_malformed_cuda_array_interface(obj):
         ops.relu_forward(obj)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not INFO["cuda_available"], reason="needs a usable CUDA GPU")
 @pytest.mark.parametrize("op,arg", MIXED_DEVICE_CASES)
 def test_cupy_and_numpy_in_one_call_is_value_error(op, arg):

@@ -1,9 +1,15 @@
-"""A CUDA error becomes a RuntimeError naming the op, never a crash or exit().
+"""CUDA errors and the memory pool, on a GPU.
 
-Provoking a real CUDA error needs a GPU; the test runs in a child interpreter because the error
-(a launch on a stream handle that was destroyed) may leave that process's CUDA context unusable.
-Without a GPU, the same path is covered where it can be: a CUDA array on a machine with no
-usable GPU raises RuntimeError (tests/test_bad_input.py).
+- A CUDA error becomes a RuntimeError naming the op that met it, never a crash or exit(), and the
+  next op is not blamed for it. The error is provoked in a defined way: every byte of free device
+  memory is taken with plain allocations, so the op's scratch allocation fails with
+  cudaErrorMemoryAllocation; once the memory is given back, the next op must run and be right.
+- The default memory pool keeps what it has reserved (release threshold "never"), so the
+  reductions' scratch is not mapped and unmapped on every call.
+
+Each case runs in a child interpreter: holding the whole device (or its pool's attributes) must
+not leak into the other tests. Without a GPU, the error path is covered where it can be: a CUDA
+array on a machine with no usable GPU raises RuntimeError (tests/test_bad_input.py).
 """
 
 import subprocess
@@ -12,32 +18,72 @@ import textwrap
 
 import pytest
 
-from conftest import CUDA_SKIP
+from conftest import CUDA_MARKS
 
-pytestmark = pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
+pytestmark = CUDA_MARKS
 
-SCRIPT = textwrap.dedent("""
+OUT_OF_MEMORY = textwrap.dedent("""
     import cupy, numpy as np
-    from pyregnet import ops
-    x = cupy.asarray(np.ones(1000, np.float32))
+    from pyregnet import ops, reference
+    rt = cupy.cuda.runtime
+    x = cupy.asarray(np.linspace(-1, 1, 1000, dtype=np.float32))
+    ops.relu_forward(x)             # pyregnet's CUDA runtime starts while there is memory for it
     cupy.cuda.Device().synchronize()
-    handle = cupy.cuda.runtime.streamCreate()
-    cupy.cuda.runtime.streamDestroy(handle)
+    held, size = [], rt.memGetInfo()[0]
+    while size >= 1 << 16:          # take the free memory, halving the request when refused
+        try:
+            held.append(rt.malloc(size))
+        except rt.CUDARuntimeError:
+            size //= 2
+    print("held:", len(held), "allocations; free now:", rt.memGetInfo()[0], "bytes")
     try:
-        with cupy.cuda.ExternalStream(handle):
-            ops.{op}
+        ops.{op}
     except RuntimeError as e:
         print("RuntimeError:", e)
     else:
         print("no error")
+    for p in held:
+        rt.free(p)
+    y = ops.relu_forward(x)
+    cupy.cuda.Device().synchronize()
+    print("next op right:", bool((y == cupy.maximum(x, 0)).all()))
+    print("same op again right:", np.isclose(ops.{op}, reference.{ref}, rtol=1e-6))
 """)
 
 
-@pytest.mark.parametrize("op", ["relu_forward(x)", "penalty(x, 0.1, 0.2)", "sparsity_count(x, 0.5)"])
-def test_cuda_error_is_a_runtime_error_naming_the_op(op):
-    out = subprocess.run([sys.executable, "-c", SCRIPT.replace("{op}", op)], capture_output=True,
-                         text=True, timeout=120)
+def run_child(script):
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     print(out.stdout, out.stderr)
     assert out.returncode == 0, f"the child crashed (exit {out.returncode})"
+    return out.stdout
+
+
+@pytest.mark.parametrize("op, ref", [("penalty(x, 0.1, 0.2)", "penalty(x.get(), 0.1, 0.2)"),
+                                     ("sparsity_count(x, 0.5)", "sparsity_count(x.get(), 0.5)")])
+def test_failed_allocation_is_the_ops_error_and_not_the_next_ones(op, ref):
+    stdout = run_child(OUT_OF_MEMORY.replace("{op}", op).replace("{ref}", ref))
     name = op.split("(")[0]
-    assert f"RuntimeError: pyregnet: CUDA error in {name}" in out.stdout
+    assert f"RuntimeError: pyregnet: CUDA error in {name}: " in stdout
+    assert "(cudaErrorMemoryAllocation)" in stdout
+    assert "next op right: True" in stdout
+    assert "same op again right: True" in stdout
+
+
+POOL = textwrap.dedent("""
+    import cupy
+    from pyregnet import ops
+    rt = cupy.cuda.runtime
+    RELEASE_THRESHOLD, RESERVED_CURRENT = 4, 5       # cudaMemPoolAttr values
+    pool = rt.deviceGetDefaultMemPool(rt.getDevice())
+    print("threshold before:", rt.memPoolGetAttribute(pool, RELEASE_THRESHOLD))
+    ops.penalty(cupy.ones(1 << 20, cupy.float32), 0.1, 0.2)   # its scratch is freed after its own sync
+    rt.deviceSynchronize()   # where a pool with the default threshold (0) would give that memory back
+    print("threshold after:", rt.memPoolGetAttribute(pool, RELEASE_THRESHOLD))
+    print("reserved after:", rt.memPoolGetAttribute(pool, RESERVED_CURRENT))
+""")
+
+
+def test_memory_pool_keeps_its_memory():
+    lines = dict(line.split(": ", 1) for line in run_child(POOL).splitlines() if ": " in line)
+    assert int(lines["threshold after"]) == 2**64 - 1
+    assert int(lines["reserved after"]) > 0, "the pool gave its memory back at the synchronization"

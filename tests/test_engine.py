@@ -12,7 +12,7 @@ import pytest
 from pyregnet import data, engine, model, ops, train
 from pyregnet.regularizers import Penalty
 
-from conftest import BACKENDS, CUDA_SKIP
+from conftest import BACKENDS, CUDA_MARKS
 
 
 def make_run(device, reg="l1l2", mode="fused", train_size=150, batch=64, graph=True, seed=3):
@@ -80,8 +80,7 @@ def test_progress_is_reported_every_step_on_the_cpu():
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
-@pytest.mark.skipif(CUDA_SKIP is not None, reason=str(CUDA_SKIP))
-@pytest.mark.parametrize("mode", engine.PENALTY_MODES)
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=CUDA_MARKS) for m in engine.PENALTY_MODES])
 def test_graph_replay_equals_eager_launches_and_repeats(mode):
     # 2 epochs of 5 steps (4 full + 1 last): the full-batch graph is captured at step 2 of epoch 1
     # and replayed; the last-batch graph is captured and replayed in epoch 2.

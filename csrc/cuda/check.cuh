@@ -9,9 +9,17 @@
 
 namespace pyregnet::cuda {
 
+// A failing runtime call also leaves its error as the thread's last error, which the next
+// launch check (cudaGetLastError) would report again, against another op: a failed allocation
+// would be blamed on whatever ran next. So the last error is read off (and so cleared) before
+// throwing. An error that is still there after that read is sticky: the context is lost, every
+// later call fails, and the message says so.
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* what) {
-  throw std::runtime_error(std::string("pyregnet: CUDA error in ") + what + ": " +
-                           cudaGetErrorString(err));
+  cudaGetLastError();
+  const bool sticky = cudaPeekAtLastError() != cudaSuccess;
+  throw std::runtime_error(std::string("pyregnet: CUDA error in ") + what + ": " + cudaGetErrorString(err) +
+                           " (" + cudaGetErrorName(err) + ")" +
+                           (sticky ? "; the CUDA context is unusable from now on: restart the process" : ""));
 }
 
 }  // namespace pyregnet::cuda

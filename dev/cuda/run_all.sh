@@ -14,7 +14,8 @@
 # validation, else 1.
 #
 # Environment: BUILD (default /tmp/pyregnet-dev-cuda), NVCC (default nvcc), JOBS (parallel
-# compiles, default 4), RUN_TIMEOUT (seconds per harness, default 300).
+# compiles, default 4), RUN_TIMEOUT (seconds per harness, default 300), HARNESSES (which ones,
+# default all).
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,7 +24,7 @@ export BUILD="${BUILD:-/tmp/pyregnet-dev-cuda}"
 export NVCC="${NVCC:-nvcc}"
 jobs="${JOBS:-4}"
 run_timeout="${RUN_TIMEOUT:-300}"
-harnesses=(adam_update augment conv2d dense maxpool2d reduce relu softmax_xent)
+read -r -a harnesses <<<"${HARNESSES:-adam_update augment conv2d dense maxpool2d reduce relu softmax_xent}"
 
 mkdir -p "$logs" "$BUILD"
 build_log="$logs/build.log"
