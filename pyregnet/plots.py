@@ -79,3 +79,22 @@ def plot_weight_hists(series, edges, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_prune(result, path, title=""):
+    """Test accuracy against the fraction of kernel weights that are zero, after magnitude pruning
+    (pyregnet.prune's result: "global" and optionally "per_layer" curves)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, style in (("global", "o-"), ("per_layer", "s--")):
+        points = result.get(kind)
+        if points:
+            ax.plot([100 * p["sparsity"] for p in points], [100 * p["test_acc"] for p in points], style,
+                    label=kind.replace("_", " "))
+    ax.set(xlabel="kernel weights set to zero (%)", ylabel="test accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

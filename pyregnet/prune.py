@@ -1,0 +1,127 @@
+"""python -m pyregnet.prune RUN_DIR: what a run's small weights are worth once they are removed.
+
+Loads the run's final checkpoint, sets the smallest-|w| fraction of the kernel weights (conv and
+dense, not biases) to exactly zero at each level, and evaluates the test set with the same
+evaluation program the trainer uses. Global magnitude pruning ranks all kernel weights together;
+--per-layer prunes each layer to the same fraction. Writes RUN_DIR/prune.json and
+RUN_DIR/prune.png. Weights that were already exact zeros count towards the level (the reported
+sparsity is the fraction of kernel weights that are exactly zero after pruning).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import data as datasets
+from . import model
+from .files import atomic_write
+from .train import EXIT_USAGE, Config, Run, UsageError, load_checkpoint, resolve_device
+
+LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+WITHIN_PP = 1.0  # "worth": the largest sparsity whose test accuracy is within this many pp of unpruned
+
+
+def prune(params, fraction, per_layer=False):
+    """A copy of the flat parameters with round(fraction * n) of the smallest-|w| kernel weights set
+    to 0 (n: all kernel weights, or each layer's with per_layer). Ties go to the lower index."""
+    out = params.copy()
+    kernels = out[:model.N_KERNEL]
+    groups = ([s for s in model.SLOTS if s.name in model.KERNEL_NAMES] if per_layer
+              else [model.Slot("kernels", (model.N_KERNEL,), 0)])
+    for slot in groups:
+        w = kernels[slot.offset:slot.offset + slot.size]
+        k = int(round(fraction * slot.size))
+        if k:
+            w[np.argsort(np.abs(w), kind="stable")[:k]] = 0
+    return out
+
+
+def largest_within(curve, pp=WITHIN_PP):
+    """The largest sparsity on the curve whose test accuracy is at most `pp` points below the
+    unpruned (first) point's."""
+    base = curve[0]["test_acc"]
+    return max(p["sparsity"] for p in curve if p["test_acc"] >= base - pp / 100)
+
+
+def curve(run, params, levels, per_layer):
+    points = []
+    for level in levels:
+        pruned = prune(params, level, per_layer)
+        run.params[...] = run.xp.asarray(pruned)
+        loss, acc = run.evaluate("test")
+        sparsity = float(np.count_nonzero(pruned[:model.N_KERNEL] == 0)) / model.N_KERNEL
+        points.append({"level": level, "sparsity": sparsity, "test_acc": float(acc), "test_loss": float(loss)})
+    return points
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m pyregnet.prune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run of python -m pyregnet.train (its checkpoint.npz)")
+    p.add_argument("--levels", type=_levels, default=LEVELS, metavar="F,F,...",
+                   help="fractions of the kernel weights to zero, each in [0, 1); 0 is always evaluated first")
+    p.add_argument("--per-layer", action="store_true", help="also prune each layer to the same fraction")
+    p.add_argument("--data", metavar="PATH", default=None,
+                   help="the run's data, when its recorded --data path does not exist on this machine")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    return p
+
+
+def _levels(text):
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()} | {0.0})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fractions separated by commas but got {text!r}") from None
+    if not all(0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in [0, 1) but got {text!r}")
+    return tuple(values)
+
+
+def main(argv=None):
+    p = parser()
+    p.error = lambda message: (_ for _ in ()).throw(UsageError(message))  # one line, exit 2
+    try:
+        args = p.parse_args(argv)
+        run_dir = Path(args.run_dir)
+        checkpoint = run_dir / "checkpoint.npz"
+        if not checkpoint.is_file():
+            raise UsageError(f"RUN_DIR: {checkpoint} does not exist; expected a run directory of python -m "
+                             f"pyregnet.train that finished at least one epoch")
+        state = load_checkpoint(checkpoint)
+        config = Config(**json.loads(str(state["config"])))
+        data = args.data or config.data
+        if data is not None and not Path(data).exists():
+            raise UsageError(f"--data: the run's data {data} does not exist here; pass --data PATH")
+        config.data, config.device = data, resolve_device(args.device)
+        try:
+            dataset = datasets.load(config.data, dataset=config.dataset, train_size=config.train_size,
+                                    val_size=config.val_size, seed=0)
+        except datasets.DataError as e:
+            raise UsageError(str(e)) from None
+        run = Run(config, dataset)
+        params = np.asarray(state["params"])
+        result = {"run": run_dir.name, "epoch": int(state["epoch"]), "within_pp": WITHIN_PP,
+                  "global": curve(run, params, args.levels, per_layer=False)}
+        result["largest_within_1pp"] = {"global": largest_within(result["global"])}
+        if args.per_layer:
+            result["per_layer"] = curve(run, params, args.levels, per_layer=True)
+            result["largest_within_1pp"]["per_layer"] = largest_within(result["per_layer"])
+    except UsageError as e:
+        print(f"pyregnet.prune: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    atomic_write(run_dir / "prune.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+    from .plots import plot_prune
+    plot_prune(result, run_dir / "prune.png", title=f"{run_dir.name}: magnitude pruning, test set")
+    for kind in ("global", "per_layer"):
+        for point in result.get(kind, []):
+            print(f"{kind:9} level {point['level']:.2f}  sparsity {point['sparsity']:.4f}  "
+                  f"test_acc {point['test_acc']:.4f}  test_loss {point['test_loss']:.4f}")
+    print(f"largest sparsity within {WITHIN_PP:g} pp of the unpruned accuracy: {result['largest_within_1pp']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
