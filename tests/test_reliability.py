@@ -357,3 +357,123 @@ def test_sigkill_anywhere_in_the_first_two_epochs_then_rerun_equals_uninterrupte
         with np.load(out / "checkpoint.npz") as z:
             np.testing.assert_array_equal(z["params"], expected_params)
         assert not [n for n in files_in(out) if n.endswith(".part")], files_in(out)
+
+
+# ---------------------------------------------------------------- the sweep
+
+from pyregnet import sweep  # noqa: E402
+from test_sweep import two_seed_dir  # noqa: E402
+
+SWEEP_TINY = ["--dataset", "synthetic", "--train-size", "64", "--val-size", "32", "--batch-size", "32",
+              "--device", "cpu", "--epochs", "1"]
+
+
+def test_second_sweep_on_one_directory_is_refused(tmp_path, capsys):
+    with rundir.locked(tmp_path, "--out"):
+        assert sweep.main(["grid", "--penalties", "none", "--out", str(tmp_path), *SWEEP_TINY]) == sweep.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is being written by another process (pid {os.getpid()})" in err
+        assert sweep.main(["report", str(tmp_path)]) == sweep.EXIT_USAGE
+        assert "is being written by another process" in capsys.readouterr().err
+    assert not (tmp_path / "none_s0").exists()
+
+
+def test_two_writers_in_one_run_directory_cannot_interleave(tmp_path, capsys):
+    # What two concurrent sweeps did to a run before: epochs 1, 1, 2, 2 in its metrics.jsonl.
+    out = tmp_path / "none_s0"
+    with rundir.locked(out, "--out"):
+        code = sweep.main(["compare", "--penalties", "none", "--seeds", "0", "--out", str(tmp_path), *SWEEP_TINY])
+    err = capsys.readouterr().err
+    assert code == sweep.EXIT_FAILED and "none_s0: exit 2: pyregnet.train: error: --out:" in err
+    assert "being written by another process" in err and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("repeated_epochs", "line 2: expected epoch 2 but got 1 (two writers"),
+    ("middle_line", "line 1 is not JSON"),
+    ("missing_key", "line 2: lacks val_acc"),
+    ("sparsity", "line 1: expected sparsity.total with thresholds"),
+    ("config", "config.json is not JSON"),
+    ("config_fields", "config.json: expected reg"),
+    ("no_config", "config.json is missing beside metrics.jsonl"),
+])
+def test_damaged_run_is_named_not_dropped_silently(damage, fragment, tmp_path, capsys):
+    two_seed_dir(tmp_path)
+    d = tmp_path / "none_s0"
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    if damage == "repeated_epochs":
+        lines = [lines[0], lines[0], lines[1], lines[1]]
+    elif damage == "middle_line":
+        lines[0] = lines[0][:20]
+    elif damage == "missing_key":
+        lines[1] = json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "val_acc"})
+    elif damage == "sparsity":
+        lines[0] = json.dumps({**json.loads(lines[0]), "sparsity": {"total": {"0.001": 0.1}}})
+    elif damage == "config":
+        (d / "config.json").write_text('{"reg": "none", ')
+    elif damage == "config_fields":
+        (d / "config.json").write_text(json.dumps({"reg": "none", "l1": 0.0, "l2": 0.0, "seed": "zero"}))
+    elif damage == "no_config":
+        (d / "config.json").unlink()
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert sweep.main(["report", str(tmp_path), "--kind", "compare"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: none_s0 left out of the tables: {d}" in err and fragment in err, err
+    md = (tmp_path / "compare.md").read_text()
+    assert "| none | — | 1 |" in md  # the other seed's run, alone
+    # A sweep does not count the damaged run as finished: it is a conflict, named, exit 1.
+    state, detail = sweep.run_state(d, sweep.expected_config(sweep.Spec("none", 0.0, 0.0, 0), _opts()), 2)
+    assert state == "conflict" and str(d) in detail
+
+
+def _opts():
+    args = sweep.parser().parse_args(["compare", "--out", "x", "--dataset", "synthetic", "--train-size", "256",
+                                      "--val-size", "128"])
+    return args
+
+
+def test_run_that_no_epoch_finished_is_started_over(tmp_path):
+    d = tmp_path / "none_s0"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("")
+    (d / "config.json").write_text("{")
+    assert sweep.run_state(d, sweep.expected_config(sweep.Spec("none", 0.0, 0.0, 0), _opts()), 1) == ("new", "")
+
+
+@pytest.mark.parametrize("content", ['{"grid": ', '{"grid": {"runs": "none_s0"}}', "[]"])
+def test_damaged_sweep_json_is_named(content, tmp_path, capsys):
+    two_seed_dir(tmp_path)
+    (tmp_path / "sweep.json").write_text(content)
+    assert sweep.main(["report", str(tmp_path)]) == sweep.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'sweep.json'}" in err and "remove it" in err
+    assert sweep.main(["grid", "--penalties", "none", "--out", str(tmp_path), *SWEEP_TINY, "--dry-run"]) == 2
+    assert "sweep.json" in capsys.readouterr().err
+
+
+def test_huge_seed_ranges_are_refused_at_once(tmp_path, capsys):
+    start = time.perf_counter()
+    assert sweep.main(["compare", "--seeds", "0-100000000", "--out", str(tmp_path / "x"), "--dry-run"]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"expected at most {sweep.MAX_SEEDS} seeds" in err
+    start = time.perf_counter()
+    seeds = sweep._seeds(f"0-{sweep.MAX_SEEDS - 1},5,3-7")
+    assert seeds == list(range(sweep.MAX_SEEDS)) and time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize("seeds, fragment", [
+    ("-1", "expected seeds such as 0,1,2 or 0-4 but got '-1'"),
+    (str(2**63), "expected an integer from 0 to 2**63 - 1"),
+    ("5-2", "with low <= high but got '5-2'"),
+])
+def test_sweep_seeds_outside_the_range_are_refused(seeds, fragment, tmp_path, capsys):
+    assert sweep.main(["grid", "--seeds", seeds, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_sweep_lambda_that_would_be_zero_is_refused(tmp_path, capsys):
+    assert sweep.main(["grid", "--l1", "1e-5,1e-400", "--out", str(tmp_path / "x")]) == 2
+    assert "expected 0 or a number float64 can hold" in capsys.readouterr().err
