@@ -101,6 +101,9 @@ class Dataset:
             if not (isinstance(y, np.ndarray) and y.dtype == np.int64 and y.shape == (len(x),)):
                 raise ValueError(f"Dataset: expected y_{split} an int64 ({len(x)},) array but got "
                                  f"{_describe(y)}")
+            if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
+                raise ValueError(f"Dataset: expected y_{split} in [0, {len(self.classes)}) but got labels from "
+                                 f"{y.min()} to {y.max()}")
 
     def __repr__(self):
         return (f"Dataset(source={self.source!r}, train={len(self.x_train)}, "

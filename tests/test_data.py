@@ -627,6 +627,8 @@ def test_dataset_checks_its_arrays():
         data.Dataset(x, y, x[:, :16], y, ("a",), "t")
     with pytest.raises(ValueError, match="y_train"):
         data.Dataset(x, y.astype(np.int32), x, y, ("a",), "t")
+    with pytest.raises(ValueError, match=r"y_test in \[0, 1\) but got labels from 0 to 99"):
+        data.Dataset(x, y, x, np.array([0, 99]), ("a",), "t")
 
 
 @pytest.mark.skipif(os.environ.get("PYREGNET_TEST_REAL_DATA") != "1" or not REAL_DATA.is_file(),
