@@ -133,7 +133,8 @@ def locked(path, flag, create=True):
         for d in reversed(created):
             with contextlib.suppress(OSError):
                 d.rmdir()
-        raise RunDirError(f"{flag}: cannot write in {path} ({e.strerror or e}); choose another {flag}") from None
+        fix = f"choose another {flag}" if flag.startswith("--") else "make it writable"
+        raise RunDirError(f"{flag}: cannot write in {path} ({e.strerror or e}); {fix}") from None
     lock = Locked(path, fd, created)
     try:
         yield lock
