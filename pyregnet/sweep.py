@@ -14,7 +14,7 @@ and one with a checkpoint but fewer epochs is resumed, so running the same comma
 continues an interrupted sweep. --jobs N runs N at once; --gpus 0,1,... gives each running
 process its own CUDA_VISIBLE_DEVICES (one process per GPU by default). A run that fails is
 reported at the end (exit code, last line of its stderr), left out of the tables, and makes the
-sweep exit 1; bad arguments exit 2.
+sweep exit 1; bad arguments, and a DIR that another sweep or report is writing (DIR/.lock), exit 2.
 
 grid runs the baseline (none) and every λ of each penalty (--penalties picks which) and
 writes DIR/grid.md and DIR/grid.csv: per penalty and λ, the final validation and training
@@ -882,7 +882,8 @@ def main(argv=None):
         if args.command == "report":
             with rundir.locked(args.dir, "report", create=False):
                 return report(args)
-        with rundir.locked(args.out, "--out"):
+        with rundir.locked(args.out, "--out") as sweep_dir:
+            sweep_dir.remove_stale_parts()  # of a sweep that was killed writing sweep.json
             return run_sweep(args, argv)
     except (UsageError, RunDirError) as e:
         print(f"pyregnet.sweep: error: {e}", file=sys.stderr)

@@ -4,7 +4,9 @@ One command runs the paper's experiment (DESIGN.md §1) on the CPU or the GPU an
 --out: metrics.jsonl (one JSON line per epoch), checkpoint.npz (every epoch, atomically),
 config.json and curves.png. --resume continues a run and ends with the metrics an uninterrupted
 run would have: the data order, the augmentation and the initialization are functions of the
-seed, the epoch and the step, not of a random state that a restart would lose.
+seed, the epoch and the step, not of a random state that a restart would lose. --out is locked
+while a run writes it (pyregnet.rundir), and a run that fails before its first checkpoint
+leaves nothing there.
 """
 
 import argparse

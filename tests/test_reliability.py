@@ -477,3 +477,9 @@ def test_sweep_seeds_outside_the_range_are_refused(seeds, fragment, tmp_path, ca
 def test_sweep_lambda_that_would_be_zero_is_refused(tmp_path, capsys):
     assert sweep.main(["grid", "--l1", "1e-5,1e-400", "--out", str(tmp_path / "x")]) == 2
     assert "expected 0 or a number float64 can hold" in capsys.readouterr().err
+
+
+def test_sweep_removes_a_killed_sweeps_temporary_files(tmp_path, capsys):
+    (tmp_path / ".sweep.json.k1ll3d.part").write_text('{"grid": ')
+    assert sweep.main(["grid", "--penalties", "none", "--out", str(tmp_path), *SWEEP_TINY, "--dry-run"]) == 0
+    assert not list(tmp_path.glob("*.part")) and json.loads((tmp_path / "sweep.json").read_text())["grid"]["runs"]
