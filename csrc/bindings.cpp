@@ -83,9 +83,7 @@ ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding
                      std::to_string(s.S) + ": the output size would be " + std::to_string(s.P) + " x " + std::to_string(s.Q));
   call.fits_int32(x);
   call.fits_int32(w);
-  if (double(s.N) * double(s.K) * double(s.P) * double(s.Q) > double(INT32_MAX))
-    call.value_error("padding: expected an output (N, K, P, Q) = " + shape_str({s.N, s.K, s.P, s.Q}) +
-                     " of fewer than 2^31 elements (x, w and padding set its size)");
+  call.output_fits_int32({s.N, s.K, s.P, s.Q}, "(N, K, P, Q)", "padding");
   return s;
 }
 
@@ -95,6 +93,7 @@ PoolShape pool_shape(Call& call, const Array& x) {
   if (x.dim(2) < 2 || x.dim(3) < 2)
     call.value_error(x.name + ": expected H and W >= 2 for a 2x2 window but got shape " + shape_str(x.shape) +
                      ": the output size would be 0");
+  call.fits_int32(x);  // the backward pass indexes x's elements; the output is smaller
   return PoolShape{x.dim(0), x.dim(1), x.dim(2), x.dim(3), x.dim(2) / 2, x.dim(3) / 2};
 }
 
@@ -106,6 +105,7 @@ DenseShape dense_shape(Call& call, const Array& x, const Array& w) {
   call.dim_equals(w, 1, x.dim(1), "in, the features of x");
   call.fits_int32(x);
   call.fits_int32(w);
+  call.output_fits_int32({x.dim(0), w.dim(0)}, "(N, out)", w.name);
   return DenseShape{x.dim(0), x.dim(1), w.dim(0)};
 }
 

@@ -57,7 +57,7 @@ _META = "batches.meta"
 _BATCH_FILES = _TRAIN_BATCHES + (_TEST_BATCH, _META)
 _SPLITS = ("train", "test")
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = 1           # bump when the image-folder cache format changes
+_CACHE_VERSION = 2           # bump when the image-folder cache format changes
 _DOWNLOAD_TIMEOUT = 60.0     # seconds without progress before a download gives up
 _CHUNK = 1 << 20
 
@@ -101,6 +101,9 @@ class Dataset:
             if not (isinstance(y, np.ndarray) and y.dtype == np.int64 and y.shape == (len(x),)):
                 raise ValueError(f"Dataset: expected y_{split} an int64 ({len(x)},) array but got "
                                  f"{_describe(y)}")
+            if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
+                raise ValueError(f"Dataset: expected y_{split} in [0, {len(self.classes)}) but got labels from "
+                                 f"{y.min()} to {y.max()}")
 
     def __repr__(self):
         return (f"Dataset(source={self.source!r}, train={len(self.x_train)}, "
@@ -344,7 +347,8 @@ def _tar_kind(p: Path) -> str:
                     f"{_OFFLINE_HINT}")
 
 
-def load_cifar10(path=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10_MD5, progress=None) -> Dataset:
+def load_cifar10(path=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10_MD5, progress=None,
+                 n_classes=None) -> Dataset:
     """CIFAR-10 from ``path``, or from the cache directory (downloading it there on first use).
 
     path None: ``cache_dir()/cifar-10-batches-py`` if present, else
@@ -379,11 +383,11 @@ def load_cifar10(path=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10_MD5, 
         if (p / TARBALL_NAME).is_file():
             return _load_official_tarball(p / TARBALL_NAME, md5, in_cache=False)
         if _find_tree_root(p) is not None:
-            return load_image_folder(p)
+            return load_image_folder(p, n_classes=n_classes)
         raise DataError(f"no CIFAR-10 data at {p}: {_EXPECTED}; {_OFFLINE_HINT}")
     if _tar_kind(p) == "official":
         return _load_official_tarball(p, md5, in_cache=False)
-    return load_image_folder(p)
+    return load_image_folder(p, n_classes=n_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,10 +440,16 @@ def _scan_dir_tree(root: Path) -> dict:
         if not d.is_dir():
             raise DataError(f"image-folder tree at {root} has no {split}/ folder: expected {_TREE}")
         tree[split] = {}
-        for c in sorted(os.scandir(d), key=lambda e: e.name):
-            if c.is_dir() and not c.name.startswith("."):
-                files = sorted((f.name for f in os.scandir(c.path) if f.is_file() and _is_image_name(f.name)))
-                tree[split][c.name] = [(f"{split}/{c.name}/{f}", os.path.join(c.path, f)) for f in files]
+        where = d
+        try:
+            for c in sorted(os.scandir(d), key=lambda e: e.name):
+                if c.is_dir() and not c.name.startswith("."):
+                    where = c.path
+                    files = sorted((f.name for f in os.scandir(c.path) if f.is_file() and _is_image_name(f.name)))
+                    tree[split][c.name] = [(f"{split}/{c.name}/{f}", os.path.join(c.path, f)) for f in files]
+        except OSError as exc:
+            raise DataError(f"cannot read the folder {where} ({exc.strerror or exc}); make it readable "
+                            f"(chmod) or remove it") from exc
     return tree
 
 
@@ -480,7 +490,13 @@ def _scan_tarball(p: Path) -> dict:
     return tree
 
 
-def _decode_tree(tree: dict, where: str, read, sep: str) -> tuple:
+def _check_classes(classes, n_classes, where):
+    if n_classes is not None and len(classes) != n_classes:
+        raise DataError(f"{where} has {len(classes)} classes ({', '.join(classes)}) but the network has "
+                        f"{n_classes} outputs: expected CIFAR-10's {n_classes} class folders; remove the others")
+
+
+def _decode_tree(tree: dict, where: str, read, sep: str, n_classes=None) -> tuple:
     """Decode a scanned tree; read(item, rel) gives an entry's bytes; where + sep + rel names it."""
     names = {s: sorted(tree[s]) for s in _SPLITS}
     if names["train"] != names["test"]:
@@ -491,6 +507,7 @@ def _decode_tree(tree: dict, where: str, read, sep: str) -> tuple:
     classes = tuple(names["train"])
     if not classes:
         raise DataError(f"image-folder tree at {where} has no class folders in train/: expected {_TREE}")
+    _check_classes(classes, n_classes, f"image-folder tree at {where}")
     out = []
     for split in _SPLITS:
         for c in classes:
@@ -518,41 +535,104 @@ def _read_file(path, rel):
         raise DataError(f"cannot read {path} ({exc})") from exc
 
 
-def _cache_key(parts) -> str:
+def _cache_key(parts, contents) -> str:
+    """The cache's name: the source's names, sizes and mtimes, and a hash of every byte of it
+    (contents: an iterable of byte strings), so that an image replaced by another of the same
+    size, its mtime restored, is seen."""
     h = hashlib.sha256(f"pyregnet image-folder cache v{_CACHE_VERSION}".encode())
     for part in parts:
         h.update(b"\0" + str(part).encode("utf-8", "surrogateescape"))
+    for blob in contents:
+        h.update(blob)
     return h.hexdigest()[:24]
 
 
-def _load_cache(f: Path, source: str) -> Dataset | None:
+def _file_chunks(path):
     try:
-        with np.load(f, allow_pickle=False) as z:
-            return Dataset(np.ascontiguousarray(z["x_train"]), z["y_train"].astype(np.int64, copy=False),
-                           np.ascontiguousarray(z["x_test"]), z["y_test"].astype(np.int64, copy=False),
-                           tuple(str(c) for c in z["classes"]), source)
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or exc})") from exc
+
+
+_CACHE_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _arrays_digest(arrays: dict) -> str:
+    """A hash of the decoded arrays and class names, stored in the cache and checked on load."""
+    h = hashlib.sha256()
+    for name in _CACHE_ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name} {a.dtype.str} {a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    h.update("\0".join(str(c) for c in arrays["classes"]).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _cache_problem(z: dict, key: str) -> str | None:
+    """Why a loaded cache cannot be used, or None."""
+    missing = [k for k in (*_CACHE_ARRAYS, "classes", "key", "digest") if k not in z]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    if str(z["key"]) != key:
+        return "it was made from other source files"
+    classes = z["classes"]
+    if classes.ndim != 1 or classes.dtype.kind != "U" or len(classes) == 0:
+        return "its class names are not a list of strings"
+    for split in _SPLITS:
+        x, y = z[f"x_{split}"], z[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) == 0:
+            return f"x_{split} is {_describe(x)}, expected uint8 (N, 32, 32, 3)"
+        if y.dtype != np.int64 or y.shape != (len(x),):
+            return f"y_{split} is {_describe(y)}, expected int64 ({len(x)},)"
+        if y.min() < 0 or y.max() >= len(classes):
+            return f"y_{split} holds labels outside [0, {len(classes)})"
+    if str(z["digest"]) != _arrays_digest(z):
+        return "its arrays do not match the hash stored with them"
+    return None
+
+
+def _load_cache(f: Path, source: str, key: str) -> Dataset | None:
+    """The cached dataset, or None when there is none or it fails its checks (then it is decoded
+    again and overwritten)."""
+    try:
+        with np.load(f, allow_pickle=False) as npz:
+            z = {k: npz[k] for k in npz.files}
+        problem = _cache_problem(z, key)
     except FileNotFoundError:
         return None
-    except Exception:  # unreadable or stale cache: decode again and overwrite it
+    except Exception as exc:  # a damaged zip, a member that is not an array, ...
+        problem = f"unreadable ({type(exc).__name__}: {exc})"
+    if problem:
+        warnings.warn(f"pyregnet.data: the decoded-image cache {f} is not usable ({problem}); decoding the "
+                      f"images again", RuntimeWarning, stacklevel=3)
         return None
+    return Dataset(np.ascontiguousarray(z["x_train"]), z["y_train"], np.ascontiguousarray(z["x_test"]),
+                   z["y_test"], tuple(str(c) for c in z["classes"]), source)
 
 
-def _save_cache(f: Path, ds: Dataset) -> None:
+def _save_cache(f: Path, ds: Dataset, key: str) -> None:
+    arrays = {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test,
+              "classes": np.array(ds.classes, dtype=str)}
+    arrays.update(key=np.array(key), digest=np.array(_arrays_digest(arrays)))
     try:
-        atomic_write(f, lambda fo: np.savez(fo, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
-                                             y_test=ds.y_test, classes=np.array(ds.classes, dtype=str)))
+        atomic_write(f, lambda fo: np.savez(fo, **arrays))
     except OSError as exc:
         warnings.warn(f"pyregnet.data: could not write the decoded-image cache {f} ({exc}); the "
                       f"images will be decoded again next time", RuntimeWarning, stacklevel=3)
 
 
-def load_image_folder(path, *, cache=True) -> Dataset:
+def load_image_folder(path, *, cache=True, n_classes=None) -> Dataset:
     """An image-folder tree ``train/<class>/*``, ``test/<class>/*`` (or a .tar.gz/.tgz/.tar of
     one, optionally inside one top-level folder). Labels are the indices of the sorted class
     folder names, which must be the same in train/ and test/. Every image must be 32x32; it is
     decoded with Pillow to RGB. Files whose names are hidden or lack an image extension are
     skipped. With ``cache``, the decoded arrays are kept as an .npz in :func:`cache_dir`, keyed
-    by the source's absolute path, size and mtime (every file's, for a directory)."""
+    by the source's absolute path, its names, sizes and mtimes and a hash of all its bytes; the
+    cache is checked when loaded (key, shapes, dtypes, labels, a hash of the arrays) and decoded
+    again when a check fails. ``n_classes``: the number of class folders expected (DataError
+    otherwise, before decoding)."""
     p = Path(path).expanduser().absolute()
     if not p.exists():
         raise DataError(f"no image-folder data at {p}: the path does not exist; expected {_TREE}, or a "
@@ -563,29 +643,33 @@ def load_image_folder(path, *, cache=True) -> Dataset:
         if root is None:
             raise DataError(f"no image-folder tree at {p}: expected {_TREE}")
         tree = _scan_dir_tree(root)
-        stats = []
+        stats, files = [], []
         for split in _SPLITS:
             for c in sorted(tree[split]):
                 for rel, f in tree[split][c]:
                     st = os.stat(f)
                     stats.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
-        key = _cache_key([root, *stats])
+                    files.append(f)
+        if cache:
+            key = _cache_key([root, *stats], (chunk for f in files for chunk in _file_chunks(f)))
     else:
         st = p.stat()
-        key = _cache_key([p, st.st_size, st.st_mtime_ns])
+        if cache:
+            key = _cache_key([p, st.st_size, st.st_mtime_ns], _file_chunks(p))
         tree = root = None
-    cache_file = cache_dir() / f"imagefolder-{key}.npz"
+    cache_file = cache_dir() / f"imagefolder-{key}.npz" if cache else None
     if cache:
-        ds = _load_cache(cache_file, source)
+        ds = _load_cache(cache_file, source, key)
         if ds is not None:
+            _check_classes(ds.classes, n_classes, f"image-folder data at {p}")
             return ds
     if tree is not None:
-        arrays = _decode_tree(tree, str(root), _read_file, "/")
+        arrays = _decode_tree(tree, str(root), _read_file, "/", n_classes)
     else:
-        arrays = _decode_tree(_scan_tarball(p), str(p), lambda data, rel: data, ":")
+        arrays = _decode_tree(_scan_tarball(p), str(p), lambda data, rel: data, ":", n_classes)
     ds = Dataset(*arrays, source)
     if cache:
-        _save_cache(cache_file, ds)
+        _save_cache(cache_file, ds, key)
     return ds
 
 
@@ -681,27 +765,30 @@ def stratified_indices(labels, size, stream):
 
 
 def load(spec: str | None = None, *, dataset="cifar10", download=True, train_size=None, val_size=None,
-         seed=0) -> Dataset:
+         seed=0, n_classes=None) -> Dataset:
     """The trainer's entry point.
 
     spec: the --data PATH (any source :func:`load_cifar10` takes), or None to use ``dataset``:
     "cifar10" (:func:`load_cifar10` from the cache directory, downloading if allowed) or
     "synthetic" (:func:`synthetic` with ``seed``). train_size / val_size (None: all) keep the
     first N images of the train / test split after a shuffle seeded by ``seed``, so subsets are
-    roughly class-balanced and reproducible; out of range -> DataError.
+    roughly class-balanced and reproducible; out of range -> DataError. n_classes: the number of
+    classes the caller's network has: a source with another number is a DataError, found
+    before an image folder is decoded.
     """
     for what, size in (("train_size", train_size), ("val_size", val_size)):  # fail before loading
         if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1):
             raise DataError(f"{what} {size!r} is out of range: expected a positive integer (or None for "
                             f"the whole split)")
     if spec is not None:
-        ds = load_cifar10(spec, download=download)
+        ds = load_cifar10(spec, download=download, n_classes=n_classes)
     elif dataset == "cifar10":
         ds = load_cifar10(download=download)
     elif dataset == "synthetic":
         ds = synthetic(seed=seed)
     else:
         raise DataError(f"unknown dataset {dataset!r}: expected 'cifar10' or 'synthetic', or --data PATH")
+    _check_classes(ds.classes, n_classes, ds.source)
     if train_size is None and val_size is None:
         return ds
     x_train, y_train, t = _subset(ds.x_train, ds.y_train, train_size, "train_size", "train", seed)

@@ -16,7 +16,7 @@ already holds all epochs is skipped and one with a checkpoint but fewer epochs i
 running the same command again continues an interrupted sweep. --jobs N runs N at once; --gpus 0,1,... gives each running
 process its own CUDA_VISIBLE_DEVICES (one process per GPU by default). A run that fails is
 reported at the end (exit code, last line of its stderr), left out of the tables, and makes the
-sweep exit 1; bad arguments exit 2.
+sweep exit 1; bad arguments, and a DIR that another sweep or report is writing (DIR/.lock), exit 2.
 
 grid runs the baseline (none) and every λ of each penalty (--penalties picks which) and
 writes DIR/grid.md and DIR/grid.csv: per penalty and λ, the final validation and training
@@ -80,12 +80,19 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+from . import rundir
+from .files import atomic_write
 from .regularizers import DEFAULT_L1, DEFAULT_L2, KINDS, Penalty
-from .train import Config, UsageError, _lambda, _lr, _Parser, _positive_int
+from .rundir import RunDirError
+from .train import Config, UsageError, _lambda, _lr, _Parser, _positive_int, _seed
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 PLAN_FILE = "sweep.json"
+MAX_SEEDS = 10_000
+# What the tables read from each metrics.jsonl line and from each run's config.json.
+EPOCH_KEYS = ("epoch", "train_acc", "val_acc", "train_loss", "val_loss", "sparsity", "epoch_time_s", "images_per_s")
+SPARSITY_KEYS = ("0.001", "0.0001", "0")
 
 DEFAULT_GRID = {
     "l1": "1e-5,1e-4,1e-3",
@@ -99,6 +106,10 @@ RUN_KEYS = ("reg", "l1", "l2", "seed", "batch_size", "lr", "data", "dataset", "t
             "holdout")
 
 Stat = namedtuple("Stat", "mean std")   # std: sample standard deviation over seeds; nan for one seed
+
+
+class Damaged(Exception):
+    """A run or sweep file that is not what pyregnet writes; the message names the file."""
 
 
 # ---------------------------------------------------------------- runs
@@ -134,48 +145,92 @@ def method_label(reg, l1, l2):
 
 
 def read_history(path):
-    """The epochs in a metrics.jsonl; a torn last line (a process killed mid-write) is ignored."""
+    """The epochs in a metrics.jsonl; a torn last line (a process killed mid-write) is ignored.
+    Damaged when another line is not an epoch's metrics or the epochs are not 1, 2, 3, ..."""
     history = []
     try:
-        text = Path(path).read_text()
+        lines = Path(path).read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return history
-    for line in text.splitlines():
+    for i, line in enumerate(lines):
         try:
-            history.append(json.loads(line))
+            entry = json.loads(line)
         except json.JSONDecodeError:
-            break
+            if i == len(lines) - 1:
+                break
+            raise Damaged(f"{path}: line {i + 1} is not JSON") from None
+        problem = _epoch_problem(entry, len(history) + 1)
+        if problem:
+            raise Damaged(f"{path}: line {i + 1}: {problem}")
+        history.append(entry)
     return history
 
 
+def _epoch_problem(entry, epoch):
+    if not isinstance(entry, dict):
+        return "expected a JSON object"
+    missing = [k for k in EPOCH_KEYS if k not in entry]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if entry["epoch"] != epoch:
+        return f"expected epoch {epoch} but got {entry['epoch']!r} (two writers, or lines from another run)"
+    total = entry["sparsity"].get("total") if isinstance(entry["sparsity"], dict) else None
+    if not isinstance(total, dict) or any(k not in total for k in SPARSITY_KEYS):
+        return f"expected sparsity.total with thresholds {', '.join(SPARSITY_KEYS)}"
+    numbers = [entry[k] for k in EPOCH_KEYS[1:] if k != "sparsity"] + [total[k] for k in SPARSITY_KEYS]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+        return "expected numbers for the accuracies, losses, sparsity and times"
+    return None
+
+
 def read_config(run_dir):
+    """A run's config.json; None when there is none. Damaged when it is not one pyregnet wrote."""
+    path = Path(run_dir) / "config.json"
     try:
-        return json.loads((Path(run_dir) / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        config = json.loads(path.read_text(errors="replace"))
+    except FileNotFoundError:
         return None
+    except json.JSONDecodeError as e:
+        raise Damaged(f"{path} is not JSON ({e})") from None
+    numbers = isinstance(config, dict) and all(
+        isinstance(config.get(k), (int, float)) and not isinstance(config.get(k), bool) for k in ("l1", "l2"))
+    if not (numbers and config.get("reg") in KINDS and type(config.get("seed")) is int):
+        raise Damaged(f"{path}: expected reg ({', '.join(KINDS)}), l1, l2 and an integer seed")
+    return config
 
 
 def run_state(run_dir, expected, epochs):
-    """What a run directory needs: ("new" | "clean" | "resume" | "done" | "conflict", detail).
-    "clean": an interrupted first epoch left an empty metrics.jsonl and no checkpoint."""
+    """What a run directory needs: ("new" | "resume" | "done" | "conflict", detail). A run that
+    no epoch finished (no checkpoint, no epoch in metrics.jsonl) is "new": pyregnet.train starts
+    it over."""
     run_dir = Path(run_dir)
     metrics, checkpoint = run_dir / "metrics.jsonl", run_dir / "checkpoint.npz"
     if not metrics.exists() and not checkpoint.exists():
         return "new", ""
-    config = read_config(run_dir)
+    try:
+        done = len(read_history(metrics))
+    except Damaged as e:
+        return "conflict", f"{e}; remove {run_dir} to rerun it"
+    if done == 0 and not checkpoint.exists():  # no epoch finished: pyregnet.train starts it over
+        return "new", ""
+    try:
+        config = read_config(run_dir)
+        if config is None and done:
+            raise Damaged(f"{run_dir / 'config.json'} is missing beside metrics.jsonl")
+    except Damaged as e:
+        if checkpoint.exists() and done < epochs:
+            return "resume", f"{done}/{epochs} epochs"  # train checks the checkpoint's settings, rewrites config.json
+        return "conflict", f"{e}; remove {run_dir} to rerun it"
     if config is not None:
         diff = [f"{k} {_recorded(config, k)!r} (now {expected[k]!r})" for k in RUN_KEYS
                 if _recorded(config, k) != expected[k]]
         if diff:
             return "conflict", (f"{run_dir} holds a run with other settings: {', '.join(diff)}; "
                                 "use another --out or remove it")
-    done = len(read_history(metrics))
     if done >= epochs:
         return "done", f"{done} epochs"
     if checkpoint.exists():
         return "resume", f"{done}/{epochs} epochs"
-    if done == 0:
-        return "clean", ""
     return "conflict", f"{run_dir} has {done} epochs in metrics.jsonl but no checkpoint.npz; remove it to rerun"
 
 
@@ -278,7 +333,10 @@ def execute(jobs, n_jobs=1, gpus=None, log=print):
                 free.sort()
                 seconds = time.perf_counter() - job.start
                 if code == 0:
-                    history = read_history(job.run_dir / "metrics.jsonl")
+                    try:
+                        history = read_history(job.run_dir / "metrics.jsonl")
+                    except Damaged:
+                        history = []  # named when the tables are made
                     acc = f", val acc {history[-1]['val_acc']:.4f}" if history else ""
                     log(f"{job.spec.name}: done in {seconds:.1f}s{acc}")
                     results[job.spec.name] = (0, "")
@@ -304,21 +362,34 @@ def execute(jobs, n_jobs=1, gpus=None, log=print):
 
 def load_run(run_dir, epochs=None):
     """{"name", "dir", "config", "history"} of one run directory, the history cut to `epochs`;
-    None when it holds no run (no config.json or no metrics.jsonl)."""
+    None when it holds no run (no metrics.jsonl). Damaged when a file of the run is."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    if config is None or not (run_dir / "metrics.jsonl").exists():
+    if not (run_dir / "metrics.jsonl").exists():
         return None
+    config = read_config(run_dir)
+    if config is None:
+        raise Damaged(f"{run_dir / 'config.json'} is missing beside metrics.jsonl")
     history = read_history(run_dir / "metrics.jsonl")
     return {"name": run_dir.name, "dir": str(run_dir), "config": config,
             "history": history[:epochs] if epochs else history}
 
 
-def load_runs(directory, names=None, epochs=None):
-    """The runs in the subdirectories of `directory` (only `names`, when given), sorted by name."""
+def load_runs(directory, names=None, epochs=None, warn=None):
+    """The runs in the subdirectories of `directory` (only `names`, when given), sorted by name.
+    A damaged run is left out and named in a warning on stderr (or to `warn`)."""
     directory = Path(directory)
     dirs = [directory / n for n in names] if names is not None else sorted(p for p in directory.iterdir() if p.is_dir())
-    return [run for run in (load_run(d, epochs) for d in dirs) if run is not None]
+    runs = []
+    for d in dirs:
+        try:
+            run = load_run(d, epochs)
+        except Damaged as e:
+            message = f"pyregnet.sweep: warning: {d.name} left out of the tables: {e}"
+            warn(message) if warn else print(message, file=sys.stderr)
+            continue
+        if run is not None:
+            runs.append(run)
+    return runs
 
 
 def is_complete(run, epochs=None):
@@ -575,19 +646,22 @@ def _pair(text):
 
 
 def _seeds(text):
-    seeds = []
+    seeds = {}  # a dict: unique and in order, in linear time
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         lo, _, hi = part.partition("-")
         try:
-            span = range(int(lo), int(hi) + 1) if hi else [int(lo)]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seeds such as 0,1,2 or 0-4 but got {text!r}") from None
-        for s in span:
-            if s not in seeds:
-                seeds.append(s)
+            lo, hi = _seed(lo), _seed(hi) if hi else _seed(lo)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"expected seeds such as 0,1,2 or 0-4 but got {part!r}: {e}") from None
+        if hi < lo:
+            raise argparse.ArgumentTypeError(f"expected a range low-high with low <= high but got {part!r}")
+        if hi - lo >= MAX_SEEDS or len(seeds.keys() | range(lo, hi + 1)) > MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"expected at most {MAX_SEEDS} seeds but {text!r} names more")
+        seeds.update(dict.fromkeys(range(lo, hi + 1)))
+    seeds = list(seeds)
     if not seeds:
         raise argparse.ArgumentTypeError(f"expected seeds such as 0,1,2 or 0-4 but got {text!r}")
     return seeds
@@ -714,17 +788,26 @@ def load_runs_safe(directory):
 
 
 def _read_plan(directory):
+    path = Path(directory) / PLAN_FILE
     try:
-        return json.loads((Path(directory) / PLAN_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        recorded = json.loads(path.read_text(errors="replace"))
+    except FileNotFoundError:
         return {}
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not JSON ({e}); remove it (the next sweep command writes it again)") from None
+    entries = recorded.values() if isinstance(recorded, dict) else [None]
+    if not all(isinstance(e, dict) and isinstance(e.get("runs"), list) and all(isinstance(n, str) for n in e["runs"])
+               and (e.get("epochs") is None or type(e.get("epochs")) is int) for e in entries):
+        raise UsageError(f"{path}: expected {{kind: {{epochs, runs: [names]}}}} as a sweep writes it; remove it "
+                         f"(the next sweep command writes it again)")
+    return recorded
 
 
 def _write_plan(directory, kind, specs, epochs, argv):
     directory.mkdir(parents=True, exist_ok=True)
     recorded = _read_plan(directory)
     recorded[kind] = {"epochs": epochs, "runs": [s.name for s in specs], "argv": list(argv)}
-    (directory / PLAN_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
+    atomic_write(directory / PLAN_FILE, lambda f: f.write((json.dumps(recorded, indent=2) + "\n").encode()))
 
 
 # ---------------------------------------------------------------- commands
@@ -736,7 +819,7 @@ def run_sweep(args, argv, log=print):
     if args.gpus and args.device == "cpu":
         raise UsageError("--gpus: the runs are on --device cpu")
     n_jobs = args.jobs or (len(args.gpus) if args.gpus else 1)
-    jobs, skipped, conflicts, clean = [], [], {}, []
+    jobs, skipped, conflicts = [], [], {}
     for spec in specs:
         run_dir = out / spec.name
         state, detail = run_state(run_dir, expected_config(spec, args), epochs)
@@ -745,8 +828,6 @@ def run_sweep(args, argv, log=print):
         elif state == "conflict":
             conflicts[spec.name] = (EXIT_USAGE, detail)
         else:
-            if state == "clean":
-                clean.append(run_dir)
             python = "python" if args.dry_run else None
             jobs.append(Job(spec, run_dir, train_command(spec, args, run_dir, resume=state == "resume", python=python)))
     _write_plan(out, args.command, specs, epochs, argv)
@@ -756,17 +837,12 @@ def run_sweep(args, argv, log=print):
                + (f", {len(conflicts)} in conflict" if conflicts else ""))
     if args.dry_run:
         print(summary, file=sys.stderr)
-        for run_dir in clean:
-            print(f"note: remove {run_dir} (an empty, interrupted run) before running its command", file=sys.stderr)
         for name, (_, detail) in conflicts.items():
             print(f"conflict: {name}: {detail}", file=sys.stderr)
         for job in jobs:
             print(shlex.join(job.command))
         return EXIT_FAILED if conflicts else 0
     log(summary + (f"; {min(n_jobs, len(jobs))} at a time" if jobs else ""))
-    for run_dir in clean:
-        for name in ("metrics.jsonl", "config.json"):
-            (run_dir / name).unlink(missing_ok=True)
     results = execute(jobs, n_jobs, args.gpus, log)
     results.update(conflicts)
     failed = {name: r for name, r in results.items() if r[0] != 0}
@@ -797,7 +873,7 @@ def report(args, log=print):
     recorded = _read_plan(directory)
     kinds = [args.kind] if args.kind != "auto" else [k for k in ("grid", "compare") if k in recorded]
     if not kinds:
-        everything = load_runs(directory)
+        everything = load_runs(directory, warn=lambda message: None)  # warned below
         rows = summarize(everything)
         kinds = ["compare" if len({r["method"] for r in rows}) == len(rows) else "grid"]
     wrote = 0
@@ -827,12 +903,18 @@ def main(argv=None):
     try:
         args = parser().parse_args(argv)
         if args.command == "report":
-            return report(args)
+            if args.dir is None:  # --root: the experiments' report (pyregnet.report) reads, writes only ROOT/report*
+                return report(args)
+            with rundir.locked(args.dir, "report", create=False):
+                return report(args)
         if args.command == "run":
             from .experiments import run_experiment
-            return run_experiment(args)
-        return run_sweep(args, argv)
-    except UsageError as e:
+            with rundir.locked(Path(args.root) / args.experiment, "--root"):
+                return run_experiment(args)
+        with rundir.locked(args.out, "--out") as sweep_dir:
+            sweep_dir.remove_stale_parts()  # of a sweep that was killed writing sweep.json
+            return run_sweep(args, argv)
+    except (UsageError, RunDirError) as e:
         print(f"pyregnet.sweep: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -4,11 +4,14 @@ One command runs the paper's experiment (DESIGN.md §1) on the CPU or the GPU an
 --out: metrics.jsonl (one JSON line per epoch), checkpoint.npz (every epoch, atomically),
 config.json and curves.png. --resume continues a run and ends with the metrics an uninterrupted
 run would have: the data order, the augmentation and the initialization are functions of the
-seed, the epoch and the step, not of a random state that a restart would lose.
+seed, the epoch and the step, not of a random state that a restart would lose. --out is locked
+while a run writes it (pyregnet.rundir), and a run that fails before its first checkpoint
+leaves nothing there.
 """
 
 import argparse
 import dataclasses
+import decimal
 import json
 import math
 import sys
@@ -18,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from . import data as datasets
-from . import engine, model
+from . import engine, model, rundir
 from .engine import PENALTY_MODES
 from .extras import missing
 from .files import atomic_write
 from .optim import Adam
 from .regularizers import KINDS, Penalty
+from .rundir import RunDirError
 
 EXIT_USAGE = 2      # bad arguments or data
 EXIT_DIVERGED = 1   # the loss became NaN or infinite
@@ -31,6 +35,10 @@ EVAL_BATCH = 1000
 # The clean-train evaluation: up to this many training images, a fixed class-stratified pick
 # (the same for every seed and epoch), evaluated without augmentation every epoch.
 CLEAN_TRAIN_SIZE = 10_000
+SEED_MAX = 2**63 - 1  # the augmentation draws take the seed as a 64-bit integer on both backends
+# The fields of a metrics.jsonl line that are wall-clock measurements: everything else is the same
+# bits when a run is repeated, resumed or replayed from a captured graph.
+TIMING_KEYS = ("epoch_time_s", "eval_time_s", "images_per_s", "extra_eval_time_s")
 
 
 @dataclasses.dataclass
@@ -94,6 +102,19 @@ def _lambda(text):
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0 but got {text}")
+    if value == 0 and decimal.Decimal(text.strip()) != 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a number float64 can hold (>= 5e-324) but got {text}, "
+                                         f"which would be 0: give 0 to turn the term off")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer but got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1 but got {text}")
     return value
 
 
@@ -114,7 +135,8 @@ def parser():
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=_lr, default=1e-3, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0, help="initialization, data order and augmentation")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="initialization, data order and augmentation (0 to 2**63 - 1)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", metavar="PATH", default=None,
                      help="CIFAR-10 at PATH: cifar-10-python.tar.gz, cifar-10-batches-py/, or an image-folder "
@@ -178,12 +200,43 @@ def save_checkpoint(path, state):
     atomic_write(path, lambda f: np.savez(f, **state))
 
 
+CHECKPOINT_ARRAYS = ("params", "m", "v")
+CHECKPOINT_SCALARS = ("step", "epoch")
+
+
 def load_checkpoint(path):
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            state = {k: z[k] for k in z.files}
     except Exception as e:
         raise UsageError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise UsageError(f"--resume: {path} is damaged: {problem}; remove it (and the run directory) to start over")
+    return state
+
+
+def _checkpoint_problem(state):
+    """What is wrong with a checkpoint's contents, or None."""
+    missing = [k for k in (*CHECKPOINT_ARRAYS, *CHECKPOINT_SCALARS, "config", "history") if k not in state]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    for key in CHECKPOINT_ARRAYS:
+        a = state[key]
+        if a.shape != (model.N_PARAMS,) or a.dtype.kind != "f":
+            return f"{key} is {a.dtype} {a.shape}, expected {model.N_PARAMS} floats"
+    for key in CHECKPOINT_SCALARS:
+        a = state[key]
+        if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
+            return f"{key} is {a.dtype} {a.shape}, expected an integer >= 0"
+    try:
+        Config(**json.loads(str(state["config"])))
+        history = json.loads(str(state["history"]))
+    except (ValueError, TypeError) as e:
+        return f"its config or history is not what this pyregnet writes ({type(e).__name__}: {e})"
+    if not isinstance(history, list) or len(history) != int(state["epoch"]):
+        return f"its history does not hold its {int(state['epoch'])} epochs"
+    return None
 
 
 # ---------------------------------------------------------------- training
@@ -352,32 +405,51 @@ def summary_line(m, epochs):
             f"({m['images_per_s']:.0f} img/s)")
 
 
+RUN_FILES = ("metrics.jsonl", "config.json", "curves.png")  # what a run without a checkpoint may have left
+
+
 def train(config: Config, out, resume=False, log=print, progress=True):
-    """Runs (or resumes) a training run writing into `out`; returns the history."""
+    """Runs (or resumes) a training run writing into `out`, locked against other writers;
+    returns the history. A run that fails before its first checkpoint leaves nothing behind."""
     out = Path(out)
+    with rundir.locked(out, "--out") as run_dir:
+        run_dir.remove_stale_parts()
+        try:
+            return _train(config, out, resume, log, progress, run_dir)
+        except BaseException:
+            if run_dir.writing and not (out / "checkpoint.npz").exists():
+                run_dir.discard(RUN_FILES)
+            raise
+
+
+def _train(config, out, resume, log, progress, run_dir):
     checkpoint, metrics_path = out / "checkpoint.npz", out / "metrics.jsonl"
     if resume:
         if not checkpoint.exists():
-            raise UsageError(f"--resume: no checkpoint at {checkpoint}")
+            raise UsageError(f"--resume: {out} holds no checkpoint (no epoch of a run there finished); "
+                             f"run the same command without --resume to start the run")
         state = load_checkpoint(checkpoint)
         saved = Config(**json.loads(str(state["config"])))
         diff = config.same_run(saved)
         if diff:
             raise UsageError("--resume: the checkpoint was made with other settings: " +
                              ", ".join(f"{k} {old!r} (now {new!r})" for k, (old, new) in diff.items()))
-    elif metrics_path.exists() or checkpoint.exists():
+    elif checkpoint.exists():
         raise UsageError(f"--out: {out} already holds a run; use --resume to continue it or choose another --out")
+    elif _finished_epochs(metrics_path):
+        raise UsageError(f"--out: {metrics_path} holds finished epochs but {out} has no checkpoint.npz to resume "
+                         f"from; move them away or choose another --out")
 
     try:
         dataset = datasets.load(config.data, dataset=config.dataset, train_size=config.train_size,
-                                val_size=config.val_size, seed=0)
+                                val_size=config.val_size, seed=0, n_classes=model.CLASSES)
     except datasets.DataError as e:
         raise UsageError(str(e)) from None
     if config.holdout >= len(dataset.y_train):
         raise UsageError(f"--holdout: expected fewer than the {len(dataset.y_train)} training images (some must "
                          f"remain to train on) but got {config.holdout}; lower --holdout or raise --train-size")
     run = Run(config, dataset)
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir.writing = True  # from here on, the files in `out` are this run's
     if resume:
         run.restore(state)
         log(f"resuming {out} after epoch {run.epoch}")
@@ -393,10 +465,15 @@ def train(config: Config, out, resume=False, log=print, progress=True):
         try:
             m = run.run_epoch(bar)
         except Diverged as e:
-            raise Diverged(f"{e}; stopped. The last good checkpoint ({run.epoch} epochs) stays in {checkpoint}") from None
+            if checkpoint.exists():
+                raise Diverged(f"{e}; stopped. The last good checkpoint ({run.epoch} epochs) stays in "
+                               f"{checkpoint}") from None
+            raise Diverged(f"{e}; stopped before any epoch finished, so nothing was kept in {out}") from None
+        # The checkpoint first: metrics.jsonl never holds an epoch that the checkpoint lacks
+        # (--resume rewrites it from the checkpoint's history).
+        save_checkpoint(checkpoint, run.state())
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
-        save_checkpoint(checkpoint, run.state())
         log(summary_line(m, config.epochs))
     from .plots import plot_curves
     plot_curves(run.history, out / "curves.png", title=f"{run.penalty.describe()}, seed {config.seed}")
@@ -454,21 +531,40 @@ def provenance(device):
             "started_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
 
 
+def _finished_epochs(metrics_path):
+    try:
+        lines = Path(metrics_path).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return 0
+    return sum(line.strip().endswith("}") for line in lines)
+
+
+def _kept(out):
+    checkpoint = Path(out) / "checkpoint.npz"
+    if checkpoint.exists():
+        return f"the last finished epoch is in {checkpoint} (--resume continues)"
+    return f"no epoch had finished, so nothing was kept in {out} (run the same command again)"
+
+
 def main(argv=None):
+    out = None
     try:
         args = parser().parse_args(argv)
         config = config_from_args(args)
         out = args.out or f"runs/{config.reg}-seed{config.seed}"
         train(config, out, resume=args.resume)
-    except UsageError as e:
+    except (UsageError, RunDirError) as e:
         print(f"pyregnet.train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Diverged as e:
         print(f"pyregnet.train: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except OSError as e:  # a full disk, a folder made read-only under a running run
+        where = e.filename or out
+        print(f"pyregnet.train: error: cannot write {where} ({e.strerror or e}); {_kept(out)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\npyregnet.train: interrupted; the last finished epoch is in the checkpoint (--resume continues)",
-              file=sys.stderr)
+        print(f"\npyregnet.train: interrupted; {_kept(out) if out else 'nothing was written'}", file=sys.stderr)
         return 130
     return 0
 

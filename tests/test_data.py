@@ -383,6 +383,101 @@ def test_image_folder_dir_and_cache(tree, cache, monkeypatch):
         data.load_image_folder(root)
 
 
+def _cache_file(cache):
+    files = [cache / n for n in leftovers(cache) if n.endswith(".npz")]
+    assert len(files) == 1
+    return files[0]
+
+
+def _rewrite_cache(f, **changes):
+    with np.load(f) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["label_99", "all_zero", "wrong_dtype", "no_digest", "not_npz"])
+def test_damaged_cache_is_decoded_again(tree, cache, damage):
+    root, expect = tree
+    data.load_image_folder(root)
+    f = _cache_file(cache)
+    with np.load(f) as z:
+        y, x = z["y_train"].copy(), z["x_train"]
+        y[0] = 99
+        changes = {"label_99": {"y_train": y}, "all_zero": {"x_train": np.zeros_like(x)},
+                   "wrong_dtype": {"y_train": z["y_train"].astype(np.int32)}, "no_digest": {"digest": np.array("")},
+                   "not_npz": None}[damage]
+    if changes is None:
+        f.write_bytes(b"PK\x03\x04 not a zip")
+    else:
+        _rewrite_cache(f, **changes)
+    with pytest.warns(RuntimeWarning, match="not usable"):
+        check_tree(data.load_image_folder(root), expect)
+    check_tree(data.load_image_folder(root), expect)       # the cache was rewritten: no warning now
+
+
+def _swap_same_size(path, pixels, stamp=None):
+    """Writes `pixels` as a BMP (its size depends only on the image size) and restores the mtime."""
+    PIL_Image.fromarray(pixels).save(path, format="BMP")
+    if stamp is not None:
+        os.utime(path, ns=stamp)
+
+
+def test_same_size_replacement_with_mtime_restored_is_seen(tree, tmp_path, cache):
+    root, _ = tree
+    rng = np.random.default_rng(3)
+    old, new = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
+    f = root / "train" / "zebra" / "z.bmp"          # the last training image
+    _swap_same_size(f, old)
+    stamp = (f.stat().st_atime_ns, f.stat().st_mtime_ns)
+    tarball = tmp_path / "images.tar"               # uncompressed: its size follows the members' sizes
+    for source in (root, tarball):
+        if source == tarball:
+            _swap_same_size(f, old, stamp)
+            make_plain_tar(root, tarball)
+        np.testing.assert_array_equal(data.load_image_folder(source).x_train[-1], old)
+        size, tar_stamp = source.stat().st_size, (source.stat().st_atime_ns, source.stat().st_mtime_ns)
+        _swap_same_size(f, new, stamp)
+        if source == tarball:
+            make_plain_tar(root, tarball)
+            os.utime(tarball, ns=tar_stamp)
+        assert source.stat().st_size == size and f.stat().st_mtime_ns == stamp[1]
+        np.testing.assert_array_equal(data.load_image_folder(source).x_train[-1], new)
+
+
+def make_plain_tar(root, dest):
+    with tarfile.open(dest, "w") as tf:
+        for split in ("train", "test"):
+            tf.add(root / split, arcname=split)
+
+
+def test_eleven_classes_are_refused_before_decoding(tree, cache, monkeypatch):
+    root, _ = tree
+    for split in ("train", "test"):
+        shutil.copytree(root / split / "ant", root / split / "aardvark")
+    monkeypatch.setattr(data, "_decode_image", fail_decode)
+    with pytest.raises(DataError, match=r"has 4 classes \(aardvark, ant, moose, zebra\) but the network has 3"):
+        data.load(str(root), n_classes=3)
+    tarball = make_tar(root, tree[0].parent / "four.tar.gz")
+    with pytest.raises(DataError, match="has 4 classes"):
+        data.load(str(tarball), n_classes=3)
+
+
+def test_unreadable_class_folder_is_one_line(tree, monkeypatch):
+    root, _ = tree
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith(os.path.join("train", "moose")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(data.os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot read the folder .*train/moose \(Permission denied\)") as info:
+        data.load_image_folder(root)
+    assert "\n" not in str(info.value)
+
+
 def test_image_folder_no_cache(tree, cache):
     check_tree(data.load_image_folder(tree[0], cache=False), tree[1])
     assert leftovers(cache) == []
@@ -532,6 +627,8 @@ def test_dataset_checks_its_arrays():
         data.Dataset(x, y, x[:, :16], y, ("a",), "t")
     with pytest.raises(ValueError, match="y_train"):
         data.Dataset(x, y.astype(np.int32), x, y, ("a",), "t")
+    with pytest.raises(ValueError, match=r"y_test in \[0, 1\) but got labels from 0 to 99"):
+        data.Dataset(x, y, x, np.array([0, 99]), ("a",), "t")
 
 
 @pytest.mark.skipif(os.environ.get("PYREGNET_TEST_REAL_DATA") != "1" or not REAL_DATA.is_file(),

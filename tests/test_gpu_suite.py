@@ -372,3 +372,8 @@ def test_each_stage_calls_its_steps_in_order(stage, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "out" / rec.SUMMARY[stage]).read_text())
     assert list(saved["steps"]) == [step for _, step in STAGE_STEPS[stage]]
     assert saved["failures"] == [] and "all steps passed" in (tmp_path / "out" / f"{stage}.log").read_text()
+
+
+def test_the_suite_skips_the_trainers_timing_fields():
+    from pyregnet import train
+    assert tuple(rec.TIMING_FIELDS) == tuple(train.TIMING_KEYS)

@@ -14,7 +14,7 @@ from pyregnet import data as datasets
 from pyregnet import model, reference, train
 
 TINY = ["--dataset", "synthetic", "--train-size", "384", "--val-size", "128", "--device", "cpu"]
-TIMING = {"epoch_time_s", "eval_time_s", "images_per_s", "extra_eval_time_s"}
+TIMING = set(train.TIMING_KEYS)
 
 
 def history(out):

@@ -20,6 +20,10 @@ CONV_CASES = [
     (2, 32, 15, 15, 64, 3, 3, 0),    # the paper's second conv layer
     (4, 7, 33, 35, 70, 3, 3, 1),     # K > 64 and N*P*Q > one tile
     (9, 3, 40, 40, 33, 3, 3, 1),     # long reduction for dw (N*P*Q = 14400)
+    # Larger than one CPU im2col tile (1 MiB of scratch per thread): split along C*R*S
+    (2, 300, 12, 12, 5, 5, 5, 2),    # C*R*S = 7500: the forward reduction in several row tiles
+    (1, 2, 400, 400, 2, 3, 3, 1),    # P*Q = 160000: column tiles; float64 backward one row at a time
+    (1, 1, 520, 520, 1, 3, 3, 1),    # P*Q = 270400: float32 backward one row at a time too
 ]
 
 # (N, in, out)

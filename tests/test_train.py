@@ -12,7 +12,7 @@ import pytest
 from pyregnet import ops, train
 
 TINY = ["--dataset", "synthetic", "--train-size", "384", "--val-size", "128", "--device", "cpu"]
-TIMING = {"epoch_time_s", "eval_time_s", "images_per_s", "extra_eval_time_s"}
+TIMING = set(train.TIMING_KEYS)
 
 
 def run(tmp_path, name, *args):

@@ -45,6 +45,18 @@ int64_t Array::numel() const {
 
 namespace {
 
+// The number of elements of `shape`, or -1 when it exceeds `limit` (no overflow on the way).
+int64_t numel_up_to(const std::vector<int64_t>& shape, int64_t limit) {
+  for (int64_t d : shape)
+    if (d == 0) return 0;
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || n > limit / d) return -1;
+    n *= d;
+  }
+  return n;
+}
+
 // dtype from NumPy's kind letter and item size; only native byte order counts.
 DType dtype_of(char kind, int64_t itemsize, bool native) {
   if (!native && itemsize > 1) return DType::other;
@@ -265,6 +277,13 @@ void Call::fits_int32(const Array& a) {
     value_error(a.name + ": expected fewer than 2^31 elements but got " + std::to_string(a.numel()));
 }
 
+void Call::output_fits_int32(const std::vector<int64_t>& shape, const char* what, const std::string& arg) {
+  const int64_t n = numel_up_to(shape, std::numeric_limits<int32_t>::max());
+  if (n < 0)
+    value_error(arg + ": expected an output " + what + " = " + shape_str(shape) +
+                " of fewer than 2^31 elements (the kernels index with 32-bit integers) but it would have more");
+}
+
 int64_t Call::integer(py::handle obj, const char* name, int64_t min_value, const char* expected) {
   if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr()))
     type_error(std::string(name) + ": expected an integer " + expected + " but got " + type_name(obj));
@@ -312,6 +331,10 @@ double Call::nonneg_real(py::handle obj, const char* name) {
 
 Array Call::empty(std::vector<int64_t> shape, const char* name, const char* dtype) {
   if (dtype == nullptr) dtype = dtype_ == DType::f32 ? "float32" : "float64";
+  const py::ssize_t itemsize = py::dtype(dtype).itemsize();
+  if (numel_up_to(shape, std::numeric_limits<py::ssize_t>::max() / itemsize) < 0)
+    value_error(std::string(name) + ": expected a result that fits in memory but its shape " + shape_str(shape) +
+                " of " + dtype + " needs more than 2^63 bytes");
   py::object obj;
   if (!on_cuda_) {
     obj = py::array(py::dtype(dtype), shape);

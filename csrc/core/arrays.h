@@ -66,6 +66,9 @@ class Call {
   void same_shape(const Array& a, const Array& b);
   void positive_dims(const Array& a, const char* letters);  // no empty dimension
   void fits_int32(const Array& a);  // GEMM kernels index with 32-bit ints
+  // The output an op would allocate, `what` naming its letters ("(N, out)"), checked before
+  // allocating against the same 32-bit index range; `arg` is the argument blamed.
+  void output_fits_int32(const std::vector<int64_t>& shape, const char* what, const std::string& arg);
 
   // Scalars. Python ints (or objects with __index__) and floats, checked for range.
   int64_t integer(py::handle obj, const char* name, int64_t min_value, const char* expected);
@@ -73,7 +76,8 @@ class Call {
   double nonneg_real(py::handle obj, const char* name);  // finite and >= 0 (lambdas, thresholds)
 
   // A new C-contiguous array of the call's dtype (or `dtype`, as NumPy spells it) on the call's
-  // device (NumPy, or CuPy for CUDA calls).
+  // device (NumPy, or CuPy for CUDA calls). A size beyond any address space is a ValueError
+  // before anything is allocated; a failed allocation is a MemoryError.
   Array empty(std::vector<int64_t> shape, const char* name, const char* dtype = nullptr);
   // The array a result goes into: a new one when `out` is None, else `out` checked to be what
   // empty() would have made (shape, dtype, device, C-contiguous) and writable. The caller checks

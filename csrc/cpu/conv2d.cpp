@@ -4,9 +4,19 @@
 //   backward:  dw   (K x CRS)  = sum_n dy[n] (K x PQ) . col(x[n])^T
 //              dx[n]           = col2im( w^T (CRS x K) . dy[n] (K x PQ) )
 //              db[k]           = sum_n sum_pq dy[n, k]
+// col is never built whole (it has C·R·S·P·Q elements, unbounded): each thread fills one tile
+// of it at a time, in a scratch buffer of at most kScratchBytes, allocated before the parallel
+// region. The tiles are cut so that every output element is still summed in the order of one
+// untiled GEMM (see the tile functions), so tiling changes no bit of any result.
 #include <algorithm>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "core/backend.h"
 #include "cpu/fp_mode.h"
@@ -15,57 +25,164 @@
 namespace pyregnet::cpu {
 namespace {
 
+// Per thread: small enough to stay in a core's L2 next to the packed GEMM panels.
+constexpr int64_t kScratchBytes = int64_t(1) << 20;
+// Narrower column tiles than this would leave the micro-kernel's columns mostly empty.
+constexpr int64_t kMinColumns = 64;
+
+// A tile of col: rows [row0, row0 + rows) of the CRS rows (c, r, s) and columns [col0, col0 + cols)
+// of the PQ columns (p, q), stored row-major with leading dimension `cols`.
+struct Tile {
+  int64_t row0, rows, col0, cols;
+};
+
 // Valid output columns q with 0 <= q + s - pad < W: [q_begin, q_end).
-inline void valid_range(int64_t s, const ConvShape& sh, int64_t limit_in, int64_t limit_out,
-                        int64_t* begin, int64_t* end) {
-  *begin = std::clamp<int64_t>(sh.pad - s, 0, limit_out);
-  *end = std::clamp<int64_t>(limit_in + sh.pad - s, 0, limit_out);
+inline void valid_range(int64_t s, const ConvShape& sh, int64_t* begin, int64_t* end) {
+  *begin = std::clamp<int64_t>(sh.pad - s, 0, sh.Q);
+  *end = std::clamp<int64_t>(sh.W + sh.pad - s, 0, sh.Q);
 }
 
-// col (CRS x PQ): row (c, r, s), column (p, q) holds x[c, p + r - pad, q + s - pad] or 0.
-template <class T>
-void im2col(const T* x, const ConvShape& sh, T* col) {
-  const int64_t PQ = sh.P * sh.Q;
-  for (int64_t c = 0; c < sh.C; ++c)
-    for (int64_t r = 0; r < sh.R; ++r)
-      for (int64_t s = 0; s < sh.S; ++s) {
-        T* row = col + ((c * sh.R + r) * sh.S + s) * PQ;
-        int64_t q0, q1;
-        valid_range(s, sh, sh.W, sh.Q, &q0, &q1);
-        for (int64_t p = 0; p < sh.P; ++p) {
-          T* out = row + p * sh.Q;
-          const int64_t h = p + r - sh.pad;
-          if (h < 0 || h >= sh.H || q0 >= q1) {
-            std::fill(out, out + sh.Q, T(0));
-            continue;
-          }
-          const T* in = x + (c * sh.H + h) * sh.W + (q0 + s - sh.pad);
-          std::fill(out, out + q0, T(0));
-          std::memcpy(out + q0, in, sizeof(T) * (q1 - q0));
-          std::fill(out + q1, out + sh.Q, T(0));
-        }
-      }
+// Row (c, r, s) of col, and its columns q whose input column q + s - pad is inside x: [q0, q1).
+struct ColRow {
+  int64_t c, r, s, q0, q1;
+};
+
+// Calls segment(row, p, qa, qb, at) for each run of one output row p that the tile holds:
+// columns (p, qa..qb) of `row` of col, stored at `at` (E is T or const T).
+template <class E, class Segment>
+void for_each_segment(const ConvShape& sh, const Tile& t, E* tile, Segment&& segment) {
+  for (int64_t i = 0; i < t.rows; ++i) {
+    const int64_t index = t.row0 + i;
+    ColRow row{index / (sh.S * sh.R), index / sh.S % sh.R, index % sh.S, 0, 0};
+    valid_range(row.s, sh, &row.q0, &row.q1);
+    E* at = tile + i * t.cols;
+    int64_t p = t.col0 / sh.Q, qa = t.col0 % sh.Q;
+    for (int64_t left = t.cols; left > 0; ++p, qa = 0) {
+      const int64_t qb = std::min(sh.Q, qa + left);
+      segment(row, p, qa, qb, at);
+      at += qb - qa, left -= qb - qa;
+    }
+  }
 }
 
-// The adjoint of im2col: dx[c, p + r - pad, q + s - pad] += col[(c, r, s), (p, q)].
+// The tile of col(x): element ((c, r, s), (p, q)) is x[c, p + r - pad, q + s - pad], or 0 outside x.
 template <class T>
-void col2im_add(const T* col, const ConvShape& sh, T* dx) {
-  const int64_t PQ = sh.P * sh.Q;
-  for (int64_t c = 0; c < sh.C; ++c)
-    for (int64_t r = 0; r < sh.R; ++r)
-      for (int64_t s = 0; s < sh.S; ++s) {
-        const T* row = col + ((c * sh.R + r) * sh.S + s) * PQ;
-        int64_t q0, q1;
-        valid_range(s, sh, sh.W, sh.Q, &q0, &q1);
-        for (int64_t p = 0; p < sh.P; ++p) {
-          const int64_t h = p + r - sh.pad;
-          if (h < 0 || h >= sh.H) continue;
-          T* out = dx + (c * sh.H + h) * sh.W;
-          const T* in = row + p * sh.Q;
-          for (int64_t q = q0; q < q1; ++q) out[q + s - sh.pad] += in[q];
-        }
-      }
+void im2col(const T* x, const ConvShape& sh, const Tile& t, T* tile) {
+  for_each_segment(sh, t, tile, [&](const ColRow& row, int64_t p, int64_t qa, int64_t qb, T* out) {
+    const int64_t h = p + row.r - sh.pad;
+    const int64_t q0 = std::clamp(row.q0, qa, qb), q1 = std::clamp(row.q1, qa, qb);
+    if (h < 0 || h >= sh.H || q0 >= q1) {
+      std::fill(out, out + (qb - qa), T(0));
+      return;
+    }
+    const T* in = x + (row.c * sh.H + h) * sh.W + (q0 + row.s - sh.pad);
+    std::fill(out, out + (q0 - qa), T(0));
+    std::memcpy(out + (q0 - qa), in, sizeof(T) * (q1 - q0));
+    std::fill(out + (q1 - qa), out + (qb - qa), T(0));
+  });
 }
+
+// The adjoint of im2col on a tile: dx[c, p + r - pad, q + s - pad] += tile[(c, r, s), (p, q)].
+template <class T>
+void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
+  for_each_segment(sh, t, tile, [&](const ColRow& row, int64_t p, int64_t qa, int64_t qb, const T* in) {
+    const int64_t h = p + row.r - sh.pad;
+    if (h < 0 || h >= sh.H) return;
+    const int64_t q0 = std::clamp(row.q0, qa, qb), q1 = std::clamp(row.q1, qa, qb);
+    T* out = dx + (row.c * sh.H + h) * sh.W;
+    for (int64_t q = q0; q < q1; ++q) out[q + row.s - sh.pad] += in[q - qa];
+  });
+}
+
+template <class T>
+constexpr int64_t scratch_elements() { return kScratchBytes / int64_t(sizeof(T)); }
+
+// Forward tiles. The GEMM sums over the rows of col (CRS) in slices of KC, adding each slice's
+// product to y: a tile boundary at a multiple of KC only splits that sequence of additions
+// between calls, so each y element sees the same additions in the same order. Columns are
+// independent outputs and may be cut anywhere.
+template <class T>
+Tile forward_tile_size(const ConvShape& sh) {
+  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC;
+  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
+  const int64_t min_cols = std::min(PQ, kMinColumns);
+  const int64_t rows = CRS * min_cols <= cap ? CRS : std::max(KC, cap / min_cols / KC * KC);
+  return {0, rows, 0, std::min(PQ, std::max<int64_t>(1, cap / rows))};
+}
+
+// Backward tiles. dw sums over the columns of col (PQ) in slices of KC, as above: a column
+// tile narrower than PQ is a multiple of KC. col2im adds into each dx element once per row
+// (r, s) of col, in row order: a tile narrower than PQ holds a single row, so that no later
+// row's addition can come before an earlier row's.
+template <class T>
+Tile backward_tile_size(const ConvShape& sh) {
+  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC;
+  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
+  if (PQ <= cap) return {0, std::min(CRS, cap / PQ), 0, PQ};
+  return {0, 1, 0, cap / KC * KC};
+}
+
+// Calls body(tile) for every tile of size `size` covering col (CRS x PQ): rows in order, and
+// within a row band the columns in order.
+template <class Body>
+void for_each_tile(const ConvShape& sh, const Tile& size, Body&& body) {
+  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
+  for (int64_t r0 = 0; r0 < CRS; r0 += size.rows)
+    for (int64_t c0 = 0; c0 < PQ; c0 += size.cols)
+      body(Tile{r0, std::min(size.rows, CRS - r0), c0, std::min(size.cols, PQ - c0)});
+}
+
+// A buffer of n elements; std::bad_alloc (MemoryError in Python) when n is beyond any allocation.
+template <class T>
+std::vector<T> buffer(int64_t n) {
+  if (n < 0 || uint64_t(n) > std::vector<T>().max_size()) throw std::bad_alloc();
+  return std::vector<T>(size_t(n));
+}
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// An exception must not leave an OpenMP region (the process would terminate): each thread
+// runs its work through run(), the first exception is kept, the others skip their work, and
+// rethrow() raises it after the region (pybind11 turns std::bad_alloc into MemoryError).
+class RegionErrors {
+ public:
+  template <class F>
+  void run(F&& f) {
+    bool failed;
+#pragma omp atomic read
+    failed = failed_;
+    if (failed) return;
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(pyregnet_conv2d_errors)
+      if (!error_) error_ = std::current_exception();
+#pragma omp atomic write
+      failed_ = true;
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  bool failed_ = false;
+  std::exception_ptr error_;
+};
 
 // Images per weight-gradient partial. Fixed (not per thread) so that dw is summed in the same
 // order whatever the number of threads: bitwise reproducible training on the CPU.
@@ -76,46 +193,67 @@ constexpr int64_t kImagesPerPartial = 4;
 template <class T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, bool relu_out) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
+  const Tile size = forward_tile_size<T>(sh);
+  const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
+  std::vector<T> scratch = buffer<T>(threads * size.rows * size.cols);
+  RegionErrors errors;
   parallel([&] {
-    std::vector<T> col(CRS * PQ);
+    T* const col = scratch.data() + thread_id() * size.rows * size.cols;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < sh.N; ++n) {
-      im2col(x + n * sh.C * sh.H * sh.W, sh, col.data());
-      T* yn = y + n * sh.K * PQ;
-      gemm<T>(sh.K, PQ, CRS, {w, CRS, false}, {col.data(), PQ, false}, yn, PQ, false, false);
-      for (int64_t k = 0; k < sh.K; ++k)
-        for (int64_t i = 0; i < PQ; ++i) {
-          const T z = yn[k * PQ + i] + b[k];
-          yn[k * PQ + i] = relu_out ? relu(z) : z;
-        }
+      errors.run([&] {
+        const T* xn = x + n * sh.C * sh.H * sh.W;
+        T* yn = y + n * sh.K * PQ;
+        for_each_tile(sh, size, [&](const Tile& t) {
+          im2col(xn, sh, t, col);
+          gemm<T>(sh.K, t.cols, t.rows, {w + t.row0, CRS, false}, {col, t.cols, false}, yn + t.col0, PQ,
+                  t.row0 > 0, false);
+        });
+        for (int64_t k = 0; k < sh.K; ++k)
+          for (int64_t i = 0; i < PQ; ++i) {
+            const T z = yn[k * PQ + i] + b[k];
+            yn[k * PQ + i] = relu_out ? relu(z) : z;
+          }
+      });
     }
   });
+  errors.rethrow();
 }
 
 template <class T>
 void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, const ConvShape& sh) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q, CHW = sh.C * sh.H * sh.W;
   const int64_t n_partials = (sh.N + kImagesPerPartial - 1) / kImagesPerPartial;
-  std::vector<T> dw_partial(n_partials * sh.K * CRS);
+  const Tile size = backward_tile_size<T>(sh);
+  const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
+  std::vector<T> dw_partial = buffer<T>(n_partials * sh.K * CRS);
+  std::vector<T> scratch = buffer<T>(threads * size.rows * size.cols);
+  RegionErrors errors;
   parallel([&] {
-    std::vector<T> col(CRS * PQ);
+    T* const col = scratch.data() + thread_id() * size.rows * size.cols;
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < n_partials; ++part) {
-      T* dw_part = dw_partial.data() + part * sh.K * CRS;
-      const int64_t n_end = std::min(sh.N, (part + 1) * kImagesPerPartial);
-      for (int64_t n = part * kImagesPerPartial; n < n_end; ++n) {
-        const T* dyn = dy + n * sh.K * PQ;
-        im2col(x + n * CHW, sh, col.data());
-        gemm<T>(sh.K, CRS, PQ, {dyn, PQ, false}, {col.data(), PQ, true}, dw_part, CRS,
-                n > part * kImagesPerPartial, false);
-        if (dx == nullptr) continue;  // the first layer needs no input gradient
-        // col now becomes dcol = w^T . dy[n], scattered back into dx[n].
-        gemm<T>(CRS, PQ, sh.K, {w, CRS, true}, {dyn, PQ, false}, col.data(), PQ, false, false);
-        std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
-        col2im_add(col.data(), sh, dx + n * CHW);
-      }
+      errors.run([&] {
+        T* dw_part = dw_partial.data() + part * sh.K * CRS;
+        const int64_t n_first = part * kImagesPerPartial, n_end = std::min(sh.N, n_first + kImagesPerPartial);
+        for (int64_t n = n_first; n < n_end; ++n) {
+          const T* dyn = dy + n * sh.K * PQ;
+          if (dx != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
+          for_each_tile(sh, size, [&](const Tile& t) {
+            im2col(x + n * CHW, sh, t, col);
+            gemm<T>(sh.K, t.rows, t.cols, {dyn + t.col0, PQ, false}, {col, t.cols, true}, dw_part + t.row0, CRS,
+                    n > n_first || t.col0 > 0, false);
+            if (dx == nullptr) return;  // the first layer needs no input gradient
+            // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
+            gemm<T>(t.rows, t.cols, sh.K, {w + t.row0, CRS, true}, {dyn + t.col0, PQ, false}, col, t.cols, false,
+                    false);
+            col2im_add(col, sh, t, dx + n * CHW);
+          });
+        }
+      });
     }
   });
+  errors.rethrow();
   std::fill(dw, dw + sh.K * CRS, T(0));
   for (int64_t part = 0; part < n_partials; ++part)
     for (int64_t i = 0; i < sh.K * CRS; ++i) dw[i] += dw_partial[part * sh.K * CRS + i];
