@@ -182,3 +182,29 @@ def test_source_identity_names_a_file_and_a_directory_without_their_path(tmp_pat
     (d / "a" / "x").write_bytes(b"2")
     assert first["name"] == "tree" and datasets.source_identity(str(d))["sha256"] != first["sha256"]
     assert datasets.source_identity(None, "synthetic") == {"name": "synthetic", "sha256": None}
+
+
+def test_config_names_the_data_by_file_name_and_hash_not_by_path(tmp_path, monkeypatch):
+    from PIL import Image
+    monkeypatch.setenv("PYREGNET_DATA", str(tmp_path / "cache"))
+    tree = tmp_path / "somewhere" / "mini-cifar"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        for c in ("cat", "dog"):
+            (tree / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tree / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    assert train.main(["--data", str(tree), "--epochs", "1", "--device", "cpu", "--holdout", "20",
+                       "--out", str(out)]) == 0
+    text = (out / "config.json").read_text()
+    assert str(tmp_path) not in text
+    config = json.loads(text)
+    assert config["data"] == "mini-cifar" and config["data_source"] == "image folder (mini-cifar)"
+    assert config["data_file"] == datasets.source_identity(str(tree))
+    assert config["train_images"] == 60 and config["val_images"] == 20 and config["test_images"] == 20
+    # the sweep recognizes the finished run from its config.json
+    from pyregnet import sweep
+    opts = __import__("argparse").Namespace(data=str(tree), dataset=None, train_size=None, val_size=None,
+                                            batch_size=None, lr=None, augment=True, holdout=20)
+    assert sweep.run_state(out, sweep.expected_config(sweep.Spec("none", 0.0, 0.0, 0), opts), 1)[0] == "done"
