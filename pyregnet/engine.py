@@ -15,7 +15,9 @@ random draws and applies the next Adam step. An epoch launches the full-batch gr
 n // batch times and a second graph for the smaller last batch, then reads the metric sums
 once. The first call of each program runs eagerly (it loads the kernels), later calls replay
 the capture: the results are the same bits either way (tests/test_engine.py). On the CPU the
-same programs simply run, so one code path trains on both devices.
+same programs simply run, so one code path trains on both devices. Evaluation programs run the
+forward pass and the loss over one image set each (the validation set, the test set, the fixed
+clean-train subset: train.Run.eval_sets), built on first use and sharing their activations.
 """
 
 import contextlib

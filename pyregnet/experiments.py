@@ -135,7 +135,9 @@ class Launcher:
                 raise UsageError(detail)
             if state == "done":
                 continue
-            if state == "clean" and not self.args.dry_run:
+            if state == "clean" and self.args.dry_run:
+                print(f"note: remove {run_dir} (an empty, interrupted run) before running its command", file=sys.stderr)
+            elif state == "clean":
                 for name in ("metrics.jsonl", "config.json"):
                     (run_dir / name).unlink(missing_ok=True)
             python = "python" if self.args.dry_run else None

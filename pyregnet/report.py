@@ -206,6 +206,8 @@ def claims_table(rows):
                 f"{QUANTITY_NAMES[quantity]}: {sweep.METHOD_NAMES[a]} − {sweep.METHOD_NAMES[b]}{arrow}, n = {res.n}",
                 f"{100 * res.mean:+.2f}", f"[{100 * res.low:+.2f}, {100 * res.high:+.2f}]", f"{res.p:.3g}",
                 f"{p_holm:.3g}", v, overall if i == 0 else ""]) + " |")
+    lines.append("| C7 | L1L2 costs \"slightly more\" compute | judged from `bench/penalty_cost.py` on a quiet machine, "
+                 "methods interleaved (docs/results.md), not from these runs' epoch times | | | | | | |")
     return lines
 
 

@@ -864,8 +864,8 @@ def report(args, log=print):
     if args.root is not None:
         if not Path(args.root).is_dir():
             raise UsageError(f"--root: {args.root} is not a directory; give the --root the experiments ran in")
-        from .report import write_report
-        write_report(args.root, log)
+        from .report import write_report as write_experiments_report
+        write_experiments_report(args.root, log)
         return 0
     directory = Path(args.dir)
     if not directory.is_dir():

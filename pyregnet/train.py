@@ -398,9 +398,11 @@ def _progress_bar(epoch, epochs, stream=sys.stderr):
     return show
 
 
-def summary_line(m, epochs):
+def summary_line(m, epochs, holdout=False):
     return (f"epoch {m['epoch']}/{epochs}  loss {m['train_loss']:.4f}  acc {m['train_acc']:.4f}  "
-            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  penalty {m['penalty']:.4g}  "
+            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  "
+            + (f"test_acc {m['test_acc']:.4f}  " if holdout else "")
+            + f"clean_train_acc {m['train_clean_acc']:.4f}  penalty {m['penalty']:.4g}  "
             f"sparsity(1e-3) {m['sparsity']['total']['0.001']:.2%}  {m['epoch_time_s']:.1f}s "
             f"({m['images_per_s']:.0f} img/s)")
 
@@ -474,7 +476,7 @@ def _train(config, out, resume, log, progress, run_dir):
         save_checkpoint(checkpoint, run.state())
         with open(metrics_path, "a") as f:
             f.write(json.dumps(m) + "\n")
-        log(summary_line(m, config.epochs))
+        log(summary_line(m, config.epochs, config.holdout > 0))
     from .plots import plot_curves
     plot_curves(run.history, out / "curves.png", title=f"{run.penalty.describe()}, seed {config.seed}")
     return run.history
@@ -514,7 +516,8 @@ def provenance(device):
                                   check=True).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
-    commit = git("rev-parse", "--short", "HEAD")
+    top = git("rev-parse", "--show-toplevel")
+    commit = git("rev-parse", "--short", "HEAD") if top and Path(top).resolve() == root else None
     if commit and git("status", "--porcelain", "--untracked-files=no", "--", "pyregnet", "csrc"):
         commit += "+"
     processor = platform.processor() or platform.machine()

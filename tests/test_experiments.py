@@ -136,3 +136,10 @@ def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):
         lines = (root / "E1" / f"none_s{seed}" / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 1 and "train_clean_acc" in json.loads(lines[0])
     assert main("run", "E1", "--dry-run", *args) == 0 and capsys.readouterr().out == ""
+    (root / "E1" / "none_s3" / "checkpoint.npz").unlink()
+    (root / "E1" / "none_s3" / "metrics.jsonl").write_text("")  # as an interrupted first epoch leaves it
+    assert main("run", "E1", "--dry-run", *args) == 0
+    out, err = capsys.readouterr()
+    assert "none_s3" in out and "note: remove" in err and "none_s3" in err
+    assert main("run", "E1", *args) == 0  # for real, the empty run is cleared and run again
+    assert len((root / "E1" / "none_s3" / "metrics.jsonl").read_text().splitlines()) == 1

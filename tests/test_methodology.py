@@ -123,14 +123,15 @@ def test_without_holdout_the_test_metrics_are_the_validation_metrics(tmp_path):
 
 
 def test_resume_stays_exact_with_the_new_metrics(tmp_path):
-    args = [*TINY, "--reg", "l1l2", "--seed", "4", "--holdout", "50"]
+    args = [*TINY, "--train-size", "192", "--reg", "l1l2", "--seed", "4", "--holdout", "50"]
     a, b = tmp_path / "a", tmp_path / "b"
-    assert train.main([*args, "--epochs", "3", "--out", str(a)]) == 0
+    assert train.main([*args, "--epochs", "2", "--out", str(a)]) == 0
     assert train.main([*args, "--epochs", "1", "--out", str(b)]) == 0
-    assert train.main([*args, "--epochs", "3", "--out", str(b), "--resume"]) == 0
+    assert train.main([*args, "--epochs", "2", "--out", str(b), "--resume"]) == 0
     assert without_timing(history(b)) == without_timing(history(a))  # bitwise: == on floats
-    assert train.main([*TINY, "--reg", "l1l2", "--seed", "4", "--holdout", "60", "--epochs", "3",
-                       "--out", str(b), "--resume"]) == 2  # another holdout is another run
+    assert history(a)[-1]["test_acc"] != history(a)[-1]["val_acc"] or history(a)[-1]["test_loss"] != \
+        history(a)[-1]["val_data_loss"]  # with a holdout the test set is another set
+    assert train.main([*args[:-1], "60", "--epochs", "2", "--out", str(b), "--resume"]) == 2  # another holdout
 
 
 @pytest.mark.parametrize("holdout, message", [("384", "--holdout: expected fewer than the 384 training images"),
@@ -182,3 +183,29 @@ def test_source_identity_names_a_file_and_a_directory_without_their_path(tmp_pat
     (d / "a" / "x").write_bytes(b"2")
     assert first["name"] == "tree" and datasets.source_identity(str(d))["sha256"] != first["sha256"]
     assert datasets.source_identity(None, "synthetic") == {"name": "synthetic", "sha256": None}
+
+
+def test_config_names_the_data_by_file_name_and_hash_not_by_path(tmp_path, monkeypatch):
+    from PIL import Image
+    monkeypatch.setenv("PYREGNET_DATA", str(tmp_path / "cache"))
+    tree = tmp_path / "somewhere" / "mini-cifar"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 10)):
+        for c in ("cat", "dog"):
+            (tree / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tree / split / c / f"{i}.png")
+    out = tmp_path / "run"
+    assert train.main(["--data", str(tree), "--epochs", "1", "--device", "cpu", "--holdout", "20",
+                       "--out", str(out)]) == 0
+    text = (out / "config.json").read_text()
+    assert str(tmp_path) not in text
+    config = json.loads(text)
+    assert config["data"] == "mini-cifar" and config["data_source"] == "image folder (mini-cifar)"
+    assert config["data_file"] == datasets.source_identity(str(tree))
+    assert config["train_images"] == 60 and config["val_images"] == 20 and config["test_images"] == 20
+    # the sweep recognizes the finished run from its config.json
+    from pyregnet import sweep
+    opts = __import__("argparse").Namespace(data=str(tree), dataset=None, train_size=None, val_size=None,
+                                            batch_size=None, lr=None, augment=True, holdout=20)
+    assert sweep.run_state(out, sweep.expected_config(sweep.Spec("none", 0.0, 0.0, 0), opts), 1)[0] == "done"

@@ -22,6 +22,8 @@ SHORTER = {
     "python -m pyregnet.sweep grid": (SWEEP_SHORT, "runs/grid/grid.md"),
     "python -m pyregnet.sweep compare": (SWEEP_SHORT, "runs/compare/compare.md"),
     "python -m pyregnet.sweep report": ([], "runs/compare/compare.md"),
+    "python -m pyregnet.sweep run": (SWEEP_SHORT, "docs/results/E1/none_s4/metrics.jsonl"),
+    "python -m pyregnet.sweep report --root": ([], "docs/results/report.md"),
     "python -m pyregnet.prune": (["--levels", "0.5"], "runs/l1-seed0/prune.json"),
     "python bench/step_time.py": (["--device", "cpu", "--quick", "--steps", "1", "--repeats", "1", "--warmup", "0",
                                    "--no-breakdown", "--dataset-images", "256", "--json", "step.json"], "step.json"),
