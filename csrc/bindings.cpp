@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/arrays.h"
 #include "core/backend.h"
@@ -328,46 +330,88 @@ int64_t penalized_count(Call& call, py::handle penalized, const Array& buffer) {
 }
 
 
+// What every optimizer update checks and shares: param and grad, the optimizer's state arrays
+// (updated in place with param), lr, the penalty and the value options.
+struct Update {
+  Array param, grad;
+  std::vector<Array> state;
+  int64_t n, n_penalized;
+  double lr;
+  PenaltyRule penalty;
+  bool with_penalty;
+  Array into;
+};
+
+Update update_args(Call& call, py::handle param_, py::handle grad_,
+                   std::initializer_list<std::pair<py::handle, const char*>> state_, py::handle lr_, py::handle l1_,
+                   py::handle l2_, py::handle penalized_, py::handle proximal_, py::handle with_penalty_,
+                   py::handle into_) {
+  Update u{call.array(param_, "param"), call.array(grad_, "grad"), {}, 0, 0, 0.0, {}, false, {}};
+  for (const auto& [handle, name] : state_) u.state.push_back(call.array(handle, name));
+  std::vector<Array*> all{&u.param, &u.grad};
+  for (Array& a : u.state) all.push_back(&a);
+  call.floats(std::vector<const Array*>(all.begin(), all.end()));
+  for (Array* a : all) call.same_shape(u.param, *a);
+  for (Array* a : all)
+    if (a != &u.grad) call.writable(*a);
+  // Every pair: param and the state are updated in place, grad is read throughout.
+  for (size_t i = 0; i < all.size(); ++i)
+    for (size_t j = i + 1; j < all.size(); ++j) call.disjoint(*all[i], *all[j]);
+  u.lr = call.real(lr_, "lr");
+  if (!(u.lr > 0.0) || std::isinf(u.lr)) call.value_error("lr: expected a finite number > 0 but got " + std::to_string(u.lr));
+  u.penalty = {call.nonneg_real(l1_, "l1"), call.nonneg_real(l2_, "l2"), flag(call, proximal_, "proximal")};
+  u.n = u.param.numel();
+  u.n_penalized = penalized_count(call, penalized_, u.param);
+  u.with_penalty = flag(call, with_penalty_, "with_penalty");
+  u.into = call.accumulator(into_, 1, "into");
+  if (u.into.data != nullptr) {
+    if (!u.with_penalty) call.value_error("into: expected None when with_penalty is False (there is no value to add)");
+    for (Array* a : all) call.disjoint(*a, u.into);
+  }
+  return u;
+}
+
+py::object update_result(const Update& u, double value) {
+  return u.with_penalty && u.into.data == nullptr ? py::object(py::float_(value)) : py::object(py::none());
+}
+
 py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, py::handle step_,
                        py::handle lr_, py::handle beta1_, py::handle beta2_, py::handle eps_, py::handle l1_,
-                       py::handle l2_, py::handle penalized_, py::handle with_penalty_, py::handle into_) {
+                       py::handle l2_, py::handle penalized_, py::handle proximal_, py::handle with_penalty_,
+                       py::handle into_) {
   Call call("adam_update");
-  Array param = call.array(param_, "param"), grad = call.array(grad_, "grad"), m = call.array(m_, "m"),
-        v = call.array(v_, "v");
-  call.floats({&param, &grad, &m, &v});
-  call.same_shape(param, grad);
-  call.same_shape(param, m);
-  call.same_shape(param, v);
-  call.writable(param);
-  call.writable(m);
-  call.writable(v);
-  // Every pair but (grad, nothing written): param, m and v are updated in place.
-  const Array* args[] = {&param, &grad, &m, &v};
-  for (int i = 0; i < 4; ++i)
-    for (int j = i + 1; j < 4; ++j) call.disjoint(*args[i], *args[j]);
+  Update u = update_args(call, param_, grad_, {{m_, "m"}, {v_, "v"}}, lr_, l1_, l2_, penalized_, proximal_,
+                         with_penalty_, into_);
   const Counter step = call.counter(step_, "step", 1, ">= 1");
-  const double lr = call.real(lr_, "lr"), beta1 = call.real(beta1_, "beta1"), beta2 = call.real(beta2_, "beta2"),
-               eps = call.real(eps_, "eps");
-  if (!(lr > 0.0) || std::isinf(lr)) call.value_error("lr: expected a finite number > 0 but got " + std::to_string(lr));
+  const double beta1 = call.real(beta1_, "beta1"), beta2 = call.real(beta2_, "beta2"), eps = call.real(eps_, "eps");
   if (!(beta1 >= 0.0 && beta1 < 1.0)) call.value_error("beta1: expected a number in [0, 1) but got " + std::to_string(beta1));
   if (!(beta2 >= 0.0 && beta2 < 1.0)) call.value_error("beta2: expected a number in [0, 1) but got " + std::to_string(beta2));
   if (!(eps > 0.0) || std::isinf(eps)) call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
-  const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
-  const int64_t n = param.numel();
-  const int64_t n_penalized = penalized_count(call, penalized_, param);
-  const bool with_penalty = flag(call, with_penalty_, "with_penalty");
-  const Array into = call.accumulator(into_, 1, "into");
-  if (into.data != nullptr) {
-    if (!with_penalty) call.value_error("into: expected None when with_penalty is False (there is no value to add)");
-    for (const Array* a : args) call.disjoint(*a, into);
-  }
-  const AdamStep s{lr, beta1, beta2, eps, l1, l2, step};
-  const double value = n == 0 ? 0.0 : by_dtype(call, [&](auto t) {
+  const AdamStep s{u.lr, beta1, beta2, eps, u.penalty, step};
+  const double value = u.n == 0 ? 0.0 : by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    return PYREGNET_RUN(call, adam_update<T>, param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), n, n_penalized,
-                        s, with_penalty, accumulator_ptr(into));
+    return PYREGNET_RUN(call, adam_update<T>, u.param.ptr<T>(), u.grad.ptr<T>(), u.state[0].ptr<T>(),
+                        u.state[1].ptr<T>(), u.n, u.n_penalized, s, u.with_penalty, accumulator_ptr(u.into));
   });
-  return with_penalty && into.data == nullptr ? py::object(py::float_(value)) : py::object(py::none());
+  return update_result(u, value);
+}
+
+py::object sgd_update(py::handle param_, py::handle grad_, py::handle velocity_, py::handle lr_,
+                      py::handle momentum_, py::handle l1_, py::handle l2_, py::handle penalized_,
+                      py::handle proximal_, py::handle with_penalty_, py::handle into_) {
+  Call call("sgd_update");
+  Update u = update_args(call, param_, grad_, {{velocity_, "velocity"}}, lr_, l1_, l2_, penalized_, proximal_,
+                         with_penalty_, into_);
+  const double momentum = call.real(momentum_, "momentum");
+  if (!(momentum >= 0.0 && momentum < 1.0))
+    call.value_error("momentum: expected a number in [0, 1) but got " + std::to_string(momentum));
+  const SgdStep s{u.lr, momentum, u.penalty};
+  const double value = u.n == 0 ? 0.0 : by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    return PYREGNET_RUN(call, sgd_update<T>, u.param.ptr<T>(), u.grad.ptr<T>(), u.state[0].ptr<T>(), u.n,
+                        u.n_penalized, s, u.with_penalty, accumulator_ptr(u.into));
+  });
+  return update_result(u, value);
 }
 
 py::object penalty_gradient(py::handle w_, py::handle grad_, py::handle l1_, py::handle l2_, py::handle penalized_,
@@ -539,7 +583,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("penalty", &penalty, py::arg("w"), py::arg("l1"), py::arg("l2"), py::kw_only(), py::arg("into") = py::none());
   m.def("adam_update", &adam_update, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::kw_only(),
         py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-7,
-        py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none(), py::arg("with_penalty") = false,
+        py::arg("l1") = 0.0, py::arg("l2") = 0.0, py::arg("penalized") = py::none(), py::arg("proximal") = false,
+        py::arg("with_penalty") = false, py::arg("into") = py::none());
+  m.def("sgd_update", &sgd_update, py::arg("param"), py::arg("grad"), py::arg("velocity"), py::kw_only(),
+        py::arg("lr"), py::arg("momentum") = 0.9, py::arg("l1") = 0.0, py::arg("l2") = 0.0,
+        py::arg("penalized") = py::none(), py::arg("proximal") = false, py::arg("with_penalty") = false,
         py::arg("into") = py::none());
   m.def("penalty_gradient", &penalty_gradient, py::arg("w"), py::arg("grad"), py::arg("l1"), py::arg("l2"), py::kw_only(),
         py::arg("penalized") = py::none(), py::arg("with_penalty") = false, py::arg("into") = py::none());

@@ -22,7 +22,7 @@ from . import _core
 __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "relu_forward", "relu_backward", "dense_forward", "dense_backward",
-    "softmax_cross_entropy", "penalty", "penalty_gradient", "adam_update", "sparsity_count", "augment_batch",
+    "softmax_cross_entropy", "penalty", "penalty_gradient", "adam_update", "sgd_update", "sparsity_count", "augment_batch",
     "take",
 ]
 
@@ -102,21 +102,40 @@ def penalty_gradient(w, grad, l1, l2, *, penalized=None, with_penalty=False, int
 
 
 def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7,
-                l1=0.0, l2=0.0, penalized=None, with_penalty=False, into=None):
+                l1=0.0, l2=0.0, penalized=None, proximal=False, with_penalty=False, into=None):
     """The fused penalty + Adam update, in place on param, m and v, in one pass and one launch.
 
-    g' = grad + l1 * sign(param) + 2 * l2 * param   (sign(0) = 0)
+    g' = grad + l1 * sign(param) + 2 * l2 * param   (sign(0) = 0; g' = grad when proximal)
     m = beta1 m + (1 - beta1) g';  v = beta2 v + (1 - beta2) g'^2
     param -= lr * sqrt(1 - beta2^step) / (1 - beta1^step) * m / (sqrt(v) + eps)
+    proximal: then param = sign(param) * max(|param| - lr * l1, 0) / (1 + 2 * lr * l2)
 
     ``penalized``: over a flat parameter buffer whose kernel weights come first, the number of
     leading elements that get the penalty (the biases after them do not); None = all.
+    ``proximal``: the penalty as the elastic-net proximal operator after the step (exact zeros
+    under L1, decoupled weight decay under L2) instead of as a gradient before it.
     ``with_penalty``: also return l1 * sum|w| + l2 * sum w^2 of those weights before the step,
     summed (in double) in the same pass (or add it to ``into``, float64 (1,)); else None.
     ``step``: t >= 1, or an int64 array (1,) holding t, read when the kernel runs.
     """
-    return _core.adam_update(param, grad, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2,
-                             eps=eps, l1=l1, l2=l2, penalized=penalized, with_penalty=with_penalty, into=into)
+    return _core.adam_update(param, grad, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, l1=l1,
+                             l2=l2, penalized=penalized, proximal=proximal, with_penalty=with_penalty, into=into)
+
+
+def sgd_update(param, grad, velocity, *, lr, momentum=0.9, l1=0.0, l2=0.0, penalized=None, proximal=False,
+               with_penalty=False, into=None):
+    """The fused penalty + SGD-with-momentum update (PyTorch's SGD: no dampening, no Nesterov), in
+    place on param and velocity, in one pass and one launch.
+
+    g' = grad + l1 * sign(param) + 2 * l2 * param   (g' = grad when proximal)
+    velocity = momentum * velocity + g';  param -= lr * velocity
+    proximal: then param = sign(param) * max(|param| - lr * l1, 0) / (1 + 2 * lr * l2)
+
+    ``penalized``, ``with_penalty`` and ``into`` as for adam_update. A zero velocity makes the first
+    step velocity = g', as PyTorch's first step does.
+    """
+    return _core.sgd_update(param, grad, velocity, lr=lr, momentum=momentum, l1=l1, l2=l2, penalized=penalized,
+                            proximal=proximal, with_penalty=with_penalty, into=into)
 
 
 def sparsity_count(w, threshold):

@@ -183,25 +183,54 @@ def penalty_gradient(w, grad, l1, l2, *, penalized=None, with_penalty=False):
 # as Keras does it)
 # --------------------------------------------------------------------------
 
+def prox_elastic(z, lr, l1, l2):
+    """The elastic-net proximal operator with step lr: argmin_w (w - z)^2 / (2 lr) + l1 |w| + l2 w^2."""
+    z = _f64(z)
+    return np.sign(z) * np.maximum(np.abs(z) - lr * l1, 0.0) / (1.0 + 2.0 * lr * l2)
+
+
+def _penalized_step(param, grad, *, lr, l1, l2, penalized, proximal, with_penalty, step):
+    """Shared by the optimizers: the penalty value before the step, the gradient the optimizer
+    sees, and after `step(g)` (which updates param in place) the proximal operator."""
+    flat = param.reshape(-1)
+    k = flat.size if penalized is None else penalized
+    value = penalty(flat[:k], l1, l2) if with_penalty else None
+    g = _f64(grad).reshape(-1).copy()
+    if not proximal:
+        g[:k] += penalty_grad(flat[:k], l1, l2)
+    step(g.reshape(param.shape))
+    if proximal:
+        flat[:k] = prox_elastic(flat[:k], lr, l1, l2)
+    return value
+
+
 def adam_update(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-7,
-                l1=0.0, l2=0.0, penalized=None, with_penalty=False):
+                l1=0.0, l2=0.0, penalized=None, proximal=False, with_penalty=False):
     """One Adam step, IN PLACE on param, m, v (float64 numpy arrays); returns the penalty value
     of the penalized weights before the step when with_penalty, else None.
 
-    The penalty gradient is added to grad for the first `penalized` elements
-    in flat C order only (None = all elements). `step` counts from 1.
+    The penalty gradient is added to grad for the first `penalized` elements in flat C order
+    only (None = all elements), or with `proximal` the proximal operator is applied to them after
+    the step. `step` counts from 1.
     """
-    g = _f64(grad).reshape(-1).copy()
-    k = g.size if penalized is None else penalized
-    value = penalty(param.reshape(-1)[:k], l1, l2) if with_penalty else None
-    g[:k] += penalty_grad(param.reshape(-1)[:k], l1, l2)
-    g = g.reshape(param.shape)
+    def adam(g):
+        m[...] = beta1 * m + (1.0 - beta1) * g
+        v[...] = beta2 * v + (1.0 - beta2) * g * g
+        alpha_t = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+        param[...] = param - alpha_t * m / (np.sqrt(v) + eps)
+    return _penalized_step(param, grad, lr=lr, l1=l1, l2=l2, penalized=penalized, proximal=proximal,
+                           with_penalty=with_penalty, step=adam)
 
-    m[...] = beta1 * m + (1.0 - beta1) * g
-    v[...] = beta2 * v + (1.0 - beta2) * g * g
-    alpha_t = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-    param[...] = param - alpha_t * m / (np.sqrt(v) + eps)
-    return value
+
+def sgd_update(param, grad, velocity, *, lr, momentum=0.9, l1=0.0, l2=0.0, penalized=None, proximal=False,
+               with_penalty=False):
+    """One step of SGD with momentum as PyTorch's SGD (no dampening, no Nesterov), IN PLACE on
+    param and velocity; the penalty as in adam_update."""
+    def sgd(g):
+        velocity[...] = momentum * velocity + g
+        param[...] = param - lr * velocity
+    return _penalized_step(param, grad, lr=lr, l1=l1, l2=l2, penalized=penalized, proximal=proximal,
+                           with_penalty=with_penalty, step=sgd)
 
 
 # --------------------------------------------------------------------------

@@ -66,6 +66,8 @@ def good(op, dtype=np.float32):
         return dict(w=r(3, 4), grad=r(3, 4), l1=0.1, l2=0.2)
     if op == "adam_update":
         return dict(param=r(10), grad=r(10), m=r(10) * 0.1, v=np.abs(r(10)) * 0.1, step=1, lr=1e-3)
+    if op == "sgd_update":
+        return dict(param=r(10), grad=r(10), velocity=r(10) * 0.1, lr=1e-2)
     if op == "sparsity_count":
         return dict(w=r(3, 4), threshold=0.1)
     raise AssertionError(op)
@@ -85,10 +87,13 @@ FLOAT_ARGS = {
     "penalty": ["w"],
     "penalty_gradient": ["w", "grad"],
     "adam_update": ["param", "grad", "m", "v"],
+    "sgd_update": ["param", "grad", "velocity"],
     "sparsity_count": ["w"],
 }
 ARRAY_ARGS = {op: FLOAT_ARGS[op] + (["labels"] if op == "softmax_cross_entropy" else []) for op in OPS}
-WRITTEN = {"adam_update": ["param", "m", "v"], "penalty_gradient": ["grad"]}  # arrays a kernel writes into
+# arrays a kernel writes into
+WRITTEN = {"adam_update": ["param", "m", "v"], "sgd_update": ["param", "velocity"], "penalty_gradient": ["grad"]}
+UPDATES = ("adam_update", "sgd_update")
 assert set(FLOAT_ARGS) == set(OPS)
 
 
@@ -166,7 +171,7 @@ def check_good_result(op, kw, out):
         assert abs(loss - rloss) < 1e-5 and correct == rcorrect and d.shape == rd.shape
     elif op == "penalty":
         assert out == pytest.approx(ref.penalty(kw["w"], kw["l1"], kw["l2"]), rel=1e-5)
-    elif op == "adam_update":
+    elif op in UPDATES:
         assert out is None
     elif op == "penalty_gradient":
         assert out is None  # with_penalty=False; the gradient itself is checked in test_ops
@@ -181,7 +186,7 @@ def test_good_input_runs(op, dtype):
     before = snapshot(kw)
     out = getattr(ops, op)(**kw)
     check_good_result(op, kw, out)
-    if op == "adam_update":
+    if op in UPDATES:
         assert not np.array_equal(kw["param"], before["param"][0])  # it did update in place
     elif op == "penalty_gradient":
         assert not np.array_equal(kw["grad"], before["grad"][0])
@@ -198,7 +203,7 @@ def test_read_only_inputs_are_accepted(op):
             kw[name].flags.writeable = False
     param0 = kw.get("param", np.zeros(0)).copy()
     getattr(ops, op)(**kw)
-    if op == "adam_update":
+    if op in UPDATES:
         assert not np.array_equal(kw["param"], param0)
 
 
@@ -530,7 +535,8 @@ SCALAR_CASES += [
     p("sparsity_count", {"threshold": 1j}, TE, r"threshold: expected a real number", "threshold-complex"),
 ]
 
-for _op, _names in (("penalty", ("l1", "l2")), ("adam_update", ("l1", "l2")), ("penalty_gradient", ("l1", "l2"))):
+for _op, _names in (("penalty", ("l1", "l2")), ("adam_update", ("l1", "l2")), ("sgd_update", ("l1", "l2")),
+                    ("penalty_gradient", ("l1", "l2"))):
     for _n in _names:
         SCALAR_CASES += [
             p(_op, {_n: -0.1}, VE, rf"{_n}: expected a finite number >= 0", f"{_n}-negative"),
@@ -588,6 +594,26 @@ for _n in ("beta1", "beta2"):
         p("adam_update", {_n: "0.9"}, TE, rf"{_n}: expected a real number but got str", f"{_n}-str"),
         p("adam_update", {_n: None}, TE, rf"{_n}: expected a real number", f"{_n}-None"),
     ]
+
+
+# sgd_update: its own arguments; the shared ones (lr, penalized, l1, l2) go through adam_update's checks
+SCALAR_CASES += [
+    p("sgd_update", {"velocity": arr(9)}, VE, r"velocity: expected the shape of param", "velocity-length"),
+    p("sgd_update", {"velocity": lambda a: a["param"]}, VE, r"velocity: expected memory separate from param",
+      "velocity-is-param"),
+    p("sgd_update", {"velocity": lambda a: a["grad"]}, VE, r"velocity: expected memory separate from grad",
+      "velocity-is-grad"),
+    p("sgd_update", {"lr": 0}, VE, r"lr: expected a finite number > 0", "lr-0"),
+    p("sgd_update", {"momentum": 1.0}, VE, r"momentum: expected a number in \[0, 1\) but got 1", "momentum-1"),
+    p("sgd_update", {"momentum": -0.1}, VE, r"momentum: expected a number in \[0, 1\)", "momentum-negative"),
+    p("sgd_update", {"momentum": NAN}, VE, r"momentum: expected a number in \[0, 1\) but got nan", "momentum-nan"),
+    p("sgd_update", {"momentum": "0.9"}, TE, r"momentum: expected a real number but got str", "momentum-str"),
+    p("sgd_update", {"penalized": 11}, VE, r"penalized: expected an integer in \[0, param.size = 10\]",
+      "penalized-11"),
+    p("sgd_update", {"proximal": 1}, TE, r"proximal: expected True or False but got 1", "proximal-int"),
+    p("adam_update", {"proximal": "yes"}, TE, r"proximal: expected True or False but got 'yes'", "proximal-str"),
+    p("sgd_update", {"with_penalty": None}, TE, r"with_penalty: expected True or False", "with_penalty-None"),
+]
 
 
 @pytest.mark.parametrize("op,overrides,exc,pattern", SCALAR_CASES)

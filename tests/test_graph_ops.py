@@ -139,12 +139,13 @@ def test_softmax_cross_entropy_into(backend, dtype):
     assert got[1] == expected[1] and got[2] == 0
 
 
-def test_adam_update_step_array_and_into(backend, dtype):
+@pytest.mark.parametrize("proximal", [False, True])
+def test_adam_update_step_array_and_into(backend, dtype, proximal):
     rng = np.random.default_rng(6)
     n, penalized = 1003, 990
     start = [rand(rng, n, dtype=dtype), rand(rng, n, dtype=dtype), rand(rng, n, dtype=dtype) * 0.1,
              np.abs(rand(rng, n, dtype=dtype)) * 0.1]
-    hyper = dict(lr=1e-3, l1=1e-3, l2=2e-3, penalized=penalized, with_penalty=True)
+    hyper = dict(lr=1e-3, l1=1e-3, l2=2e-3, penalized=penalized, proximal=proximal, with_penalty=True)
 
     plain = [backend.to_device(a.copy()) for a in start]
     values = [ops.adam_update(*plain, step=t, **hyper) for t in (1, 2, 3)]
@@ -160,6 +161,22 @@ def test_adam_update_step_array_and_into(backend, dtype):
     got = float(backend.to_host(into)[0])
     print("penalty sum", got, "expected", sum(values))
     assert got == pytest.approx(sum(values), rel=1e-12)
+
+
+@pytest.mark.parametrize("proximal", [False, True])
+def test_sgd_update_into(backend, dtype, proximal):
+    rng = np.random.default_rng(9)
+    start = [rand(rng, 1003, dtype=dtype), rand(rng, 1003, dtype=dtype), rand(rng, 1003, dtype=dtype) * 0.1]
+    hyper = dict(lr=1e-2, momentum=0.9, l1=1e-1, l2=2e-1, penalized=990, proximal=proximal, with_penalty=True)
+    plain = [backend.to_device(a.copy()) for a in start]
+    values = [ops.sgd_update(*plain, **hyper) for _ in range(3)]
+    arrays = [backend.to_device(a.copy()) for a in start]
+    into = backend.to_device(np.zeros(1))
+    for _ in range(3):
+        assert ops.sgd_update(*arrays, into=into, **hyper) is None
+    for a, b, name in zip(arrays, plain, ("param", "grad", "velocity")):
+        same_bits(backend.to_host(a), backend.to_host(b), f"sgd_update {name} with into")
+    assert float(backend.to_host(into)[0]) == pytest.approx(sum(values), rel=1e-12)
 
 
 def test_penalty_into(backend, dtype):

@@ -223,3 +223,87 @@ def test_penalty_gradient(backend, dtype, size, penalized, with_penalty):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     else:
         assert got is None
+
+
+def _update(optimizer, arrays, grad, step, **kw):
+    """One step of `optimizer` through `arrays` (param + state), the ops or the reference signature.
+    Adam's eps is large: where the penalty gradient cancels the data gradient, m / (sqrt(v) + eps)
+    with a tiny eps amplifies float32 rounding of g' a thousandfold, and the comparison would test
+    that conditioning rather than the kernel."""
+    if optimizer == "adam":
+        return kw.pop("impl").adam_update(arrays[0], grad, arrays[1], arrays[2], step=step, lr=1e-3, eps=1e-3,
+                                          **kw)
+    return kw.pop("impl").sgd_update(arrays[0], grad, arrays[1], lr=1e-2, momentum=0.9, **kw)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("proximal", [False, True])
+@pytest.mark.parametrize("size", [1, 7, 4099, 315_722])
+@pytest.mark.parametrize("l1, l2", [(0.0, 0.0), (1e-1, 0.0), (0.0, 5.0), (1e-1, 5e-1)])
+@pytest.mark.parametrize("penalized", ["all", "part"])
+def test_update_penalty_steps(backend, dtype, optimizer, proximal, size, l1, l2, penalized):
+    rng = np.random.default_rng(21)
+    k = {"all": None, "part": size // 3}[penalized]
+    param = rand(rng, (size,), dtype) * dtype(1e-3)  # the scale of lr * l1: some weights cross zero
+    param[::7] = 0
+    state = [np.zeros_like(param) for _ in range(2 if optimizer == "adam" else 1)]
+    want = [a.astype(np.float64) for a in (param, *state)]
+    dev = [backend.to_device(a) for a in (param, *state)]
+    for step in (1, 2, 3):
+        grad = rand(rng, (size,), dtype) * dtype(1e-2)
+        got = _update(optimizer, dev, backend.to_device(grad), step, impl=ops, l1=l1, l2=l2, penalized=k,
+                      proximal=proximal, with_penalty=True)
+        expected = _update(optimizer, want, grad, step, impl=ref, l1=l1, l2=l2, penalized=k, proximal=proximal,
+                           with_penalty=True)
+        np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-300)
+    for name, got, exp in zip(("param", "state0", "state1"), dev, want):
+        assert_close(backend.to_host(got), exp, dtype, name)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_proximal_step_makes_exact_zeros(backend, dtype, optimizer):
+    """Weights with no data gradient and |w| below lr * l1 become exactly 0 (the coupled subgradient
+    only makes them oscillate around it); weights beyond the penalized range are left alone."""
+    n, k = 1000, 700
+    lr = 1e-3 if optimizer == "adam" else 1e-2
+    rng = np.random.default_rng(22)
+    param = (rng.uniform(-0.5, 0.5, n) * lr * 0.1).astype(dtype)   # all inside the dead zone of l1 = 0.1
+    assert np.count_nonzero(param) > 0.99 * n
+    zero_grad = backend.to_device(np.zeros_like(param))
+    for proximal in (True, False):
+        # copies: on the CPU, to_device hands back the array itself, which the update overwrites
+        dev = [backend.to_device(a.copy()) for a in [param] + [np.zeros_like(param)] * (1 + (optimizer == "adam"))]
+        _update(optimizer, dev, zero_grad, 1, impl=ops, l1=0.1, l2=0.0, penalized=k, proximal=proximal)
+        got = backend.to_host(dev[0])
+        np.testing.assert_array_equal(got[k:], param[k:])
+        if proximal:
+            assert np.count_nonzero(got[:k]) == 0
+        else:
+            assert np.count_nonzero(got[:k]) > 0.99 * k
+
+
+def test_proximal_operator_reference():
+    """sign(z) max(|z| - lr l1, 0) / (1 + 2 lr l2) is the minimizer of its objective (checked on a fine
+    grid) and, with l1 = 0, a decay by 1 / (1 + 2 lr l2)."""
+    lr, l1, l2 = 0.1, 0.3, 0.7
+    grid = np.linspace(-3, 3, 600_001)
+    for z in (-2.0, -0.04, 0.0, 0.02, 0.5, 2.5):
+        objective = (grid - z) ** 2 / (2 * lr) + l1 * np.abs(grid) + l2 * grid ** 2
+        assert abs(ref.prox_elastic(z, lr, l1, l2) - grid[np.argmin(objective)]) <= 1e-5, z
+    np.testing.assert_allclose(ref.prox_elastic(np.array([2.0, -1.0]), lr, 0.0, l2), np.array([2.0, -1.0]) / 1.14)
+
+
+def test_sgd_reference_matches_pytorch():
+    torch = pytest.importorskip("torch", reason="PyTorch (the bench extra) checks the SGD reference")
+    rng = np.random.default_rng(23)
+    p0 = rng.standard_normal(50)
+    grads = [rng.standard_normal(50) for _ in range(4)]
+    param, velocity = p0.copy(), np.zeros(50)
+    for g in grads:
+        ref.sgd_update(param, g, velocity, lr=0.05, momentum=0.9, l2=0.01)
+    t = torch.tensor(p0, requires_grad=True)
+    opt = torch.optim.SGD([t], lr=0.05, momentum=0.9, weight_decay=2 * 0.01)  # L2 λ Σw² has gradient 2λw
+    for g in grads:
+        t.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(param, t.detach().numpy(), rtol=1e-12)

@@ -45,10 +45,12 @@ struct XentTotals {
   template <class T> XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N,  \
                                                       int64_t classes, double* into STREAM);                  \
   template <class T> double penalty(const T* w, int64_t n, double l1, double l2, double* into STREAM);        \
-  /* The fused penalty + Adam step; with_penalty: also the penalty value of w[:n_penalized] before */          \
-  /* the step, summed in the same pass (else 0). */                                                             \
+  /* The fused penalty + optimizer steps; with_penalty: also the penalty value of w[:n_penalized] */        \
+  /* before the step, summed in the same pass (else 0). */                                                      \
   template <class T> double adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized,           \
                                         const AdamStep& s, bool with_penalty, double* into STREAM);           \
+  template <class T> double sgd_update(T* w, const T* g, T* buf, int64_t n, int64_t n_penalized,               \
+                                       const SgdStep& s, bool with_penalty, double* into STREAM);             \
   /* g[:n_penalized] += the penalty gradient at w, as its own pass; with_penalty: the value too. */             \
   template <class T> double penalty_gradient(const T* w, T* g, int64_t n_penalized, double l1, double l2,       \
                                              bool with_penalty, double* into STREAM);                        \

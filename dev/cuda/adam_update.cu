@@ -11,8 +11,8 @@
 //   2  16-byte loads and stores (float4) over the aligned bulk, a scalar tail; the penalized
 //      boundary is decided per lane (element i is penalized iff i < n_penalized), so it may fall
 //      inside a vector
-//   3  the package: pyregnet::cuda::adam_update<float> (csrc/cuda/adam.cu); built with
-//      -DWITH_PACKAGE and csrc/cuda/adam.cu linked in (make adam_update)
+//   3  the package: pyregnet::cuda::adam_update<float> (csrc/cuda/update.cu); built with
+//      -DWITH_PACKAGE and csrc/cuda/update.cu linked in (make adam_update)
 // each with and without the penalty value, a deterministic two-pass reduction in double.
 //
 // Memory bound: 7 streams of n floats (read w, g, m, v; write w, m, v) = 28 bytes per element,
@@ -79,7 +79,7 @@ Reference adam_update_cpu(const State& init, int64_t n, int64_t n_penalized, con
   for (int64_t i = 0; i < n; ++i) {
     const size_t k = size_t(i);
     const bool penalized = i < n_penalized;
-    if (penalized) penalty.add(pyregnet::penalty_value(init.w[k], s.l1, s.l2));
+    if (penalized) penalty.add(pyregnet::penalty_value(init.w[k], s.penalty.l1, s.penalty.l2));
     pyregnet::adam_element(ref.after.w[k], init.g[k], ref.after.m[k], ref.after.v[k], penalized, s, alpha);
     double w = init.w[k], m = init.m[k], v = init.v[k];
     pyregnet::adam_element(w, double(init.g[k]), m, v, penalized, s, alpha64);
@@ -101,7 +101,7 @@ Reference adam_update_cpu(const State& init, int64_t n, int64_t n_penalized, con
 template <bool kWithPenalty>
 __device__ __forceinline__ double update_element(float& w, float g, float& m, float& v, bool penalized,
                                                  const AdamStep& s, float alpha) {
-  const double term = (kWithPenalty && penalized) ? pyregnet::penalty_value(w, s.l1, s.l2) : 0.0;
+  const double term = (kWithPenalty && penalized) ? pyregnet::penalty_value(w, s.penalty.l1, s.penalty.l2) : 0.0;
   pyregnet::adam_element(w, g, m, v, penalized, s, alpha);
   return term;
 }
@@ -288,7 +288,7 @@ int run_case(const Case& c, double copy_bw, dev::DeviceBuffer<double>& partials,
   const State init = make_state(n, dev::kSeed + uint64_t(n));
   // Penalties much larger than the paper's lambdas so that a misplaced boundary or a missing
   // penalty moves w by far more than rounding.
-  AdamStep s{1e-3, 0.9, 0.999, 1e-7, 0.02, 0.01, Counter{nullptr, kStep}};
+  AdamStep s{1e-3, 0.9, 0.999, 1e-7, {0.02, 0.01, false}, Counter{nullptr, kStep}};
   bool sane = false;
   const Reference ref = adam_update_cpu(init, n, n_pen, s, &sane);
   int failures = sane ? 0 : 1;
@@ -396,7 +396,7 @@ int main() {
     int failures = 0;
     for (const Case& c : cases) failures += run_case(c, copy_bw, partials, step_counter, totals);
 #ifndef WITH_PACKAGE
-    std::printf("\n(v3, the package's adam_update, not built: compile with -DWITH_PACKAGE and csrc/cuda/adam.cu)\n");
+    std::printf("\n(v3, the package's adam_update, not built: compile with -DWITH_PACKAGE and csrc/cuda/update.cu)\n");
 #endif
     return failures;
   });

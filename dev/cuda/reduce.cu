@@ -4,7 +4,7 @@
 //                     (a float threshold would round) (csrc/cuda/reduce.cu)
 //   penalty_gradient  g[i] += l1 sign0(w[i]) + 2 l2 w[i] for i < n_penalized, in float, and with
 //                     with_penalty the penalty value of w[:n_penalized] from the same pass
-//                     (csrc/cuda/adam.cu: the unfused pass the fused Adam update is measured against)
+//                     (csrc/cuda/update.cu: the unfused pass the fused Adam update is measured against)
 // The values come back two ways (csrc/core/backend.h): into = nullptr returns them (the op
 // synchronizes to read them); into = a device double adds them there without synchronizing (the
 // trainer's captured step) and returns 0. Both are validated, the second over 3 calls, and two
@@ -261,7 +261,7 @@ int run_case(const Case& c, double bw) {
 
   // ---- penalty_gradient ----
   {
-    std::printf("  penalty_gradient (adam.cu), n_penalized = n\n");
+    std::printf("  penalty_gradient (update.cu), n_penalized = n\n");
     // One call from the initial g; checks g (and its untouched tail) and returns the value.
     const auto run = [&](bool with_penalty, double* into_ptr, const char* label, bool* ok) {
       g.upload(hg);
@@ -336,7 +336,7 @@ int main() {
 #ifndef WITH_PACKAGE
     // The only version is the package's: without it nothing would be validated, and a harness
     // that validates nothing must not report success.
-    std::printf("FAILED: built without the package (-DWITH_PACKAGE and csrc/cuda/reduce.cu + adam.cu): "
+    std::printf("FAILED: built without the package (-DWITH_PACKAGE and csrc/cuda/reduce.cu + update.cu): "
                 "no version to run\n");
     return 1;
 #else

@@ -58,9 +58,9 @@ flags=(-O3 -std=c++17 -arch=sm_90 -Xptxas -v -lineinfo -I"$here/../../csrc" -DPY
 # PACKAGE_SOURCE_<harness>).
 package_sources() {
   case "$1" in
-    adam_update) echo adam ;;
+    adam_update) echo update ;;
     relu) echo activation ;;
-    reduce) echo reduce adam ;;  # penalty, sparsity_count; penalty_gradient
+    reduce) echo reduce update ;;  # penalty, sparsity_count; penalty_gradient
     *) echo "$1" ;;  # augment, conv2d, dense, maxpool2d, softmax_xent
   esac
 }

@@ -1,0 +1,88 @@
+// The optimizer updates with the weight penalty, on the CPU (math/elementwise.h per element):
+//   adam_update       fused penalty + Adam step over a flat parameter buffer, one pass: elements
+//   sgd_update        [0, n_penalized) are kernel weights and get the penalty (as a gradient
+//                     before the step, or as the proximal operator after it), the rest (biases,
+//                     at the end of the buffer) do not; optionally the penalty value of the
+//                     weights before the step, summed in the same pass;
+//   penalty_gradient  the penalty gradient as its own pass (g += penalty_grad(w)), optionally
+//                     with the value: the unfused and autodiff-style ways it is measured against.
+#include <algorithm>
+
+#include "core/backend.h"
+#include "cpu/chunked_sum.h"
+#include "cpu/fp_mode.h"
+#include "math/int_array.h"
+
+namespace pyregnet::cpu {
+namespace {
+
+// One pass of element(i, penalized) over [0, n); with_penalty: also the penalty value of
+// w[:n_penalized] before the step, per chunk first (the chunk is still in cache for the update,
+// so memory is read once).
+template <class T, class Element>
+double update_pass(T* w, int64_t n, int64_t n_penalized, const PenaltyRule& p, bool with_penalty, double* into,
+                   const Element& element) {
+  if (!with_penalty) {
+    parallel([&] {
+#pragma omp for simd schedule(static)
+      for (int64_t i = 0; i < n; ++i) element(i, i < n_penalized);
+    });
+    return 0.0;
+  }
+  return deliver(chunked_sum(n, [&](int64_t begin, int64_t end) {
+    const double value = lane_sum(begin, std::min(end, n_penalized),
+                                  [&](int64_t i) { return penalty_value(w[i], p.l1, p.l2); });
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) element(i, i < n_penalized);
+    return value;
+  }), into);
+}
+
+}  // namespace
+
+template <class T>
+double adam_update(T* w, const T* g, T* m, T* v, int64_t n, int64_t n_penalized, const AdamStep& s,
+                   bool with_penalty, double* into) {
+  const T alpha = T(adam_alpha(s, read_counter(s.step)));
+  return update_pass(w, n, n_penalized, s.penalty, with_penalty, into, [&](int64_t i, bool penalized) {
+    adam_element(w[i], g[i], m[i], v[i], penalized, s, alpha);
+  });
+}
+
+template <class T>
+double sgd_update(T* w, const T* g, T* buf, int64_t n, int64_t n_penalized, const SgdStep& s, bool with_penalty,
+                  double* into) {
+  return update_pass(w, n, n_penalized, s.penalty, with_penalty, into, [&](int64_t i, bool penalized) {
+    sgd_element(w[i], g[i], buf[i], penalized, s);
+  });
+}
+
+template <class T>
+double penalty_gradient(const T* w, T* g, int64_t n_penalized, double l1, double l2, bool with_penalty,
+                        double* into) {
+  if (!with_penalty) {
+    parallel([&] {
+#pragma omp for simd schedule(static)
+      for (int64_t i = 0; i < n_penalized; ++i) g[i] += penalty_grad(w[i], T(l1), T(l2));
+    });
+    return 0.0;
+  }
+  return deliver(chunked_sum(n_penalized, [&](int64_t begin, int64_t end) {
+    const double value = lane_sum(begin, end, [&](int64_t i) { return penalty_value(w[i], l1, l2); });
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) g[i] += penalty_grad(w[i], T(l1), T(l2));
+    return value;
+  }), into);
+}
+
+template double adam_update<float>(float*, const float*, float*, float*, int64_t, int64_t, const AdamStep&, bool,
+                                   double*);
+template double adam_update<double>(double*, const double*, double*, double*, int64_t, int64_t, const AdamStep&,
+                                    bool, double*);
+template double sgd_update<float>(float*, const float*, float*, int64_t, int64_t, const SgdStep&, bool, double*);
+template double sgd_update<double>(double*, const double*, double*, int64_t, int64_t, const SgdStep&, bool,
+                                   double*);
+template double penalty_gradient<float>(const float*, float*, int64_t, double, double, bool, double*);
+template double penalty_gradient<double>(const double*, double*, int64_t, double, double, bool, double*);
+
+}  // namespace pyregnet::cpu
