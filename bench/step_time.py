@@ -113,7 +113,7 @@ class PyregnetStep:
                               tuple(str(i) for i in range(model.CLASSES)), "synthetic-random (timing only)")
         self.run = run = Run(Config(reg=pen.kind, l1=pen.l1, l2=pen.l2, batch_size=batch, seed=seed, device=device), ds)
         self.xp, self.batch, self.seed, self.penalty = run.xp, batch, seed, run.penalty
-        self.images, self.labels, self.params, self.grad, self.adam = run.x_train, run.y_train, run.params, run.grad, run.adam
+        self.images, self.labels, self.params, self.grad, self.adam = run.x_train, run.y_train, run.params, run.grad, run.optimizer
         eng = run.engine
         self.order = np.random.default_rng([seed, 0]).permutation(len(labels)).astype(np.int32)
         eng.order[...] = self.xp.asarray(self.order)

@@ -30,7 +30,8 @@ from . import model, ops
 # steps, penalty sum of the last-batch steps]. Two penalty sums because a step's penalty counts
 # once per image of its batch in the epoch's mean loss, as Keras reports it.
 LOSS, CORRECT, BAD_LABELS, BAD_INDICES, PENALTY_FULL, PENALTY_LAST = range(6)
-PENALTY_MODES = ("fused", "unfused", "loss")  # how the penalty is applied: the same numbers
+PENALTY_MODES = ("fused", "unfused", "loss")  # how the penalty gradient is applied: the same numbers
+PENALTY_STEPS = ("gradient", "proximal")  # the penalty before the optimizer step, or after it (fused only)
 MAX_SHIFT = 3  # augmentation shifts of ±3 px, 10% of 32 (DESIGN.md §1)
 
 
@@ -107,7 +108,7 @@ class Engine:
 
     def _train_step(self, batch, last):
         run, xp = self.run, self.xp
-        cfg, adam, penalty = run.config, run.adam, run.penalty
+        cfg, optimizer, penalty = run.config, run.optimizer, run.penalty
         act = model.Activations(xp, batch, run.params.dtype)
         tick = xp.asarray([1, cfg.batch_size], dtype=np.int64)  # kept: the captured add reads it
         step, offset = self.clock[0:1], self.clock[1:2]
@@ -118,6 +119,7 @@ class Engine:
         n_kernel, kernels = model.N_KERNEL, run.params[:model.N_KERNEL]
         with_penalty = penalty.kind != "none"
         mode = cfg.penalty_mode
+        proximal = cfg.penalty_step == "proximal"  # lives in the fused update (train refuses other modes)
         shift = MAX_SHIFT if cfg.augment else 0
 
         def body():
@@ -136,9 +138,9 @@ class Engine:
                 ops.penalty(kernels, l1, l2, into=penalty_sum)
                 ops.penalty_gradient(run.params, run.grad, l1, l2, penalized=n_kernel)
             fused = with_penalty and mode == "fused"
-            ops.adam_update(run.params, run.grad, adam.m, adam.v, step=step, lr=adam.lr, beta1=adam.beta1,
-                            beta2=adam.beta2, eps=adam.eps, l1=l1 if fused else 0.0, l2=l2 if fused else 0.0,
-                            penalized=n_kernel, with_penalty=fused, into=penalty_sum if fused else None)
+            optimizer.update(run.params, run.grad, step=step, l1=l1 if fused else 0.0, l2=l2 if fused else 0.0,
+                             penalized=n_kernel, proximal=proximal and fused, with_penalty=fused,
+                             into=penalty_sum if fused else None)
         return body
 
     def _eval_step(self, batch, s):
@@ -182,12 +184,12 @@ class Engine:
         run, xp = self.run, self.xp
         with self._stream():
             self.order[...] = xp.asarray(epoch_order.astype(np.int32))
-            self.clock[...] = xp.asarray([run.adam.step, 0], dtype=np.int64)
+            self.clock[...] = xp.asarray([run.optimizer.step, 0], dtype=np.int64)
             self.metrics[...] = 0
             self._run(self.train_steps, progress)
             sums = _to_host(self.metrics)
         steps = sum(count for _, count in self.train_steps)
-        run.adam.step += steps
+        run.optimizer.step += steps
         return sums, steps
 
     def evaluate(self, name="val"):

@@ -112,7 +112,8 @@ def extend_pair(scores, first_grid):
 def _opts(args, experiment):
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
     return argparse.Namespace(data=data, dataset=args.dataset, train_size=args.train_size, val_size=args.val_size,
-                              epochs=args.epochs, batch_size=None, lr=None, device=args.device,
+                              epochs=args.epochs, batch_size=None, lr=None, device=args.device, optimizer=None,
+                              momentum=None, penalty_step=None,
                               augment=experiment.augment,
                               holdout=args.holdout if experiment.holdout and args.holdout else experiment.holdout)
 

@@ -67,6 +67,7 @@ Ray (``pip install ray``; ``ray.init(address="auto")`` on a running Ray cluster)
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -84,7 +85,9 @@ from . import rundir
 from .files import atomic_write
 from .regularizers import DEFAULT_L1, DEFAULT_L2, KINDS, Penalty
 from .rundir import RunDirError
-from .train import Config, UsageError, _lambda, _lr, _Parser, _positive_int, _seed
+from .engine import PENALTY_STEPS
+from .optim import DEFAULT_LR, OPTIMIZERS
+from .train import Config, UsageError, _lambda, _lr, _momentum, _Parser, _positive_int, _seed
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -103,7 +106,10 @@ METHOD_NAMES = {"none": "none", "l1": "L1", "l2": "L2", "l1l2": "L1L2"}
 METHOD_COLORS = {"none": "tab:gray", "l1": "tab:blue", "l2": "tab:orange", "l1l2": "tab:green"}
 # The settings that must agree for two runs to be the same experiment (the epochs may grow).
 RUN_KEYS = ("reg", "l1", "l2", "seed", "batch_size", "lr", "data", "dataset", "train_size", "val_size", "augment",
-            "holdout")
+            "holdout", "optimizer", "momentum", "penalty_step")
+
+# RUN_KEYS that runs made before they existed lack: read as the trainer's default then.
+OPTIONAL_KEYS = ("holdout", "optimizer", "momentum", "penalty_step")
 
 Stat = namedtuple("Stat", "mean std")   # std: sample standard deviation over seeds; nan for one seed
 
@@ -237,15 +243,19 @@ def run_state(run_dir, expected, epochs):
 def _recorded(config, key):
     """A RUN_KEYS value of a config.json, as the current trainer writes it: runs made before
     --holdout existed held out nothing, and the data is named by its file name, not its path."""
-    value = config.get(key, 0 if key == "holdout" else None)
+    value = config.get(key, dataclasses.asdict(Config()).get(key) if key in OPTIONAL_KEYS else None)
     return Path(value).name if key == "data" and value is not None else value
 
 
 def expected_config(spec, opts):
     """The config.json values (RUN_KEYS) that `python -m pyregnet.train` will write for this run."""
     defaults = Config()
+    optimizer = getattr(opts, "optimizer", None) or defaults.optimizer
+    momentum = getattr(opts, "momentum", None)
     return {"reg": spec.reg, "l1": spec.l1, "l2": spec.l2, "seed": spec.seed,
-            "batch_size": opts.batch_size or defaults.batch_size, "lr": opts.lr or defaults.lr,
+            "batch_size": opts.batch_size or defaults.batch_size, "lr": opts.lr or DEFAULT_LR[optimizer],
+            "optimizer": optimizer, "momentum": defaults.momentum if momentum is None else momentum,
+            "penalty_step": getattr(opts, "penalty_step", None) or defaults.penalty_step,
             "data": Path(opts.data).name if opts.data else None, "dataset": opts.dataset or defaults.dataset,
             "train_size": opts.train_size,
             "val_size": opts.val_size, "augment": opts.augment, "holdout": getattr(opts, "holdout", None) or 0}
@@ -259,7 +269,9 @@ def passthrough(opts):
     for flag, value in (("--data", data), ("--dataset", opts.dataset), ("--train-size", opts.train_size),
                         ("--val-size", opts.val_size), ("--epochs", opts.epochs),
                         ("--batch-size", opts.batch_size), ("--lr", opts.lr), ("--device", opts.device),
-                        ("--holdout", getattr(opts, "holdout", None) or None)):
+                        ("--holdout", getattr(opts, "holdout", None) or None),
+                        ("--optimizer", getattr(opts, "optimizer", None)), ("--momentum", getattr(opts, "momentum", None)),
+                        ("--penalty-step", getattr(opts, "penalty_step", None))):
         if value is not None:
             args += [flag, str(value) if not isinstance(value, float) else _num(value)]
     if not opts.augment:
@@ -703,6 +715,9 @@ def _add_run_options(p, seeds):
     t.add_argument("--epochs", type=_positive_int, metavar="N", default=None, help=f"default {Config.epochs}")
     t.add_argument("--batch-size", type=_positive_int, metavar="N", default=None)
     t.add_argument("--lr", type=_lr, default=None)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    t.add_argument("--momentum", type=_momentum, default=None)
+    t.add_argument("--penalty-step", choices=PENALTY_STEPS, default=None)
     t.add_argument("--device", choices=("auto", "cuda", "cpu"), default=None)
     t.add_argument("--no-augment", dest="augment", action="store_false")
 

@@ -22,10 +22,11 @@ import numpy as np
 
 from . import data as datasets
 from . import engine, model, rundir
-from .engine import PENALTY_MODES
+from .engine import PENALTY_MODES, PENALTY_STEPS
 from .extras import missing
 from .files import atomic_write
-from .optim import Adam
+from . import optim
+from .optim import DEFAULT_LR, DEFAULT_MOMENTUM, OPTIMIZERS
 from .regularizers import KINDS, Penalty
 from .rundir import RunDirError
 
@@ -59,6 +60,9 @@ class Config:
     penalty_mode: str = "fused"
     graph: bool = True  # on the GPU, replay each step as a captured CUDA graph (same results)
     holdout: int = 0  # training images held out as the validation set (0: validate on the test set)
+    optimizer: str = "adam"
+    momentum: float = DEFAULT_MOMENTUM  # SGD's (unused by Adam)
+    penalty_step: str = "gradient"  # gradient: before the optimizer step (the paper's); proximal: after it
 
     def same_run(self, other):
         """Everything but the number of epochs and how the steps are launched must match to
@@ -98,6 +102,13 @@ def _count(text):
     return value
 
 
+def _momentum(text):
+    value = float(text)
+    if not (0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) but got {text}")
+    return value
+
+
 def _lambda(text):
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
@@ -134,7 +145,18 @@ def parser():
     p.add_argument("--l2", type=_lambda, default=None, help="λ2 (default: the grid-search choice for --reg)")
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--lr", type=_lr, default=1e-3, help="Adam learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="adam (the paper's: β1 0.9, β2 0.999, ε 1e-7) or sgd (with momentum, PyTorch's: no dampening, "
+                        "no Nesterov)")
+    p.add_argument("--lr", type=_lr, default=None,
+                   help="learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--momentum", type=_momentum, default=None,
+                   help=f"SGD's momentum, in [0, 1) (default {DEFAULT_MOMENTUM:g}; --optimizer sgd only)")
+    p.add_argument("--penalty-step", choices=PENALTY_STEPS, default="gradient",
+                   help="gradient: the penalty's (sub)gradient l1·sign(w) + 2·l2·w is added to the data gradient "
+                        "before the optimizer step (the paper's and Keras' way); proximal: the step sees the data "
+                        "gradient alone, then each kernel weight z becomes sign(z)·max(|z| − lr·l1, 0)/(1 + 2·lr·l2), "
+                        "which makes exact zeros under L1 and is decoupled weight decay under L2")
     p.add_argument("--seed", type=_seed, default=0,
                    help="initialization, data order and augmentation (0 to 2**63 - 1)")
     src = p.add_mutually_exclusive_group()
@@ -188,10 +210,18 @@ def config_from_args(args):
         penalty = Penalty.with_defaults(args.reg, args.l1, args.l2)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise UsageError(f"--momentum: applies to --optimizer sgd only (got --optimizer {args.optimizer})")
+    if args.penalty_step == "proximal" and args.penalty_mode != "fused":
+        raise UsageError(f"--penalty-mode: the proximal step is part of the fused update; use --penalty-mode fused "
+                         f"(the default) with --penalty-step proximal, not {args.penalty_mode}")
     return Config(reg=penalty.kind, l1=penalty.l1, l2=penalty.l2, epochs=args.epochs, batch_size=args.batch_size,
-                  lr=args.lr, seed=args.seed, data=args.data, dataset=args.dataset, train_size=args.train_size,
-                  val_size=args.val_size, device=resolve_device(args.device), augment=args.augment,
-                  penalty_mode=args.penalty_mode, graph=args.graph, holdout=args.holdout)
+                  lr=DEFAULT_LR[args.optimizer] if args.lr is None else args.lr, seed=args.seed, data=args.data,
+                  dataset=args.dataset, train_size=args.train_size, val_size=args.val_size,
+                  device=resolve_device(args.device), augment=args.augment, penalty_mode=args.penalty_mode,
+                  graph=args.graph, holdout=args.holdout, optimizer=args.optimizer,
+                  momentum=DEFAULT_MOMENTUM if args.momentum is None else args.momentum,
+                  penalty_step=args.penalty_step)
 
 
 # ---------------------------------------------------------------- files
@@ -200,7 +230,11 @@ def save_checkpoint(path, state):
     atomic_write(path, lambda f: np.savez(f, **state))
 
 
-CHECKPOINT_ARRAYS = ("params", "m", "v")
+def checkpoint_arrays(config):
+    """The arrays a checkpoint holds: the parameters and the optimizer's state."""
+    return ("params", *{"adam": optim.Adam, "sgd": optim.SGD}[config.optimizer].STATE)  # KeyError: unknown
+
+
 CHECKPOINT_SCALARS = ("step", "epoch")
 
 
@@ -218,10 +252,18 @@ def load_checkpoint(path):
 
 def _checkpoint_problem(state):
     """What is wrong with a checkpoint's contents, or None."""
-    missing = [k for k in (*CHECKPOINT_ARRAYS, *CHECKPOINT_SCALARS, "config", "history") if k not in state]
+    missing = [k for k in (*CHECKPOINT_SCALARS, "config", "history") if k not in state]
     if missing:
         return f"it lacks {', '.join(missing)}"
-    for key in CHECKPOINT_ARRAYS:
+    try:
+        config = Config(**json.loads(str(state["config"])))
+        arrays = checkpoint_arrays(config)
+    except (ValueError, TypeError, KeyError) as e:
+        return f"its config is not what this pyregnet writes ({type(e).__name__}: {e})"
+    missing = [k for k in arrays if k not in state]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    for key in arrays:
         a = state[key]
         if a.shape != (model.N_PARAMS,) or a.dtype.kind != "f":
             return f"{key} is {a.dtype} {a.shape}, expected {model.N_PARAMS} floats"
@@ -230,10 +272,9 @@ def _checkpoint_problem(state):
         if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
             return f"{key} is {a.dtype} {a.shape}, expected an integer >= 0"
     try:
-        Config(**json.loads(str(state["config"])))
         history = json.loads(str(state["history"]))
-    except (ValueError, TypeError) as e:
-        return f"its config or history is not what this pyregnet writes ({type(e).__name__}: {e})"
+    except ValueError as e:
+        return f"its history is not what this pyregnet writes ({type(e).__name__}: {e})"
     if not isinstance(history, list) or len(history) != int(state["epoch"]):
         return f"its history does not hold its {int(state['epoch'])} epochs"
     return None
@@ -269,7 +310,7 @@ class Run:
                           "train_clean": (self.x_train, self.y_train, clean)}
         self.params = xp.asarray(model.init_params(config.seed))
         self.grad = xp.zeros_like(self.params)
-        self.adam = Adam.zeros_like(self.params, lr=config.lr)
+        self.optimizer = optim.make(config.optimizer, self.params, config.lr, config.momentum)
         self.epoch = 0
         self.history = []
         self._engine = None
@@ -278,17 +319,18 @@ class Run:
         return a.get() if self.xp is not np else a
 
     def state(self):
-        return {"params": self.to_host(self.params), "m": self.to_host(self.adam.m), "v": self.to_host(self.adam.v),
-                "step": np.int64(self.adam.step), "epoch": np.int64(self.epoch),
+        opt = self.optimizer
+        return {"params": self.to_host(self.params), **{k: self.to_host(getattr(opt, k)) for k in opt.STATE},
+                "step": np.int64(opt.step), "epoch": np.int64(self.epoch),
                 "config": np.array(json.dumps(dataclasses.asdict(self.config))),
                 "history": np.array(json.dumps(self.history))}
 
     def restore(self, state):
         xp = self.xp
         self.params[...] = xp.asarray(state["params"])
-        self.adam.m[...] = xp.asarray(state["m"])
-        self.adam.v[...] = xp.asarray(state["v"])
-        self.adam.step = int(state["step"])
+        for key in self.optimizer.STATE:
+            getattr(self.optimizer, key)[...] = xp.asarray(state[key])
+        self.optimizer.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(str(state["history"]))
 
@@ -360,7 +402,7 @@ class Run:
             "val_loss": val_data_loss + penalty, "val_data_loss": val_data_loss, "val_acc": val_acc,
             "penalty": penalty, "sparsity": sparsity,
             "epoch_time_s": t1 - t0, "eval_time_s": t2 - t1, "images_per_s": len(self.y_train) / (t1 - t0),
-            "device": self.config.device, "step": self.adam.step,
+            "device": self.config.device, "step": self.optimizer.step,
             # Data losses (no penalty): the test set always; the clean-train subset, no augmentation.
             "test_loss": test_loss, "test_acc": test_acc, "train_clean_loss": clean_loss, "train_clean_acc": clean_acc,
             "extra_eval_time_s": {"test": t3 - t2, "train_clean": t4 - t3, "weights": t5 - t4},
@@ -459,8 +501,10 @@ def _train(config, out, resume, log, progress, run_dir):
     atomic_write(out / "config.json", lambda f: f.write(json.dumps(record, indent=2).encode()))
     # metrics.jsonl holds exactly the checkpoint's epochs: an interrupted epoch leaves no line.
     atomic_write(metrics_path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in run.history).encode()))
-    log(f"pyregnet.train: {run.penalty.describe()}, {dataset.source}, device {config.device}, "
-        f"{model.N_PARAMS:,} parameters, batch {config.batch_size}, lr {config.lr:g}, "
+    optimizer = "Adam" if config.optimizer == "adam" else f"SGD momentum {config.momentum:g}"
+    step = ", proximal penalty step" if config.penalty_step == "proximal" and config.reg != "none" else ""
+    log(f"pyregnet.train: {run.penalty.describe()}{step}, {dataset.source}, device {config.device}, "
+        f"{model.N_PARAMS:,} parameters, {optimizer}, batch {config.batch_size}, lr {config.lr:g}, "
         f"augmentation {'on' if config.augment else 'off'}")
     while run.epoch < config.epochs:
         bar = _progress_bar(run.epoch + 1, config.epochs) if progress else None

@@ -15,30 +15,36 @@ from pyregnet.regularizers import Penalty
 from conftest import BACKENDS, CUDA_MARKS
 
 
-def make_run(device, reg="l1l2", mode="fused", train_size=150, batch=64, graph=True, seed=3):
+def make_run(device, reg="l1l2", mode="fused", train_size=150, batch=64, graph=True, seed=3, optimizer="adam",
+             penalty_step="gradient"):
     pen = Penalty.with_defaults(reg, 1e-3 if reg in ("l1", "l1l2") else None, 1e-3 if reg in ("l2", "l1l2") else None)
     cfg = train.Config(reg=pen.kind, l1=pen.l1, l2=pen.l2, batch_size=batch, seed=seed, device=device,
-                       penalty_mode=mode, graph=graph)
+                       penalty_mode=mode, graph=graph, optimizer=optimizer, penalty_step=penalty_step,
+                       lr=train.DEFAULT_LR[optimizer])
     ds = data.load(None, dataset="synthetic", train_size=train_size, val_size=70, seed=0)
     return train.Run(cfg, ds)
 
 
 def plain_epoch(run, order):
     """The epoch as separate, allocating op calls with host-side sums: what the engine replaces."""
-    cfg, xp, adam, pen = run.config, run.xp, run.adam, run.penalty
+    cfg, xp, opt, pen = run.config, run.xp, run.optimizer, run.penalty
+    proximal = cfg.penalty_step == "proximal"
     n, batch = len(order), cfg.batch_size
     loss_sum, correct, penalties = 0.0, 0, 0.0
     order = xp.asarray(order)
     for start in range(0, n, batch):
         index = order[start:start + batch]
-        x = ops.augment_batch(run.x_train, index, seed=cfg.seed, step=adam.step, max_shift=engine.MAX_SHIFT,
+        x = ops.augment_batch(run.x_train, index, seed=cfg.seed, step=opt.step, max_shift=engine.MAX_SHIFT,
                               flip=True)
         logits, act = model.forward(run.params, x)
         loss, dlogits, hits = ops.softmax_cross_entropy(logits, run.y_train[index])
         model.backward(run.params, act, dlogits, run.grad)
-        adam.step += 1
-        value = ops.adam_update(run.params, run.grad, adam.m, adam.v, step=adam.step, lr=adam.lr, l1=pen.l1,
-                                l2=pen.l2, penalized=model.N_KERNEL, with_penalty=True)
+        opt.step += 1
+        penalty = dict(l1=pen.l1, l2=pen.l2, penalized=model.N_KERNEL, proximal=proximal, with_penalty=True)
+        if cfg.optimizer == "sgd":
+            value = ops.sgd_update(run.params, run.grad, opt.velocity, lr=opt.lr, momentum=opt.momentum, **penalty)
+        else:
+            value = ops.adam_update(run.params, run.grad, opt.m, opt.v, step=opt.step, lr=opt.lr, **penalty)
         loss_sum += loss * len(index)
         correct += hits
         penalties += value * len(index)
@@ -46,16 +52,19 @@ def plain_epoch(run, order):
 
 
 @pytest.mark.parametrize("device", BACKENDS)
-def test_epoch_equals_plain_steps(device):
-    a, b = make_run(device), make_run(device)
+@pytest.mark.parametrize("optimizer, penalty_step", [("adam", "gradient"), ("adam", "proximal"), ("sgd", "gradient"),
+                                                     ("sgd", "proximal")])
+def test_epoch_equals_plain_steps(device, optimizer, penalty_step):
+    a, b = (make_run(device, optimizer=optimizer, penalty_step=penalty_step) for _ in range(2))
     order = np.random.default_rng(0).permutation(150)
     sums, steps = a.engine.train_epoch(order)
     loss_sum, correct, penalties = plain_epoch(b, order)
-    assert steps == 3 and a.adam.step == b.adam.step == 3
+    assert steps == 3 and a.optimizer.step == b.optimizer.step == 3
     for name in ("params", "grad"):
         got, want = (np.asarray(r.to_host(getattr(r, name))) for r in (a, b))
         assert np.array_equal(got, want), f"{name}: max diff {np.abs(got - want).max()}"
-    assert np.array_equal(a.to_host(a.adam.m), b.to_host(b.adam.m))
+    for name in a.optimizer.STATE:
+        assert np.array_equal(a.to_host(getattr(a.optimizer, name)), b.to_host(getattr(b.optimizer, name))), name
     print("engine sums", sums, "plain", loss_sum, correct, penalties)
     assert sums[engine.CORRECT] == correct and sums[engine.BAD_LABELS] == sums[engine.BAD_INDICES] == 0
     assert sums[engine.LOSS] == pytest.approx(loss_sum, rel=1e-12)

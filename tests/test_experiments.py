@@ -52,6 +52,12 @@ def surface(reg, l1, l2):
     return 0.7 - 0.01 * abs(math.log10(l1 / center) if l1 else 0) - 0.01 * abs(math.log10(l2 / 1e-4) if l2 else 0)
 
 
+def epoch_line(epoch, val_acc):
+    """A metrics.jsonl line with every key the sweep checks (sweep.EPOCH_KEYS)."""
+    return {"epoch": epoch, "val_acc": val_acc, "train_acc": val_acc, "train_loss": 1.0, "val_loss": 1.0,
+            "sparsity": {"total": dict.fromkeys(sweep.SPARSITY_KEYS, 0.0)}, "epoch_time_s": 1.0, "images_per_s": 1.0}
+
+
 @pytest.fixture
 def stand_in(monkeypatch):
     """Replaces sweep.execute: each job writes a finished run (config.json as the trainer would,
@@ -70,7 +76,7 @@ def stand_in(monkeypatch):
             job.run_dir.mkdir(parents=True, exist_ok=True)
             (job.run_dir / "config.json").write_text(json.dumps(sweep.expected_config(spec, opts)))
             acc = surface(spec.reg, spec.l1, spec.l2) if spec.reg != "none" else 0.6
-            lines = [json.dumps({"epoch": e, "val_acc": acc}) for e in range(1, int(value("--epochs")) + 1)]
+            lines = [json.dumps(epoch_line(e, acc)) for e in range(1, int(value("--epochs")) + 1)]
             (job.run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
             ran.append((job.run_dir.parent.name, spec))
         return {job.spec.name: (0, "") for job in jobs}
@@ -125,9 +131,11 @@ def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):
     assert len(commands) == 5 and all("--no-augment" in c and "--reg none" in c for c in commands)
     (root / "E1" / "none_s1").mkdir(parents=True)
     (root / "E1" / "none_s1" / "config.json").write_text(json.dumps({"reg": "l1"}))
-    (root / "E1" / "none_s1" / "metrics.jsonl").write_text("")
-    assert main("run", "E1", *args) == 2  # a directory holding another run is never overwritten
-    assert "holds a run with other settings" in capsys.readouterr().err
+    # a directory holding another run (one that finished an epoch) is never overwritten
+    (root / "E1" / "none_s1" / "metrics.jsonl").write_text(json.dumps(epoch_line(1, 0.5)) + "\n")
+    assert main("run", "E1", *args) == 2
+    err = capsys.readouterr().err
+    assert "none_s1" in err and err.count("\n") == 1, err
     (root / "E1" / "none_s1" / "config.json").unlink()
     (root / "E1" / "none_s1" / "metrics.jsonl").unlink()
     assert main("run", "E1", "--jobs", "2", *args) == 0
@@ -140,6 +148,6 @@ def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):
     (root / "E1" / "none_s3" / "metrics.jsonl").write_text("")  # as an interrupted first epoch leaves it
     assert main("run", "E1", "--dry-run", *args) == 0
     out, err = capsys.readouterr()
-    assert "none_s3" in out and "note: remove" in err and "none_s3" in err
+    assert "none_s3" in out and "--resume" not in out  # no epoch finished: it starts over
     assert main("run", "E1", *args) == 0  # for real, the empty run is cleared and run again
     assert len((root / "E1" / "none_s3" / "metrics.jsonl").read_text().splitlines()) == 1

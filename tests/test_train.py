@@ -171,3 +171,34 @@ def test_help_explains():
     with pytest.raises(SystemExit) as exit_info:
         train.parser().parse_args(["--help"])
     assert exit_info.value.code == 0
+
+
+@pytest.mark.parametrize("optimizer, penalty_step", [("sgd", "gradient"), ("sgd", "proximal"), ("adam", "proximal")])
+def test_optimizers_and_penalty_steps_train_and_resume_exactly(tmp_path, optimizer, penalty_step):
+    """--optimizer and --penalty-step: the loss falls, config.json records them, and a run stopped
+    after one epoch and resumed ends with the metrics of an uninterrupted one."""
+    args = [*TINY, "--reg", "l1", "--l1", "1e-3", "--optimizer", optimizer, "--penalty-step", penalty_step]
+    assert train.main([*args, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
+    assert train.main([*args, "--epochs", "1", "--out", str(tmp_path / "part")]) == 0
+    assert train.main([*args, "--epochs", "2", "--out", str(tmp_path / "part"), "--resume"]) == 0
+    whole, part = (history(tmp_path / name) for name in ("whole", "part"))
+    assert without_timing(whole) == without_timing(part)
+    assert whole[1]["train_loss"] < whole[0]["train_loss"]
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert (config["optimizer"], config["penalty_step"]) == (optimizer, penalty_step)
+    assert config["lr"] == train.DEFAULT_LR[optimizer]
+    if penalty_step == "proximal":  # the proximal step leaves weights exactly at zero
+        assert whole[-1]["sparsity"]["total"]["0"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum: applies to --optimizer sgd only"),
+    (["--optimizer", "sgd", "--momentum", "1"], "--momentum"),
+    (["--penalty-step", "proximal", "--penalty-mode", "unfused"], "--penalty-mode: the proximal step"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+])
+def test_optimizer_arguments_are_checked(tmp_path, capsys, args, message):
+    assert train.main([*TINY, *args, "--out", str(tmp_path / "r")]) == train.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
