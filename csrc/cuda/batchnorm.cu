@@ -1,7 +1,7 @@
 // Batch normalization over (N, C, H, W) on the GPU, statistics per channel c over its
 // M = N * HW values (HW = H * W). Element math and statistics: math/batchnorm.h.
 //
-// Each per-channel sum is deterministic, with no atomics: a grid of (splits, C) blocks writes one
+// Each per-channel sum is deterministic, with no atomics: a grid of (C, splits) blocks writes one
 // partial sum per block (the block's contiguous share of the channel's values, each thread's
 // strided part in index order, then block_sum's fixed tree), and one block per channel adds the
 // partials in order. `splits` depends on M alone, so the same input gives the same bits.
@@ -50,7 +50,7 @@ struct ChannelGeometry {
 template <class Terms>
 __global__ void __launch_bounds__(kBlockThreads)
     channel_partials_kernel(const Terms terms, const ChannelGeometry g, double* const partial) {
-  const int c = int(blockIdx.y), split = int(blockIdx.x);
+  const int c = int(blockIdx.x), split = int(blockIdx.y);  // channels in x: more than 65,535 allowed
   const int begin = int(int64_t(g.count) * split / g.splits), end = int(int64_t(g.count) * (split + 1) / g.splits);
   const auto add = terms.at(c);
   double a = 0.0, b = 0.0;
@@ -82,7 +82,7 @@ template <class Terms, class Finish>
 void channel_reduce(const Terms& terms, const Finish& finish, const ChannelGeometry& g, cudaStream_t st,
                     const char* what) {
   Scratch<double> partial(int64_t(g.C) * g.splits * 2, st, what);
-  channel_partials_kernel<<<dim3(unsigned(g.splits), unsigned(g.C)), kBlockThreads, 0, st>>>(terms, g, partial.get());
+  channel_partials_kernel<<<dim3(unsigned(g.C), unsigned(g.splits)), kBlockThreads, 0, st>>>(terms, g, partial.get());
   check_launch(what);
   channel_finish_kernel<<<unsigned(g.C), kChannelThreads, 0, st>>>(finish, partial.get(), g.splits);
   check_launch(what);
