@@ -290,7 +290,8 @@ double batchnorm_momentum(Call& call, py::handle momentum_) {
 
 double batchnorm_eps(Call& call, py::handle eps_) {
   const double eps = call.real(eps_, "eps");
-  if (!(eps > 0.0) || std::isinf(eps)) call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
+  if (!(eps > 0.0) || std::isinf(eps))
+    call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
   return eps;
 }
 
@@ -371,7 +372,8 @@ py::object global_avgpool_backward(py::handle x_, py::handle dy_, py::handle out
   call.floats({&x, &dy});
   const ChannelShape s = channel_shape(call, x);
   if (dy.shape != std::vector<int64_t>{s.N, s.C})
-    call.value_error("dy: expected the output shape (N, C) = " + shape_str({s.N, s.C}) + " but got " + shape_str(dy.shape));
+    call.value_error("dy: expected the output shape (N, C) = " + shape_str({s.N, s.C}) + " but got " +
+                     shape_str(dy.shape));
   Array dx = call.output(out_, x.shape, "out");
   separate(call, dx, {&x, &dy});
   by_dtype(call, [&](auto t) {
@@ -515,7 +517,8 @@ py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::h
   if (!(lr > 0.0) || std::isinf(lr)) call.value_error("lr: expected a finite number > 0 but got " + std::to_string(lr));
   if (!(beta1 >= 0.0 && beta1 < 1.0)) call.value_error("beta1: expected a number in [0, 1) but got " + std::to_string(beta1));
   if (!(beta2 >= 0.0 && beta2 < 1.0)) call.value_error("beta2: expected a number in [0, 1) but got " + std::to_string(beta2));
-  if (!(eps > 0.0) || std::isinf(eps)) call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
+  if (!(eps > 0.0) || std::isinf(eps))
+    call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
   const double l1 = call.nonneg_real(l1_, "l1"), l2 = call.nonneg_real(l2_, "l2");
   const int64_t n = param.numel();
   const int64_t n_penalized = penalized_count(call, penalized_, param);

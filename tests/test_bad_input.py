@@ -554,7 +554,8 @@ SHAPE_CASES = [
     p("residual_add_forward", {"main": arr(2, 2, 2, 3)}, VE, r"main: expected shape \(N, K, P, Q\) with N = 2, K >= C",
       "main-fewer-channels-than-x"),
     p("residual_add_forward", {"main": arr(3, 6, 2, 3)}, VE, r"main: expected shape", "main-batch"),
-    p("residual_add_forward", {"stride": 1}, VE, r"main: expected shape .* \(P, Q\) = \(4, 5\)", "main-for-other-stride"),
+    p("residual_add_forward", {"stride": 1}, VE, r"main: expected shape .* \(P, Q\) = \(4, 5\)",
+      "main-for-other-stride"),
     p("residual_add_forward", {"x": arr(2, 3, 0, 5)}, VE, r"x: expected every dimension", "x-H-0"),
     p("residual_add_forward", {"out": lambda a: a["x"]}, VE, r"out: expected shape", "out-shape-of-x"),
     p("residual_add_backward", {"dy": arr(2, 6, 3, 3)}, VE, r"dy: expected shape \(N, K, P, Q\)", "dy-height"),
@@ -644,9 +645,11 @@ for _op, _names in (("penalty", ("l1", "l2")), ("adam_update", ("l1", "l2")), ("
         ]
 
 SCALAR_CASES += [
-    p("batchnorm_forward", {"momentum": -0.1}, VE, r"momentum: expected a number in \[0, 1\] but got -0.1", "momentum-negative"),
+    p("batchnorm_forward", {"momentum": -0.1}, VE, r"momentum: expected a number in \[0, 1\] but got -0.1",
+      "momentum-negative"),
     p("batchnorm_forward", {"momentum": 1.5}, VE, r"momentum: expected a number in \[0, 1\]", "momentum-1.5"),
-    p("batchnorm_forward", {"momentum": NAN}, VE, r"momentum: expected a number in \[0, 1\] but got nan", "momentum-nan"),
+    p("batchnorm_forward", {"momentum": NAN}, VE, r"momentum: expected a number in \[0, 1\] but got nan",
+      "momentum-nan"),
     p("batchnorm_forward", {"momentum": "0.1"}, TE, r"momentum: expected a real number but got str", "momentum-str"),
     p("batchnorm_forward", {"momentum": None}, TE, r"momentum: expected a real number", "momentum-None"),
     p("batchnorm_forward", {"eps": 0}, VE, r"eps: expected a finite number > 0", "eps-0"),
