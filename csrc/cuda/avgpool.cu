@@ -18,12 +18,13 @@ template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
     global_avgpool_forward_kernel(const T* const x, T* const y, const int planes, const int HW) {
   const int lane = int(threadIdx.x) % 32;
-  const int first = int(blockIdx.x) * kWarpsPerBlock + int(threadIdx.x) / 32;
-  // Whole warps step together, so every lane of a warp reaches warp_sum's shuffles.
-  for (int plane = first; plane < planes; plane += int(gridDim.x) * kWarpsPerBlock) {
-    const T* xp = x + int64_t(plane) * HW;
+  const int64_t first = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  // Whole warps step together, so every lane of a warp reaches warp_sum's shuffles. int64 loop
+  // counters: no overflow near 2^31.
+  for (int64_t plane = first; plane < planes; plane += int64_t(gridDim.x) * kWarpsPerBlock) {
+    const T* xp = x + plane * HW;
     double s = 0.0;
-    for (int i = lane; i < HW; i += 32) s += double(xp[i]);
+    for (int64_t i = lane; i < HW; i += 32) s += double(xp[i]);
     s = warp_sum(s);
     if (lane == 0) y[plane] = average<T>(s, HW);
   }

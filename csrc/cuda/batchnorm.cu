@@ -54,9 +54,9 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int begin = int(int64_t(g.count) * split / g.splits), end = int(int64_t(g.count) * (split + 1) / g.splits);
   const auto add = terms.at(c);
   double a = 0.0, b = 0.0;
-  for (int e = begin + int(threadIdx.x); e < end; e += kBlockThreads) {
+  for (int64_t e = begin + int64_t(threadIdx.x); e < end; e += kBlockThreads) {  // int64: no overflow near 2^31
     int n, i;
-    g.by_HW.divmod(e, n, i);
+    g.by_HW.divmod(int(e), n, i);
     add((n * g.C + c) * g.HW + i, a, b);
   }
   a = block_sum(a);
