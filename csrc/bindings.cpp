@@ -269,6 +269,172 @@ py::tuple dense_backward(py::handle x_, py::handle w_, py::handle dy_, py::handl
   return py::make_tuple(dx.owner, dw.owner, db.owner);
 }
 
+// An activation (N, C, H, W) as the per-channel ops see it.
+ChannelShape channel_shape(Call& call, const Array& x) {
+  call.ndim(x, 4, "(N, C, H, W)");
+  call.positive_dims(x, "(N, C, H, W)");
+  call.fits_int32(x);
+  return ChannelShape{x.dim(0), x.dim(1), x.dim(2) * x.dim(3)};
+}
+
+// A per-channel vector (C,) of an op over x.
+void channel_vector(Call& call, const Array& v, int64_t C) {
+  call.ndim(v, 1, "(C,)");
+  call.dim_equals(v, 0, C, "C, the channels of x");
+}
+
+double batchnorm_momentum(Call& call, py::handle momentum_) {
+  const double momentum = call.real(momentum_, "momentum");
+  if (!(momentum >= 0.0 && momentum <= 1.0))
+    call.value_error("momentum: expected a number in [0, 1] but got " + std::to_string(momentum));
+  return momentum;
+}
+
+double batchnorm_eps(Call& call, py::handle eps_) {
+  const double eps = call.real(eps_, "eps");
+  if (!(eps > 0.0) || std::isinf(eps))
+    call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
+  return eps;
+}
+
+py::tuple batchnorm_forward(py::handle x_, py::handle gamma_, py::handle beta_, py::handle running_mean_,
+                            py::handle running_var_, py::handle training_, py::handle momentum_, py::handle eps_,
+                            py::handle out_, py::handle mean_, py::handle invstd_) {
+  Call call("batchnorm_forward");
+  Array x = call.array(x_, "x"), gamma = call.array(gamma_, "gamma"), beta = call.array(beta_, "beta"),
+        running_mean = call.array(running_mean_, "running_mean"), running_var = call.array(running_var_, "running_var");
+  call.floats({&x, &gamma, &beta, &running_mean, &running_var});
+  const ChannelShape s = channel_shape(call, x);
+  for (const Array* v : {&gamma, &beta, &running_mean, &running_var}) channel_vector(call, *v, s.C);
+  const bool training = flag(call, training_, "training");
+  const BatchNormParams p{training, batchnorm_momentum(call, momentum_), batchnorm_eps(call, eps_)};
+  if (training) {
+    if (s.N * s.HW < 2)
+      call.value_error("x: expected more than one value per channel in training mode (N * H * W > 1) but got shape " +
+                       shape_str(x.shape));
+    call.writable(running_mean);
+    call.writable(running_var);
+    separate(call, running_mean, {&x, &gamma, &beta});
+    separate(call, running_var, {&x, &gamma, &beta, &running_mean});
+  }
+  Array y = call.output(out_, x.shape, "out");
+  separate(call, y, {&x, &gamma, &beta, &running_mean, &running_var});
+  Array mean = call.output(mean_, {s.C}, "mean");
+  separate(call, mean, {&x, &gamma, &beta, &running_mean, &running_var, &y});
+  Array invstd = call.output(invstd_, {s.C}, "invstd");
+  separate(call, invstd, {&x, &gamma, &beta, &running_mean, &running_var, &y, &mean});
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, batchnorm_forward<T>, x.ptr<T>(), gamma.ptr<T>(), beta.ptr<T>(), running_mean.ptr<T>(),
+                 running_var.ptr<T>(), y.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(), s, p);
+  });
+  return py::make_tuple(y.owner, mean.owner, invstd.owner);
+}
+
+py::tuple batchnorm_backward(py::handle x_, py::handle gamma_, py::handle dy_, py::handle mean_, py::handle invstd_,
+                             py::handle training_, py::handle dx_, py::handle dgamma_, py::handle dbeta_) {
+  Call call("batchnorm_backward");
+  Array x = call.array(x_, "x"), gamma = call.array(gamma_, "gamma"), dy = call.array(dy_, "dy"),
+        mean = call.array(mean_, "mean"), invstd = call.array(invstd_, "invstd");
+  call.floats({&x, &gamma, &dy, &mean, &invstd});
+  const ChannelShape s = channel_shape(call, x);
+  call.same_shape(x, dy);
+  for (const Array* v : {&gamma, &mean, &invstd}) channel_vector(call, *v, s.C);
+  const bool training = flag(call, training_, "training");
+  Array dx = call.output(dx_, x.shape, "dx"), dgamma = call.output(dgamma_, {s.C}, "dgamma"),
+        dbeta = call.output(dbeta_, {s.C}, "dbeta");
+  separate(call, dx, {&x, &gamma, &dy, &mean, &invstd});
+  separate(call, dgamma, {&x, &gamma, &dy, &mean, &invstd, &dx});
+  separate(call, dbeta, {&x, &gamma, &dy, &mean, &invstd, &dx, &dgamma});
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, batchnorm_backward<T>, x.ptr<T>(), gamma.ptr<T>(), dy.ptr<T>(), mean.ptr<T>(), invstd.ptr<T>(),
+                 dx.ptr<T>(), dgamma.ptr<T>(), dbeta.ptr<T>(), s, training);
+  });
+  return py::make_tuple(dx.owner, dgamma.owner, dbeta.owner);
+}
+
+py::object global_avgpool_forward(py::handle x_, py::handle out_) {
+  Call call("global_avgpool_forward");
+  Array x = call.array(x_, "x");
+  call.floats({&x});
+  const ChannelShape s = channel_shape(call, x);
+  Array y = call.output(out_, {s.N, s.C}, "out");
+  separate(call, y, {&x});
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, global_avgpool_forward<T>, x.ptr<T>(), y.ptr<T>(), s);
+  });
+  return y.owner;
+}
+
+py::object global_avgpool_backward(py::handle x_, py::handle dy_, py::handle out_) {
+  Call call("global_avgpool_backward");
+  Array x = call.array(x_, "x"), dy = call.array(dy_, "dy");
+  call.floats({&x, &dy});
+  const ChannelShape s = channel_shape(call, x);
+  if (dy.shape != std::vector<int64_t>{s.N, s.C})
+    call.value_error("dy: expected the output shape (N, C) = " + shape_str({s.N, s.C}) + " but got " +
+                     shape_str(dy.shape));
+  Array dx = call.output(out_, x.shape, "out");
+  separate(call, dx, {&x, &dy});
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, global_avgpool_backward<T>, dy.ptr<T>(), dx.ptr<T>(), s);
+  });
+  return dx.owner;
+}
+
+// The shortcut between x (N, C, H, W) and the block output (N, K, P, Q) that `y` names.
+ShortcutShape shortcut_shape(Call& call, const Array& x, const Array& y, py::handle stride_) {
+  call.ndim(x, 4, "(N, C, H, W)");
+  call.ndim(y, 4, "(N, K, P, Q)");
+  call.positive_dims(x, "(N, C, H, W)");
+  call.fits_int32(x);
+  call.fits_int32(y);
+  const int64_t stride = call.integer(stride_, "stride", 1, ">= 1");
+  ShortcutShape s{x.dim(0), x.dim(1), x.dim(2), x.dim(3), y.dim(1), 0, 0, stride};
+  s.P = (s.H - 1) / stride + 1;
+  s.Q = (s.W - 1) / stride + 1;
+  if (y.dim(0) != s.N || y.dim(1) < s.C || y.dim(2) != s.P || y.dim(3) != s.Q)
+    call.value_error(y.name + ": expected shape (N, K, P, Q) with N = " + std::to_string(s.N) + ", K >= C = " +
+                     std::to_string(s.C) + ", (P, Q) = " + shape_str({s.P, s.Q}) + " (x's H, W subsampled by stride " +
+                     std::to_string(stride) + ") but got " + shape_str(y.shape));
+  return s;
+}
+
+py::object residual_add_forward(py::handle main_, py::handle x_, py::handle stride_, py::handle relu_,
+                                py::handle out_) {
+  Call call("residual_add_forward");
+  Array main = call.array(main_, "main"), x = call.array(x_, "x");
+  call.floats({&main, &x});
+  const ShortcutShape s = shortcut_shape(call, x, main, stride_);
+  const bool relu = flag(call, relu_, "relu");
+  Array y = call.output(out_, main.shape, "out");
+  same_or_separate(call, y, main);
+  separate(call, y, {&x});
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, residual_add_forward<T>, main.ptr<T>(), x.ptr<T>(), y.ptr<T>(), s, relu);
+  });
+  return y.owner;
+}
+
+py::object residual_add_backward(py::handle dy_, py::handle grad_, py::handle stride_, py::handle out_) {
+  Call call("residual_add_backward");
+  Array dy = call.array(dy_, "dy"), grad = call.array(grad_, "grad");
+  call.floats({&dy, &grad});
+  const ShortcutShape s = shortcut_shape(call, grad, dy, stride_);
+  Array out = call.output(out_, grad.shape, "out");
+  same_or_separate(call, out, grad);
+  separate(call, out, {&dy});
+  by_dtype(call, [&](auto t) {
+    using T = decltype(t);
+    PYREGNET_RUN(call, residual_add_backward<T>, dy.ptr<T>(), grad.ptr<T>(), out.ptr<T>(), s);
+  });
+  return out.owner;
+}
+
 py::tuple softmax_cross_entropy(py::handle logits_, py::handle labels_, py::handle dlogits_, py::handle into_) {
   Call call("softmax_cross_entropy");
   Array logits = call.array(logits_, "logits"), labels = call.array(labels_, "labels");
@@ -386,7 +552,8 @@ py::object adam_update(py::handle param_, py::handle grad_, py::handle m_, py::h
   const double beta1 = call.real(beta1_, "beta1"), beta2 = call.real(beta2_, "beta2"), eps = call.real(eps_, "eps");
   if (!(beta1 >= 0.0 && beta1 < 1.0)) call.value_error("beta1: expected a number in [0, 1) but got " + std::to_string(beta1));
   if (!(beta2 >= 0.0 && beta2 < 1.0)) call.value_error("beta2: expected a number in [0, 1) but got " + std::to_string(beta2));
-  if (!(eps > 0.0) || std::isinf(eps)) call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
+  if (!(eps > 0.0) || std::isinf(eps))
+    call.value_error("eps: expected a finite number > 0 but got " + std::to_string(eps));
   const AdamStep s{u.lr, beta1, beta2, eps, u.penalty, step};
   const double value = u.n == 0 ? 0.0 : by_dtype(call, [&](auto t) {
     using T = decltype(t);
@@ -578,6 +745,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("relu") = false, py::arg("out") = py::none());
   m.def("dense_backward", &dense_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::kw_only(),
         py::arg("dx") = py::none(), py::arg("dw") = py::none(), py::arg("db") = py::none());
+  m.def("batchnorm_forward", &batchnorm_forward, py::arg("x"), py::arg("gamma"), py::arg("beta"),
+        py::arg("running_mean"), py::arg("running_var"), py::kw_only(), py::arg("training") = true,
+        py::arg("momentum") = 0.1, py::arg("eps") = 1e-5, py::arg("out") = py::none(), py::arg("mean") = py::none(),
+        py::arg("invstd") = py::none());
+  m.def("batchnorm_backward", &batchnorm_backward, py::arg("x"), py::arg("gamma"), py::arg("dy"), py::arg("mean"),
+        py::arg("invstd"), py::kw_only(), py::arg("training") = true, py::arg("dx") = py::none(),
+        py::arg("dgamma") = py::none(), py::arg("dbeta") = py::none());
+  m.def("global_avgpool_forward", &global_avgpool_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none());
+  m.def("global_avgpool_backward", &global_avgpool_backward, py::arg("x"), py::arg("dy"), py::kw_only(),
+        py::arg("out") = py::none());
+  m.def("residual_add_forward", &residual_add_forward, py::arg("main"), py::arg("x"), py::arg("stride"),
+        py::kw_only(), py::arg("relu") = false, py::arg("out") = py::none());
+  m.def("residual_add_backward", &residual_add_backward, py::arg("dy"), py::arg("grad"), py::arg("stride"),
+        py::kw_only(), py::arg("out") = py::none());
   m.def("softmax_cross_entropy", &softmax_cross_entropy, py::arg("logits"), py::arg("labels"), py::kw_only(),
         py::arg("dlogits") = py::none(), py::arg("into") = py::none());
   m.def("penalty", &penalty, py::arg("w"), py::arg("l1"), py::arg("l2"), py::kw_only(), py::arg("into") = py::none());

@@ -22,7 +22,10 @@ from . import _core
 __all__ = [
     "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
     "relu_forward", "relu_backward", "dense_forward", "dense_backward",
-    "softmax_cross_entropy", "penalty", "penalty_gradient", "adam_update", "sgd_update", "sparsity_count", "augment_batch",
+    "batchnorm_forward", "batchnorm_backward", "global_avgpool_forward", "global_avgpool_backward",
+    "residual_add_forward", "residual_add_backward",
+    "softmax_cross_entropy", "penalty", "penalty_gradient", "adam_update", "sgd_update", "sparsity_count",
+    "augment_batch",
     "take",
 ]
 
@@ -73,6 +76,59 @@ def dense_forward(x, w, b, *, relu=False, out=None):
 def dense_backward(x, w, dy, *, dx=None, dw=None, db=None):
     """Gradients of dense_forward given dy (N, out). Returns (dx, dw, db)."""
     return _core.dense_backward(x, w, dy, dx=dx, dw=dw, db=db)
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training=True, momentum=0.1, eps=1e-5,
+                      out=None, mean=None, invstd=None):
+    """Batch normalization of x (N, C, H, W) per channel: y = (x - mean) * invstd * gamma + beta
+    with gamma, beta, running_mean, running_var (C,). Returns (y, mean, invstd), the statistics
+    that normalized (C,), for batchnorm_backward.
+
+    ``training``: mean and the biased variance var of the batch (over N, H, W; N * H * W > 1),
+    invstd = 1 / sqrt(var + eps), and running_mean, running_var updated in place as PyTorch does:
+    running = (1 - momentum) * running + momentum * batch statistic, with the unbiased variance
+    var * M / (M - 1), M = N * H * W. Else the running statistics normalize and are only read.
+    The sums are in double, in an order fixed by the shape: the same bits for any thread count.
+    mean and invstd are of x's dtype (as PyTorch saves them): in float32, x - mean is off by up
+    to 6e-8 * |mean|. ``out``, ``mean``, ``invstd``: preallocated results."""
+    return _core.batchnorm_forward(x, gamma, beta, running_mean, running_var, training=training,
+                                   momentum=momentum, eps=eps, out=out, mean=mean, invstd=invstd)
+
+
+def batchnorm_backward(x, gamma, dy, mean, invstd, *, training=True, dx=None, dgamma=None, dbeta=None):
+    """Gradients of batchnorm_forward given dy (N, C, H, W), with the forward's x, gamma and its
+    returned mean and invstd. Returns (dx, dgamma, dbeta). ``training`` as in the forward call:
+    with batch statistics dx includes their dependence on x; with running ones it is
+    dy * gamma * invstd."""
+    return _core.batchnorm_backward(x, gamma, dy, mean, invstd, training=training, dx=dx, dgamma=dgamma,
+                                    dbeta=dbeta)
+
+
+def global_avgpool_forward(x, *, out=None):
+    """y[n, c] = the mean of x[n, c] over H and W (summed in double): x (N, C, H, W) -> y (N, C)."""
+    return _core.global_avgpool_forward(x, out=out)
+
+
+def global_avgpool_backward(x, dy, *, out=None):
+    """dx[n, c, h, w] = dy[n, c] / (H * W); x gives only the shape."""
+    return _core.global_avgpool_backward(x, dy, out=out)
+
+
+def residual_add_forward(main, x, stride, *, relu=False, out=None):
+    """The end of a ResNet basic block: y = main + shortcut(x), with He et al.'s option-A shortcut
+    shortcut(x)[n, k, p, q] = x[n, k, p * stride, q * stride] for k < C, and 0 for the channels
+    C <= k < K that x lacks (appended after x's). main (N, K, P, Q), x (N, C, H, W), C <= K,
+    P = ceil(H / stride), Q = ceil(W / stride); stride 1 with K = C is the identity shortcut.
+    With ``relu``, max(y, 0). ``out`` may be main itself."""
+    return _core.residual_add_forward(main, x, stride, relu=relu, out=out)
+
+
+def residual_add_backward(dy, grad, stride, *, out=None):
+    """The gradient of x from residual_add_forward, added to ``grad`` (N, C, H, W), the gradient of
+    x from the block's residual branch: out = grad + the shortcut's gradient from dy
+    (N, K, P, Q), i.e. dy[n, c, h / stride, w / stride] where stride divides h and w. (The
+    gradient of main is dy itself.) ``out`` may be grad itself."""
+    return _core.residual_add_backward(dy, grad, stride, out=out)
 
 
 def softmax_cross_entropy(logits, labels, *, dlogits=None, into=None):

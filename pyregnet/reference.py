@@ -134,6 +134,85 @@ def dense_backward(x, w, dy):
 
 
 # --------------------------------------------------------------------------
+# Batch normalization over (N, C, H, W), per channel; global average pooling;
+# the residual add with the option-A shortcut of ResNet.
+# --------------------------------------------------------------------------
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training=True, momentum=0.1, eps=1e-5):
+    """Returns (y, mean, invstd, new running_mean, new running_var); the inputs are not changed.
+
+    training: batch mean and biased variance over (N, H, W) normalize; the running statistics
+    move towards the batch's, the variance unbiased (PyTorch's convention). Else the running
+    statistics normalize and are returned unchanged."""
+    x, gamma, beta = _f64(x), _f64(gamma), _f64(beta)
+    running_mean, running_var = _f64(running_mean).copy(), _f64(running_var).copy()
+    if training:
+        M = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = x.mean(axis=(0, 2, 3))
+        var = ((x - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var = (1 - momentum) * running_var + momentum * var * M / (M - 1)
+    else:
+        mean, var = running_mean, running_var
+    invstd = 1.0 / np.sqrt(var + eps)
+    c = (slice(None), None, None)
+    y = (x - mean[c]) * invstd[c] * gamma[c] + beta[c]
+    return y, mean, invstd, running_mean, running_var
+
+
+def batchnorm_backward(x, gamma, dy, mean, invstd, *, training=True):
+    """Gradients (dx, dgamma, dbeta) of batchnorm_forward given dy, from the statistics that the
+    forward pass returned. In training mode mean and invstd depend on x:
+    dx = invstd / M * (M * g - sum(g) - xhat * sum(g * xhat)) with g = dy * gamma per channel."""
+    x, gamma, dy, mean, invstd = _f64(x), _f64(gamma), _f64(dy), _f64(mean), _f64(invstd)
+    c = (slice(None), None, None)
+    xhat = (x - mean[c]) * invstd[c]
+    dgamma = (dy * xhat).sum(axis=(0, 2, 3))
+    dbeta = dy.sum(axis=(0, 2, 3))
+    g = dy * gamma[c]
+    if not training:
+        return g * invstd[c], dgamma, dbeta
+    M = x.shape[0] * x.shape[2] * x.shape[3]
+    sum_g = g.sum(axis=(0, 2, 3))
+    sum_gx = (g * xhat).sum(axis=(0, 2, 3))
+    dx = invstd[c] / M * (M * g - sum_g[c] - xhat * sum_gx[c])
+    return dx, dgamma, dbeta
+
+
+def global_avgpool_forward(x):
+    """(N, C, H, W) -> (N, C): the mean over H and W."""
+    return _f64(x).mean(axis=(2, 3))
+
+
+def global_avgpool_backward(x, dy):
+    """dx = dy / (H * W) spread over each plane."""
+    N, C, H, W = np.shape(x)
+    return np.broadcast_to(_f64(dy)[:, :, None, None] / (H * W), (N, C, H, W)).copy()
+
+
+def shortcut(x, K, stride):
+    """He et al.'s option A: x[:, :, ::stride, ::stride], then zero channels up to K."""
+    x = _f64(x)[:, :, ::stride, ::stride]
+    N, C, P, Q = x.shape
+    return np.concatenate([x, np.zeros((N, K - C, P, Q))], axis=1)
+
+
+def residual_add_forward(main, x, stride, *, relu=False):
+    """main + shortcut(x), with max(., 0) when relu."""
+    y = _f64(main) + shortcut(x, np.shape(main)[1], stride)
+    return np.maximum(y, 0) if relu else y
+
+
+def residual_add_backward(dy, grad, stride):
+    """grad + the shortcut's adjoint applied to dy: dy's first C channels scattered back to the
+    subsampled positions of x (N, C, H, W), zeros elsewhere."""
+    grad = _f64(grad).copy()
+    C = grad.shape[1]
+    grad[:, :, ::stride, ::stride] += _f64(dy)[:, :C]
+    return grad
+
+
+# --------------------------------------------------------------------------
 # Softmax cross-entropy, mean over the batch
 # --------------------------------------------------------------------------
 

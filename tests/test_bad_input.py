@@ -70,6 +70,18 @@ def good(op, dtype=np.float32):
         return dict(param=r(10), grad=r(10), velocity=r(10) * 0.1, lr=1e-2)
     if op == "sparsity_count":
         return dict(w=r(3, 4), threshold=0.1)
+    if op == "batchnorm_forward":
+        return dict(x=r(2, 3, 4, 5), gamma=r(3), beta=r(3), running_mean=r(3), running_var=np.abs(r(3)) + 0.5)
+    if op == "batchnorm_backward":
+        return dict(x=r(2, 3, 4, 5), gamma=r(3), dy=r(2, 3, 4, 5), mean=r(3), invstd=np.abs(r(3)) + 0.5)
+    if op == "global_avgpool_forward":
+        return dict(x=r(2, 3, 4, 5))
+    if op == "global_avgpool_backward":
+        return dict(x=r(2, 3, 4, 5), dy=r(2, 3))
+    if op == "residual_add_forward":
+        return dict(main=r(2, 6, 2, 3), x=r(2, 3, 4, 5), stride=2)
+    if op == "residual_add_backward":
+        return dict(dy=r(2, 6, 2, 3), grad=r(2, 3, 4, 5), stride=2)
     raise AssertionError(op)
 
 
@@ -89,10 +101,17 @@ FLOAT_ARGS = {
     "adam_update": ["param", "grad", "m", "v"],
     "sgd_update": ["param", "grad", "velocity"],
     "sparsity_count": ["w"],
+    "batchnorm_forward": ["x", "gamma", "beta", "running_mean", "running_var"],
+    "batchnorm_backward": ["x", "gamma", "dy", "mean", "invstd"],
+    "global_avgpool_forward": ["x"],
+    "global_avgpool_backward": ["x", "dy"],
+    "residual_add_forward": ["main", "x"],
+    "residual_add_backward": ["dy", "grad"],
 }
 ARRAY_ARGS = {op: FLOAT_ARGS[op] + (["labels"] if op == "softmax_cross_entropy" else []) for op in OPS}
-# arrays a kernel writes into
-WRITTEN = {"adam_update": ["param", "m", "v"], "sgd_update": ["param", "velocity"], "penalty_gradient": ["grad"]}
+# arrays a kernel writes into (batch norm's running statistics in training mode, the default)
+WRITTEN = {"adam_update": ["param", "m", "v"], "sgd_update": ["param", "velocity"], "penalty_gradient": ["grad"],
+           "batchnorm_forward": ["running_mean", "running_var"]}
 UPDATES = ("adam_update", "sgd_update")
 assert set(FLOAT_ARGS) == set(OPS)
 
@@ -177,6 +196,22 @@ def check_good_result(op, kw, out):
         assert out is None  # with_penalty=False; the gradient itself is checked in test_ops
     elif op == "sparsity_count":
         assert out == ref.sparsity_count(kw["w"], kw["threshold"])
+    elif op == "batchnorm_forward":  # training: the running statistics do not enter the results
+        want = ref.batchnorm_forward(kw["x"], kw["gamma"], kw["beta"], kw["running_mean"], kw["running_var"])
+        for got, exp in zip(out, want[:3]):
+            np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-5)
+    elif op == "batchnorm_backward":
+        want = ref.batchnorm_backward(kw["x"], kw["gamma"], kw["dy"], kw["mean"], kw["invstd"])
+        for got, exp in zip(out, want):
+            np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-4)
+    elif op == "global_avgpool_forward":
+        np.testing.assert_allclose(out, ref.global_avgpool_forward(kw["x"]), rtol=1e-5, atol=1e-6)
+    elif op == "global_avgpool_backward":
+        np.testing.assert_allclose(out, ref.global_avgpool_backward(kw["x"], kw["dy"]), rtol=1e-6)
+    elif op == "residual_add_forward":
+        np.testing.assert_allclose(out, ref.residual_add_forward(kw["main"], kw["x"], kw["stride"]), rtol=1e-6)
+    elif op == "residual_add_backward":
+        np.testing.assert_allclose(out, ref.residual_add_backward(kw["dy"], kw["grad"], kw["stride"]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -190,6 +225,9 @@ def test_good_input_runs(op, dtype):
         assert not np.array_equal(kw["param"], before["param"][0])  # it did update in place
     elif op == "penalty_gradient":
         assert not np.array_equal(kw["grad"], before["grad"][0])
+    elif op == "batchnorm_forward":
+        assert not np.array_equal(kw["running_mean"], before["running_mean"][0])
+        assert not np.array_equal(kw["running_var"], before["running_var"][0])
     else:
         assert_unchanged(kw, before)  # inputs are only read
 
@@ -227,6 +265,14 @@ def test_any_integer_label_dtype_is_accepted(dtype):
     kw = good("softmax_cross_entropy")
     loss, _, _ = ops.softmax_cross_entropy(kw["logits"], kw["labels"].astype(dtype))
     assert loss == pytest.approx(ref.softmax_cross_entropy(kw["logits"], kw["labels"])[0], rel=1e-5)
+
+
+def test_batchnorm_evaluation_only_reads_the_running_statistics():
+    kw = good("batchnorm_forward", np.float64)
+    want = ref.batchnorm_forward(**kw, training=False)
+    kw["running_mean"], kw["running_var"] = ro(kw["running_mean"]), ro(kw["running_var"])
+    for got, exp in zip(ops.batchnorm_forward(**kw, training=False), want):
+        np.testing.assert_allclose(got, exp, rtol=1e-12)
 
 
 def test_empty_arrays_where_any_shape_is_allowed():
@@ -378,6 +424,9 @@ RANKED = [("conv2d_forward", "x"), ("conv2d_forward", "w"), ("conv2d_forward", "
           ("dense_forward", "x"), ("dense_forward", "w"), ("dense_forward", "b"),
           ("dense_backward", "x"), ("dense_backward", "w"), ("dense_backward", "dy"),
           ("softmax_cross_entropy", "logits"), ("softmax_cross_entropy", "labels")]
+RANKED += [(op, a) for op in ("batchnorm_forward", "batchnorm_backward", "global_avgpool_forward",
+                              "global_avgpool_backward", "residual_add_forward", "residual_add_backward")
+           for a in FLOAT_ARGS[op]]
 
 
 @pytest.mark.parametrize("op,arg", RANKED)
@@ -393,6 +442,12 @@ def test_wrong_rank_is_value_error(op, arg):
 
 def arr(*shape, dtype=np.float32):
     return np.ones(shape, dtype)
+
+
+def ro(a):
+    c = a.copy()
+    c.flags.writeable = False
+    return c
 
 
 VE, TE = ValueError, TypeError
@@ -467,6 +522,50 @@ SHAPE_CASES = [
       r"m: expected memory separate from param", "m-is-a-view-of-param"),
     p("adam_update", {"m": lambda a: a["v"][:]}, VE,
       r"v: expected memory separate from m", "m-is-a-slice-of-v"),
+    # batchnorm: per-channel vectors, one value per channel, outputs
+    p("batchnorm_forward", {"gamma": arr(4)}, VE, r"gamma: expected dimension 0 to be 3", "gamma-length"),
+    p("batchnorm_forward", {"beta": arr(2)}, VE, r"beta: expected dimension 0 to be 3", "beta-length"),
+    p("batchnorm_forward", {"running_mean": arr(4)}, VE, r"running_mean: expected dimension 0 to be 3",
+      "running_mean-length"),
+    p("batchnorm_forward", {"running_var": arr(3, 1)}, VE, r"running_var: expected a 1-d array", "running_var-2d"),
+    p("batchnorm_forward", {"x": arr(0, 3, 4, 5)}, VE, r"x: expected every dimension", "batch-0"),
+    p("batchnorm_forward", {"x": arr(2, 3, 4, 0)}, VE, r"x: expected every dimension", "W-0"),
+    p("batchnorm_forward", {"x": arr(1, 3, 1, 1)}, VE,
+      r"x: expected more than one value per channel in training mode \(N \* H \* W > 1\) but got shape \(1, 3, 1, 1\)",
+      "one-value-per-channel"),
+    p("batchnorm_forward", {"running_var": lambda a: a["running_mean"]}, VE,
+      r"running_var: expected memory separate from running_mean", "running_var-is-running_mean"),
+    p("batchnorm_forward", {"running_mean": lambda a: ro(a["running_mean"])}, VE,
+      r"running_mean: expected a writable array", "running_mean-read-only-in-training"),
+    p("batchnorm_forward", {"mean": arr(4)}, VE, r"mean: expected shape \(3,\) but got \(4,\)", "mean-out-shape"),
+    p("batchnorm_forward", {"invstd": lambda a: a["gamma"]}, VE, r"invstd: expected memory separate from gamma",
+      "invstd-is-gamma"),
+    p("batchnorm_forward", {"out": lambda a: a["x"]}, VE, r"out: expected memory separate from x", "out-is-x"),
+    p("batchnorm_backward", {"dy": arr(2, 3, 4, 4)}, VE, r"dy: expected the shape of x", "dy-shape"),
+    p("batchnorm_backward", {"mean": arr(2)}, VE, r"mean: expected dimension 0 to be 3", "mean-length"),
+    p("batchnorm_backward", {"invstd": arr(4)}, VE, r"invstd: expected dimension 0 to be 3", "invstd-length"),
+    p("batchnorm_backward", {"gamma": arr(1)}, VE, r"gamma: expected dimension 0 to be 3", "gamma-length"),
+    p("batchnorm_backward", {"dx": lambda a: a["dy"]}, VE, r"dx: expected memory separate from dy", "dx-is-dy"),
+    p("batchnorm_backward", {"x": arr(0, 3, 4, 5), "dy": arr(0, 3, 4, 5)}, VE, r"x: expected every dimension",
+      "batch-0"),
+    # global average pooling
+    p("global_avgpool_forward", {"x": arr(2, 0, 4, 5)}, VE, r"x: expected every dimension", "C-0"),
+    p("global_avgpool_backward", {"dy": arr(2, 4)}, VE, r"dy: expected the output shape \(N, C\) = \(2, 3\)",
+      "dy-channels"),
+    p("global_avgpool_backward", {"dy": arr(3, 3)}, VE, r"dy: expected the output shape", "dy-batch"),
+    # residual add: the block output's shape follows from x and stride
+    p("residual_add_forward", {"main": arr(2, 6, 2, 2)}, VE,
+      r"main: expected shape \(N, K, P, Q\) with N = 2, K >= C = 3, \(P, Q\) = \(2, 3\)", "main-width"),
+    p("residual_add_forward", {"main": arr(2, 2, 2, 3)}, VE, r"main: expected shape \(N, K, P, Q\) with N = 2, K >= C",
+      "main-fewer-channels-than-x"),
+    p("residual_add_forward", {"main": arr(3, 6, 2, 3)}, VE, r"main: expected shape", "main-batch"),
+    p("residual_add_forward", {"stride": 1}, VE, r"main: expected shape .* \(P, Q\) = \(4, 5\)",
+      "main-for-other-stride"),
+    p("residual_add_forward", {"x": arr(2, 3, 0, 5)}, VE, r"x: expected every dimension", "x-H-0"),
+    p("residual_add_forward", {"out": lambda a: a["x"]}, VE, r"out: expected shape", "out-shape-of-x"),
+    p("residual_add_backward", {"dy": arr(2, 6, 3, 3)}, VE, r"dy: expected shape \(N, K, P, Q\)", "dy-height"),
+    p("residual_add_backward", {"grad": arr(2, 7, 4, 5)}, VE, r"dy: expected shape .*K >= C = 7", "grad-more-channels"),
+    p("residual_add_backward", {"out": lambda a: a["dy"]}, VE, r"out: expected shape", "out-shape-of-dy"),
 ]
 
 
@@ -552,6 +651,33 @@ for _op, _names in (("penalty", ("l1", "l2")), ("adam_update", ("l1", "l2")), ("
         ]
 
 SCALAR_CASES += [
+    p("batchnorm_forward", {"momentum": -0.1}, VE, r"momentum: expected a number in \[0, 1\] but got -0.1",
+      "momentum-negative"),
+    p("batchnorm_forward", {"momentum": 1.5}, VE, r"momentum: expected a number in \[0, 1\]", "momentum-1.5"),
+    p("batchnorm_forward", {"momentum": NAN}, VE, r"momentum: expected a number in \[0, 1\] but got nan",
+      "momentum-nan"),
+    p("batchnorm_forward", {"momentum": "0.1"}, TE, r"momentum: expected a real number but got str", "momentum-str"),
+    p("batchnorm_forward", {"momentum": None}, TE, r"momentum: expected a real number", "momentum-None"),
+    p("batchnorm_forward", {"eps": 0}, VE, r"eps: expected a finite number > 0", "eps-0"),
+    p("batchnorm_forward", {"eps": -1e-5}, VE, r"eps: expected a finite number > 0", "eps-negative"),
+    p("batchnorm_forward", {"eps": INF}, VE, r"eps: expected a finite number > 0 but got inf", "eps-inf"),
+    p("batchnorm_forward", {"eps": NAN}, VE, r"eps: expected a finite number > 0", "eps-nan"),
+    p("batchnorm_forward", {"eps": True}, TE, r"eps: expected a real number but got bool", "eps-True"),
+    p("batchnorm_forward", {"training": 1}, TE, r"training: expected True or False but got 1", "training-1"),
+    p("batchnorm_backward", {"training": None}, TE, r"training: expected True or False", "training-None"),
+    p("residual_add_forward", {"relu": "yes"}, TE, r"relu: expected True or False", "relu-str"),
+]
+for _op in ("residual_add_forward", "residual_add_backward"):
+    SCALAR_CASES += [
+        p(_op, {"stride": 0}, VE, r"stride: expected an integer >= 1 but got 0", "stride-0"),
+        p(_op, {"stride": -2}, VE, r"stride: expected an integer >= 1", "stride-negative"),
+        p(_op, {"stride": 2**70}, VE, r"stride: expected an integer >= 1", "stride-2**70"),
+        p(_op, {"stride": 2.0}, TE, r"stride: expected an integer >= 1 but got float", "stride-2.0"),
+        p(_op, {"stride": True}, TE, r"stride: expected an integer >= 1 but got bool", "stride-True"),
+        p(_op, {"stride": None}, TE, r"stride: expected an integer", "stride-None"),
+    ]
+
+SCALAR_CASES += [
     p("adam_update", {"step": 0}, VE, r"step: expected an integer >= 1 but got 0", "step-0"),
     p("adam_update", {"step": -1}, VE, r"step: expected an integer >= 1 but got -1", "step--1"),
     p("adam_update", {"step": 2**70}, VE, r"step: expected an integer >= 1", "step-2**70"),
@@ -635,11 +761,18 @@ def _overlap_param_m():
     return {"param": buf[0:10], "m": buf[5:15]}
 
 
+def _overlap_main_out():  # in place is allowed, a shifted view is not
+    buf = np.ones(2 * 6 * 2 * 3 + 1, np.float32)
+    return {"main": buf[:-1].reshape(2, 6, 2, 3), "out": buf[1:].reshape(2, 6, 2, 3)}
+
+
 BIG = 10**400  # a Python int too large for a double
 REGRESSION_CASES = [
     p("adam_update", _overlap_m_v(), VE, r"(m|v): expected .*(different|overlap)", "m-v-partially-overlap"),
     p("adam_update", _overlap_param_m(), VE, r"(param|m): expected .*(different|overlap)",
       "param-m-partially-overlap"),
+    p("residual_add_forward", _overlap_main_out(), VE, r"out: expected memory separate from main",
+      "out-partially-overlaps-main"),
     p("relu_forward", {"x": np.ma.masked_array(np.array([-1.0, 2.0], np.float32), mask=[0, 1])}, TE,
       r"x: expected", "numpy-masked-array"),
     p("penalty", {"w": np.ma.masked_array(np.array([1.0, 5.0], np.float32), mask=[0, 1])}, TE,
@@ -666,7 +799,8 @@ def test_regressions(op, overrides, exc, pattern):
 
 
 RAISING_INDEX = [("conv2d_forward", "padding"), ("conv2d_backward", "padding"),
-                 ("adam_update", "step"), ("adam_update", "penalized")]
+                 ("adam_update", "step"), ("adam_update", "penalized"),
+                 ("residual_add_forward", "stride"), ("residual_add_backward", "stride")]
 
 
 def test_integer_argument_whose_index_raises_does_not_crash():

@@ -13,8 +13,8 @@ RTOL, ATOL = 1e-6, 1e-8
 
 def on(backend, op):
     """op on the backend, called with NumPy float64 arrays and returning NumPy arrays."""
-    def run(*args):
-        out = op(*(backend.to_device(a) if isinstance(a, np.ndarray) else a for a in args))
+    def run(*args, **kwargs):
+        out = op(*(backend.to_device(a) if isinstance(a, np.ndarray) else a for a in args), **kwargs)
         return tuple(backend.to_host(o) for o in out) if isinstance(out, tuple) else backend.to_host(out)
     return run
 
@@ -93,3 +93,43 @@ def test_penalty_subgradient(backend, l1, l2):
     print(f"penalty gradient: max abs error {np.max(np.abs(fused[away] - numeric[away])):.3e}")
     np.testing.assert_allclose(fused[away], numeric[away], rtol=RTOL, atol=ATOL)
     np.testing.assert_array_equal(fused[~away], 0.0)  # sign(0) = 0 and 2*l2*0 = 0
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 3, 5), (4, 2, 1, 1)], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
+def test_batchnorm(backend, shape, training):
+    rng = np.random.default_rng(30)
+    C = shape[1]
+    x, gamma, beta = rng.standard_normal(shape) + 0.5, rng.standard_normal(C), rng.standard_normal(C)
+    running_mean, running_var = rng.standard_normal(C), 0.5 + rng.random(C)
+    forward, backward = on(backend, ops.batchnorm_forward), on(backend, ops.batchnorm_backward)
+
+    def bn(x, gamma, beta):  # fresh running statistics each call: the forward pass updates them
+        return forward(x, gamma, beta, running_mean.copy(), running_var.copy(), training=training, eps=1e-3)
+
+    def grads(x, gamma, beta, dy):
+        _, mean, invstd = bn(x, gamma, beta)
+        return backward(x, gamma, dy, mean, invstd, training=training)
+
+    check_backward(lambda *a: bn(*a)[0], grads, [x, gamma, beta], wrt=[0, 1, 2], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7)], ids=str)
+def test_global_avgpool(backend, shape):
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal(shape)
+    forward, backward = on(backend, ops.global_avgpool_forward), on(backend, ops.global_avgpool_backward)
+    check_backward(forward, backward, [x], wrt=[0], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("case", [(2, 3, 5, 7, 3, 1), (2, 3, 5, 7, 6, 2), (1, 2, 4, 6, 5, 3)],
+                         ids=lambda c: "x".join(map(str, c)))
+def test_residual_add(backend, case):
+    N, C, H, W, K, stride = case
+    rng = np.random.default_rng(32)
+    main, x = rng.standard_normal((N, K, -(-H // stride), -(-W // stride))), rng.standard_normal((N, C, H, W))
+    forward, backward = on(backend, ops.residual_add_forward), on(backend, ops.residual_add_backward)
+    # The gradient of main is dy itself; that of x is the shortcut's, added to a zero branch gradient.
+    check_backward(lambda main, x: forward(main, x, stride),
+                   lambda main, x, dy: (dy, backward(dy, np.zeros_like(x), stride)),
+                   [main, x], wrt=[0, 1], rtol=RTOL, atol=ATOL)

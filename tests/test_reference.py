@@ -312,3 +312,77 @@ def test_sparsity_count():
     assert ref.sparsity_count(w, 0.5) == 6
     assert ref.sparsity_count(w, 0.75) == 8
     assert isinstance(ref.sparsity_count(w, 0.0), int)
+
+
+# --------------------------------------------------------------------------
+# Batch normalization, global average pooling, residual add (ResNet)
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 4, 5), (3, 2, 1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_gradients(shape, training):
+    rng = np.random.default_rng(sum(shape))
+    C = shape[1]
+    x, gamma, beta = rng.standard_normal(shape), rng.standard_normal(C), rng.standard_normal(C)
+    rmean, rvar = rng.standard_normal(C), 0.5 + rng.random(C)
+
+    def forward(x, gamma, beta):
+        return ref.batchnorm_forward(x, gamma, beta, rmean, rvar, training=training, eps=1e-3)
+
+    def backward(x, gamma, beta, dy):
+        _, mean, invstd, _, _ = forward(x, gamma, beta)
+        return ref.batchnorm_backward(x, gamma, dy, mean, invstd, training=training)
+
+    check_backward(lambda *a: forward(*a)[0], backward, [x, gamma, beta], wrt=[0, 1, 2],
+                   rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+def test_batchnorm_hand_example():
+    # One channel of values 1 and 3: mean 2, biased variance 1, unbiased 2.
+    x = np.array([1.0, 3.0]).reshape(1, 1, 1, 2)
+    y, mean, invstd, rmean, rvar = ref.batchnorm_forward(x, np.array([2.0]), np.array([0.5]), np.array([1.0]),
+                                                         np.array([1.0]), momentum=0.1, eps=0.0)
+    np.testing.assert_allclose(y.ravel(), [-1.5, 2.5], rtol=EXACT_RTOL)
+    np.testing.assert_allclose([mean[0], invstd[0], rmean[0], rvar[0]], [2.0, 1.0, 1.1, 1.1], rtol=EXACT_RTOL)
+    # Evaluation: the running statistics normalize, unchanged.
+    y, mean, invstd, rmean, rvar = ref.batchnorm_forward(x, np.array([1.0]), np.array([0.0]), np.array([1.0]),
+                                                         np.array([4.0]), training=False, eps=0.0)
+    np.testing.assert_allclose(y.ravel(), [0.0, 1.0], rtol=EXACT_RTOL)
+    assert rmean[0] == 1.0 and rvar[0] == 4.0
+    # The gradient of a normalized output does not see a shift of dy that is constant over
+    # the channel (the batch mean absorbs it), so dx = 0 for a constant dy.
+    dx, dgamma, dbeta = ref.batchnorm_backward(x, np.array([2.0]), np.full((1, 1, 1, 2), 3.0), np.array([2.0]),
+                                               np.array([1.0]))
+    np.testing.assert_allclose(dx.ravel(), [0.0, 0.0], atol=EXACT_ATOL)
+    np.testing.assert_allclose([dgamma[0], dbeta[0]], [0.0, 6.0], atol=EXACT_ATOL)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 4, 5)])
+def test_global_avgpool_gradient_and_values(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(ref.global_avgpool_forward(x), x.reshape(*shape[:2], -1).mean(axis=2),
+                               rtol=EXACT_RTOL)
+    check_backward(ref.global_avgpool_forward, ref.global_avgpool_backward, [x], wrt=[0],
+                   rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+def test_residual_add_hand_example():
+    x = np.arange(1.0, 7.0).reshape(1, 1, 2, 3)          # [[1, 2, 3], [4, 5, 6]]
+    main = np.full((1, 2, 1, 2), -2.5)
+    y = ref.residual_add_forward(main, x, 2)             # x[::2, ::2] = [[1, 3]], then a zero channel
+    np.testing.assert_array_equal(y[0, 0], [[-1.5, 0.5]])
+    np.testing.assert_array_equal(y[0, 1], [[-2.5, -2.5]])
+    np.testing.assert_array_equal(ref.residual_add_forward(main, x, 2, relu=True)[0, 0], [[0.0, 0.5]])
+    dy = np.array([10.0, 20.0, 30.0, 40.0]).reshape(1, 2, 1, 2)
+    grad = ref.residual_add_backward(dy, np.ones((1, 1, 2, 3)), 2)
+    np.testing.assert_array_equal(grad[0, 0], [[11.0, 1.0, 21.0], [1.0, 1.0, 1.0]])
+
+
+@pytest.mark.parametrize("N,C,H,W,K,stride", [(2, 3, 5, 7, 3, 1), (2, 3, 5, 7, 6, 2), (1, 2, 4, 6, 5, 3)])
+def test_residual_add_gradients(N, C, H, W, K, stride):
+    rng = np.random.default_rng(N + C + H + W + K + stride)
+    main, x = rng.standard_normal((N, K, -(-H // stride), -(-W // stride))), rng.standard_normal((N, C, H, W))
+    check_backward(lambda main, x: ref.residual_add_forward(main, x, stride),
+                   lambda main, x, dy: (dy, ref.residual_add_backward(dy, np.zeros_like(x), stride)),
+                   [main, x], wrt=[0, 1], rtol=GRAD_RTOL, atol=GRAD_ATOL)

@@ -41,6 +41,21 @@ struct XentTotals {
                                         bool relu STREAM);                                                      \
   template <class T> void dense_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db,              \
                                          const DenseShape& s STREAM);                                           \
+  /* Training mode: the batch statistics go to mean and invstd (C,) and update running_mean and */             \
+  /* running_var in place; evaluation mode: mean and invstd are those of the running statistics. */              \
+  template <class T> void batchnorm_forward(const T* x, const T* gamma, const T* beta, T* running_mean,          \
+                                            T* running_var, T* y, T* mean, T* invstd, const ChannelShape& s,    \
+                                            const BatchNormParams& p STREAM);                                   \
+  template <class T> void batchnorm_backward(const T* x, const T* gamma, const T* dy, const T* mean,             \
+                                             const T* invstd, T* dx, T* dgamma, T* dbeta, const ChannelShape& s, \
+                                             bool training STREAM);                                             \
+  template <class T> void global_avgpool_forward(const T* x, T* y, const ChannelShape& s STREAM);              \
+  template <class T> void global_avgpool_backward(const T* dy, T* dx, const ChannelShape& s STREAM);           \
+  /* y = main + shortcut(x) (math/residual.h), ReLU'd when relu; y may be main itself. */                      \
+  template <class T> void residual_add_forward(const T* main, const T* x, T* y, const ShortcutShape& s,          \
+                                               bool relu STREAM);                                               \
+  /* out = grad + the shortcut's gradient from dy; out may be grad itself. */                                  \
+  template <class T> void residual_add_backward(const T* dy, const T* grad, T* out, const ShortcutShape& s STREAM); \
   /* into: [loss_sum, correct, bad_labels] */                                                                \
   template <class T> XentTotals softmax_cross_entropy(const T* logits, IntArray labels, T* dlogits, int64_t N,  \
                                                       int64_t classes, double* into STREAM);                  \

@@ -20,6 +20,25 @@ struct PoolShape {
   int64_t N, C, H, W, P, Q;
 };
 
+// Per-channel ops over an activation (N, C, H, W) seen as (N, C, HW): batch normalization and
+// global average pooling.
+struct ChannelShape {
+  int64_t N, C, HW;
+};
+
+// Batch normalization's mode and constants. training: batch statistics, running ones updated;
+// else the running statistics normalize.
+struct BatchNormParams {
+  bool training;
+  double momentum, eps;
+};
+
+// The residual add of a ResNet block with the option-A shortcut: y (N, K, P, Q) = main +
+// shortcut(x), x (N, C, H, W), C <= K, P = ceil(H / stride), Q = ceil(W / stride).
+struct ShortcutShape {
+  int64_t N, C, H, W, K, P, Q, stride;
+};
+
 // y (N, out) = x (N, in) . w (out, in)^T + b (out)
 struct DenseShape {
   int64_t N, in, out;
