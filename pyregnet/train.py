@@ -259,7 +259,7 @@ def _checkpoint_problem(state):
         config = Config(**json.loads(str(state["config"])))
         arrays = checkpoint_arrays(config)
     except (ValueError, TypeError, KeyError) as e:
-        return f"its config is not what this pyregnet writes ({type(e).__name__}: {e})"
+        return f"its config or history is not what this pyregnet writes ({type(e).__name__}: {e})"
     missing = [k for k in arrays if k not in state]
     if missing:
         return f"it lacks {', '.join(missing)}"
@@ -274,7 +274,7 @@ def _checkpoint_problem(state):
     try:
         history = json.loads(str(state["history"]))
     except ValueError as e:
-        return f"its history is not what this pyregnet writes ({type(e).__name__}: {e})"
+        return f"its config or history is not what this pyregnet writes ({type(e).__name__}: {e})"
     if not isinstance(history, list) or len(history) != int(state["epoch"]):
         return f"its history does not hold its {int(state['epoch'])} epochs"
     return None
