@@ -1,4 +1,4 @@
-"""Shared benchmark helpers (DESIGN.md §3, convention 8): where and on what a number was measured
+"""Shared benchmark helpers (docs/design.md §3, convention 9): where and on what a number was measured
 (device, commit, date, versions), timing with warm-up (perf_counter on the CPU, CUDA events on
 the GPU), the median and spread of the samples, the roofline denominators (measured copy
 bandwidth and practical peak FLOP/s) and atomic JSON output under bench/results/.

@@ -1,4 +1,4 @@
-"""Training and evaluation epochs with no host in the loop (DESIGN.md §2).
+"""Training and evaluation epochs with no host in the loop (docs/design.md §2).
 
 Everything a step touches lives on the run's device and is allocated once: the uint8 data set,
 the epoch's sample order, the activations (model.Activations), a clock and the metric sums. A
@@ -32,7 +32,7 @@ from . import model, ops
 LOSS, CORRECT, BAD_LABELS, BAD_INDICES, PENALTY_FULL, PENALTY_LAST = range(6)
 PENALTY_MODES = ("fused", "unfused", "loss")  # how the penalty gradient is applied: the same numbers
 PENALTY_STEPS = ("gradient", "proximal")  # the penalty before the optimizer step, or after it (fused only)
-MAX_SHIFT = 3  # augmentation shifts of ±3 px, 10% of 32 (DESIGN.md §1)
+MAX_SHIFT = 3  # augmentation shifts of ±3 px, 10% of 32 (docs/design.md §1)
 
 
 class Program:

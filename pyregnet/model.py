@@ -1,11 +1,11 @@
-"""The paper's CNN (DESIGN.md §1) over one flat parameter buffer, forward and backward through
+"""The paper's CNN (docs/design.md §1) over one flat parameter buffer, forward and backward through
 the pyregnet.ops kernels, on whichever device its arrays live (NumPy: CPU, CuPy: GPU).
 
     conv 3->32 3x3 valid, ReLU, maxpool 2x2  -> (32, 15, 15)
     conv 32->64 3x3 valid, ReLU, maxpool 2x2 -> (64, 6, 6) -> flatten 2304
     dense 2304->128, ReLU -> dense 128->10 -> softmax (in the loss)
 
-Parameters live in one flat buffer, kernels first and biases last (DESIGN.md §2), so the fused
+Parameters live in one flat buffer, kernels first and biases last (docs/design.md §2), so the fused
 penalty + Adam update is one launch with the penalty on the leading `n_kernel` elements.
 """
 

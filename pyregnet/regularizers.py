@@ -1,4 +1,4 @@
-"""The penalty spec: which regularizer, with which λ (DESIGN.md §1, the paper's eq. 1-3).
+"""The penalty spec: which regularizer, with which λ (docs/design.md §1, the paper's eq. 1-3).
 
     none   0
     l1     λ1 Σ|w|

@@ -16,7 +16,7 @@ METHODS = ("none", "l1", "l2", "l1l2")
 REGIMES = {"E3": "no augmentation (E3; its baseline runs are E1's)", "E4": "with augmentation (E4)"}
 NO_DIFFERENCE_PP = 0.5  # "no difference" needs the whole 95% interval inside ± this
 ALPHA = 0.05
-# Paper's numbers, read off its text (single runs): DESIGN.md §1.
+# Paper's numbers, read off its text (single runs): docs/design.md §1.
 PAPER = {"none": "12 epochs: train ≈85%, val 65–70%, val loss rising", "l1": "20 epochs: train ≈73%, val close",
          "l2": "train ≈70%, val close", "l1l2": "train ≈74%"}
 

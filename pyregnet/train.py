@@ -1,6 +1,6 @@
 """python -m pyregnet.train: train the paper's CNN on CIFAR-10 with no penalty, L1, L2 or L1L2.
 
-One command runs the paper's experiment (DESIGN.md §1) on the CPU or the GPU and writes, under
+One command runs the paper's experiment (docs/design.md §1) on the CPU or the GPU and writes, under
 --out: metrics.jsonl (one JSON line per epoch), checkpoint.npz (every epoch, atomically),
 config.json and curves.png. --resume continues a run and ends with the metrics an uninterrupted
 run would have: the data order, the augmentation and the initialization are functions of the

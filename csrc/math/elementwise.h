@@ -17,7 +17,7 @@ PYREGNET_HD T relu_grad(T y, T dy) { return y > T(0) ? dy : T(0); }
 template <class T>
 PYREGNET_HD T sign0(T x) { return T((x > T(0)) - (x < T(0))); }
 
-// Gradient of l1*|w| + l2*w^2 (DESIGN.md §1: eq. 1-3, no factor 1/2 on the L2 term).
+// Gradient of l1*|w| + l2*w^2 (docs/design.md §1: eq. 1-3, no factor 1/2 on the L2 term).
 template <class T>
 PYREGNET_HD T penalty_grad(T w, T l1, T l2) { return l1 * sign0(w) + T(2) * l2 * w; }
 

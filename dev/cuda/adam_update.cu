@@ -1,4 +1,4 @@
-// The fused penalty + Adam update over one flat parameter buffer (DESIGN.md §2): elements
+// The fused penalty + Adam update over one flat parameter buffer (docs/design.md §2): elements
 // [0, n_penalized) are kernel weights and get the L1/L2 penalty gradient, the rest (the biases,
 // at the end of the buffer) do not; optionally the penalty value of the weights before the step,
 // summed in the same pass (the reported loss includes it).

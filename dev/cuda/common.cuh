@@ -3,7 +3,7 @@
 // peak), result validation against a CPU reference, and CUDA-event timing with the L2 flushed.
 //
 // These are stand-alone development programs, not the package: a failed CUDA call prints
-// file:line and exits (DESIGN.md §3.5's "throw, never exit" is for csrc/). The package's own
+// file:line and exits (docs/design.md §3.5's "throw, never exit" is for csrc/). The package's own
 // entry points throw std::runtime_error; each harness's main() catches it and exits nonzero.
 #pragma once
 #include <cuda_runtime.h>
