@@ -3,6 +3,7 @@
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ SHORTER = {
     "python bench/penalty_cost.py": (["--device", "cpu", "--epoch-images", "128", "--epochs", "1",
                                       "--warmup-epochs", "0", "--sizes", "4096", "--repeats", "1", "--warmup", "0",
                                       "--peers", "numpy", "--no-plot", "--json", "penalty.json"], "penalty.json"),
+    "make -C dev/cuda": (["BUILD={scratch}/devcuda", "-j2"], "devcuda/adam_update"),
     "python bench/epoch_time.py": (["--device", "cpu", "--quick", "--train-size", "256", "--val-size", "128",
                                     "--epochs", "1", "--warmup", "0", "--repeats", "2", "--update-sizes", "4096",
                                     "--out", "epoch.json"], "epoch.json"),
@@ -46,9 +48,11 @@ def argv(command, extra):
     """The command as a process argument list: this interpreter, repository files made absolute
     (the command runs in a scratch directory), then the shortening arguments."""
     words = shlex.split(command)
-    assert words[0] == "python", command
-    words[0] = sys.executable
-    words = [str(ROOT / w) if not w.startswith("-") and (ROOT / w).is_file() else w for w in words]
+    assert words[0] in ("python", "make"), command
+    if words[0] == "python":
+        words[0] = sys.executable
+    words = [str(ROOT / w) if not w.startswith("-") and ((ROOT / w).is_file() or (i and words[i - 1] == "-C"))
+             else w for i, w in enumerate(words)]
     return words + extra
 
 
@@ -83,7 +87,10 @@ def test_command_runs(command, scratch):
         if os.environ.get("PYREGNET_REQUIRE_SHARED_DATA"):
             pytest.fail(f"{DATA} is missing, and PYREGNET_REQUIRE_SHARED_DATA is set")
         pytest.skip(f"{DATA} is not on this machine")
+    if command.startswith("make") and not shutil.which("nvcc"):
+        pytest.skip("no nvcc on this machine to build dev/cuda with")
     extra, writes = rule(command)
+    extra = [e.format(scratch=cwd) for e in extra]  # make -C reads paths relative to its own directory
     proc = subprocess.run(argv(command, extra), cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-3000:])
     assert (cwd / writes).is_file(), (command, writes, proc.stdout[-2000:])
