@@ -98,3 +98,21 @@ def plot_prune(result, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_prune_methods(series, path, title=""):
+    """Test accuracy against the fraction of kernel weights that are zero after global magnitude
+    pruning, one line per method: `series` holds, per method, "label", "color", "sparsity" and
+    "test_acc" (means over seeds at each pruning level)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, s in enumerate(series):
+        ax.plot([100 * x for x in s["sparsity"]], [100 * a for a in s["test_acc"]], "o-",
+                color=s.get("color") or f"C{i}", label=s["label"], markersize=4)
+    ax.set(xlabel="kernel weights set to zero (%)", ylabel="test accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -2,7 +2,8 @@
 (docs/experiments.md) as DIR/report.md and figures under DIR/figures/, from the runs' config.json
 and metrics.jsonl alone: per regime the endpoint numbers (mean ± std over seeds), E1's
 overfitting criterion, E2's λ grid, the claims table with paired-by-seed differences, 95% paired-t
-intervals and Holm-corrected p-values, the paper's Figures 10-11 and log10|w| histograms."""
+intervals and Holm-corrected p-values, the paper's Figures 10-11, log10|w| histograms and, for
+runs pruned with `python -m pyregnet.prune`, test accuracy against sparsity."""
 
 import json
 import math
@@ -211,6 +212,61 @@ def claims_table(rows):
     return lines
 
 
+# ---------------------------------------------------------------- what sparsity is worth (pyregnet.prune)
+
+PRUNE_FILE = "prune.json"
+PRUNE_SHOWN = (0.9, 0.99)  # the pruning levels whose accuracy the table shows beside the unpruned one
+
+
+def pruned_curves(groups):
+    """{method: [prune.json's global curve per seed]} for the runs pruned with `python -m
+    pyregnet.prune`; methods whose runs were pruned at different levels are left out (their means
+    would mix levels)."""
+    out = {}
+    for method, runs in groups.items():
+        curves = []
+        for r in runs:
+            path = Path(r["dir"]) / PRUNE_FILE
+            if path.is_file():
+                curves.append(json.loads(path.read_text())["global"])
+        if curves and len({tuple(p["level"] for p in c) for c in curves}) == 1:
+            out[method] = curves
+    return out
+
+
+def pruning_table(groups, curves):
+    """Per method: the pruned seeds, the unpruned test accuracy, the accuracy at PRUNE_SHOWN, and
+    the largest sparsity whose accuracy stays within prune.WITHIN_PP of the unpruned one."""
+    from .prune import WITHIN_PP, largest_within
+    head = ["method", "λ", "seeds pruned", "unpruned test acc (%)",
+            *(f"test acc at {100 * lv:g}% zeros (%)" for lv in PRUNE_SHOWN),
+            f"largest sparsity within {WITHIN_PP:g} pp (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, per_seed in curves.items():
+        c = groups[method][0]["config"]
+        levels = [p["level"] for p in per_seed[0]]
+        cells = [sweep.METHOD_NAMES[method], sweep.lambda_text(method, c["l1"], c["l2"]), str(len(per_seed)),
+                 _pm([curve[0]["test_acc"] for curve in per_seed])]
+        for level in PRUNE_SHOWN:
+            cells.append(_pm([curve[levels.index(level)]["test_acc"] for curve in per_seed])
+                         if level in levels else "not pruned at this level")
+        cells.append(_pm([largest_within(curve) for curve in per_seed], digits=1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def pruning_figure(groups, curves, path, regime):
+    from .plots import plot_prune_methods
+    series = []
+    for method, per_seed in curves.items():
+        c = groups[method][0]["config"]
+        series.append({"label": sweep.method_label(method, c["l1"], c["l2"]), "color": sweep.METHOD_COLORS[method],
+                       "sparsity": [statistics.fmean(pts) for pts in zip(*([p["sparsity"] for p in cv] for cv in per_seed))],
+                       "test_acc": [statistics.fmean(pts) for pts in zip(*([p["test_acc"] for p in cv] for cv in per_seed))]})
+    plot_prune_methods(series, path, f"{regime}: test accuracy after global magnitude pruning (mean over seeds)")
+    return path
+
+
 # ---------------------------------------------------------------- figures and the report
 
 def _mean_std(values):
@@ -290,6 +346,12 @@ def write_report(root, log=print):
                       f"this table; 'no difference' needs the interval inside ±{NO_DIFFERENCE_PP} pp.", "",
                       *claims_table(rows), ""]
         paths = figures(groups, root / "figures", regime)
+        curves = pruned_curves(groups)
+        if curves:
+            lines += ["What the weights are worth once the smallest are removed (`python -m pyregnet.prune`: global "
+                      "magnitude pruning of the final weights, test set; mean ± std over the pruned seeds):", "",
+                      *pruning_table(groups, curves), ""]
+            paths.append(pruning_figure(groups, curves, root / "figures" / f"{regime}_pruning.png", regime))
         lines += ["Figures: " + ", ".join(f"[{p.name}](figures/{p.name})" for p in paths) + "."]
     out = root / "report.md"
     out.write_text("\n".join(lines) + "\n")

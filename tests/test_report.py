@@ -94,6 +94,29 @@ def test_verdict_rules():
     assert report.claim_verdict(["supported", "inconclusive"]) == "not shown (in part supported)"
 
 
+def fake_prune(run_dir, accs, sparsities=None, levels=(0.0, 0.5, 0.9, 0.99)):
+    """A prune.json as python -m pyregnet.prune writes it: test accuracy `accs` at `levels`."""
+    sparsities = sparsities or levels
+    points = [{"level": lv, "sparsity": sp, "test_acc": a, "test_loss": 1.0} for lv, sp, a in zip(levels, sparsities, accs)]
+    (run_dir / "prune.json").write_text(json.dumps({"run": run_dir.name, "global": points}))
+
+
+def test_report_pruning_table_and_figure(root):
+    # L1: within 1 pp up to 90% zeros on seed 0 and up to 50% on seed 1 -> 70.0 ± 28.3;
+    # L2 pruned on one seed only, at other levels on a second seed: that seed's curve mixes levels,
+    # so L2 is left out rather than averaged across levels.
+    fake_prune(root / "E3" / sweep.Spec("l1", 1e-5, 0.0, 0).name, [0.70, 0.70, 0.695, 0.50])
+    fake_prune(root / "E3" / sweep.Spec("l1", 1e-5, 0.0, 1).name, [0.72, 0.715, 0.70, 0.40])
+    fake_prune(root / "E3" / sweep.Spec("l2", 0.0, 1e-4, 0).name, [0.70, 0.70, 0.70, 0.70])
+    fake_prune(root / "E3" / sweep.Spec("l2", 0.0, 1e-4, 1).name, [0.70, 0.70], levels=(0.0, 0.8))
+    assert sweep.main(["report", "--root", str(root)]) == 0
+    text = (root / "report.md").read_text()
+    assert "| L1 | λ1=1e-05 | 2 | 71.00 ± 1.41 | 69.75 ± 0.35 | 45.00 ± 7.07 | 70.0 ± 28.3 |" in text
+    assert "| L2 |" not in text.split("largest sparsity within 1 pp")[1].split("\n\n")[0]
+    assert (root / "figures" / "E3_pruning.png").stat().st_size > 1000
+    assert "E4_pruning.png" not in text
+
+
 def test_report_needs_a_directory(tmp_path, capsys):
     assert sweep.main(["report"]) == 2
     assert "expected a sweep directory DIR or --root ROOT" in capsys.readouterr().err
