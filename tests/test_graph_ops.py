@@ -120,6 +120,39 @@ def test_maxpool_stored_argmax(backend, dtype, shape):
     same_bits(backend.to_host(out), backend.to_host(ops.maxpool2d_backward(x, dy)), "dx from the stored argmax")
 
 
+def sequential_window_rule(window):
+    """The pool's rule, stated as a left-to-right scan: a NaN is kept once seen, else a later
+    element replaces the best only when strictly larger or NaN."""
+    best, which = window[0], 0
+    for i, v in enumerate(window[1:], 1):
+        if not np.isnan(best) and (v > best or np.isnan(v)):
+            best, which = v, i
+    return which
+
+
+@pytest.mark.parametrize("layout", ["one row", "one window per plane"])
+def test_maxpool_every_window_of_a_small_alphabet(backend, dtype, layout):
+    # Every 2x2 window over {NaN, -inf, -1, -0.0, +0.0, 1} (6^4 = 1,296): the CPU backend combines
+    # the pairs of each row, then the rows (vectorized), which must pick the element the
+    # sequential rule picks, ties, signed zeros and NaNs included. "one row" puts the windows side
+    # by side in one row pair (vector lanes and a remainder), the other layout one per plane.
+    alphabet = np.array([np.nan, -np.inf, -1.0, -0.0, 0.0, 1.0], dtype)
+    combos = alphabet[np.stack(np.meshgrid(*[np.arange(6)] * 4, indexing="ij"), -1).reshape(-1, 4)]  # (1296, 4)
+    want = np.array([sequential_window_rule(w) for w in combos], np.uint8)
+    if layout == "one row":
+        host = np.ascontiguousarray(combos.reshape(-1, 2, 2).transpose(1, 0, 2).reshape(1, 1, 2, -1))
+        shape_out = (1, 1, 1, len(combos))
+    else:
+        host = np.ascontiguousarray(combos.reshape(1, -1, 2, 2))
+        shape_out = (1, len(combos), 1, 1)
+    x = backend.to_device(host)
+    argmax = backend.to_device(np.full(shape_out, 255, np.uint8))
+    y = backend.to_host(ops.maxpool2d_forward(x, argmax=argmax))
+    same_bits(backend.to_host(argmax).reshape(-1), want, "argmax")
+    picked = combos[np.arange(len(combos)), want]
+    assert np.array_equal(y.reshape(-1).view(np.uint8), picked.view(np.uint8)), "y: not the picked element's bits"
+
+
 def test_softmax_cross_entropy_into(backend, dtype):
     rng = np.random.default_rng(5)
     totals = backend.to_device(np.array([1.5, 2.0, 0.0]))

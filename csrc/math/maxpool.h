@@ -8,9 +8,20 @@ namespace pyregnet {
 // top-left element is at `top_left` in a row of width W. The first maximum wins ties, and a NaN
 // wins over numbers, so the forward value propagates NaN and the backward pass routes the
 // gradient to exactly the element the forward pass chose.
+//
+// right_wins(left, right): whether `right`, later in the window's order, replaces `left`: never
+// when left is NaN, else when right is larger or NaN (!(right <= left) is true for a NaN right).
+// The rule is associative (the first NaN, else the first maximum, of any grouping of the window
+// in order), so the CPU backend may combine the two pairs of each row and then the rows, which
+// vectorizes, and pick the same element as the sequential window_argmax below.
+template <class T>
+PYREGNET_HD bool right_wins(T left, T right) {
+  return !(right <= left) && !hd_isnan(left);
+}
+
 template <class T>
 PYREGNET_HD void keep_if_larger(T value, int which, T& best_value, int& best) {
-  if (!hd_isnan(best_value) && (value > best_value || hd_isnan(value))) {
+  if (right_wins(best_value, value)) {
     best_value = value;
     best = which;
   }
