@@ -905,6 +905,40 @@ def test_bad_cuda_array_is_rejected_before_the_device(fake, exc, pattern):
     expect_error("relu_forward", {"x": fake}, exc, rf"^relu_forward: {pattern}")
 
 
+class CountingInterface:
+    """A CUDA array whose interface is a property, as CuPy's is (it builds the dict on every read);
+    counts the reads, or raises `error` from the property."""
+
+    def __init__(self, shape, error=None):
+        self.shape, self.error, self.reads = shape, error, 0
+
+    @property
+    def __cuda_array_interface__(self):
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        return {"version": 3, "shape": self.shape, "typestr": "<f4", "data": (1234, False), "strides": None}
+
+
+@no_gpu_only
+def test_cuda_array_interface_is_read_once_per_argument():
+    x = CountingInterface((2, 3))
+    with pytest.raises(RuntimeError, match=r"^relu_forward: x is a CUDA array"):
+        ops.relu_forward(x)
+    assert x.reads == 1
+    out = CountingInterface((2, 3))
+    with pytest.raises(ValueError, match=r"^relu_forward: expected all arrays on one device"):
+        ops.relu_forward(np.ones((2, 3), np.float32), out=out)
+    assert out.reads == 1
+
+
+def test_cuda_array_interface_that_fails_to_read_is_named():
+    # Not an AttributeError: the object claims to be a CUDA array and its interface is broken.
+    with pytest.raises(TypeError, match=r"^relu_forward: x: expected a valid __cuda_array_interface__ .* but "
+                                        r"reading it failed: RuntimeError: boom"):
+        ops.relu_forward(CountingInterface((2, 3), RuntimeError("boom")))
+
+
 class _Interface:
     def __init__(self, cai):
         self.__cuda_array_interface__ = cai

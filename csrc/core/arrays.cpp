@@ -104,41 +104,82 @@ py::object cupy_module(const char* op) {
 
 }  // namespace
 
+namespace {
+
+// numpy.ma.MaskedArray, imported once: an import per array argument was a dictionary lookup and
+// an attribute read on every op call. Never freed: it must outlive the interpreter's teardown.
+py::handle masked_array_type() {
+  static py::object* type = new py::object(py::module_::import("numpy.ma").attr("MaskedArray"));
+  return *type;
+}
+
+// obj.__cuda_array_interface__, read once (CuPy builds the dict anew on every read), or None when
+// obj has no such attribute. Any other error while reading it propagates.
+py::object cuda_interface(py::handle obj) {
+  PyObject* cai = PyObject_GetAttrString(obj.ptr(), "__cuda_array_interface__");
+  if (cai != nullptr) return py::reinterpret_steal<py::object>(cai);
+  if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw py::error_already_set();
+  PyErr_Clear();
+  return py::none();
+}
+
+}  // namespace
+
+bool Call::try_array(py::handle obj, const char* name, Array& out) {
+  if (!py::isinstance<py::array>(obj)) {
+    py::object cai;
+    try {
+      cai = cuda_interface(obj);
+    } catch (py::error_already_set& e) {
+      type_error(std::string(name) + ": expected a valid __cuda_array_interface__ (shape, typestr, data) but "
+                 "reading it failed: " + e.what());
+    }
+    if (cai.is_none()) return false;
+    out = cuda_array(obj, cai, name);
+    return true;
+  }
+  out = numpy_array(obj, name);
+  return true;
+}
+
 Array Call::array(py::handle obj, const char* name) {
+  Array a;
+  if (!try_array(obj, name, a))
+    type_error(std::string(name) + ": expected a NumPy array or a CUDA array (CuPy, PyTorch, Numba) but got " +
+               type_name(obj));
+  return a;
+}
+
+Array Call::numpy_array(py::handle obj, const char* name) {
+  // A masked array's mask would be ignored silently by a kernel: refuse it.
+  if (py::isinstance(obj, masked_array_type()))
+    type_error(std::string(name) + ": expected an array without a mask but got a numpy.ma.MaskedArray");
   Array a;
   a.name = name;
   a.owner = py::reinterpret_borrow<py::object>(obj);
-  if (py::isinstance<py::array>(obj)) {
-    // A masked array's mask would be ignored silently by a kernel: refuse it.
-    if (py::isinstance(obj, py::module_::import("numpy.ma").attr("MaskedArray")))
-      type_error(std::string(name) + ": expected an array without a mask but got a numpy.ma.MaskedArray");
-    auto arr = py::reinterpret_borrow<py::array>(obj);
-    const py::dtype dt = arr.dtype();
-    const char order = dt.attr("byteorder").cast<std::string>()[0];
-    a.dtype = dtype_of(dt.kind(), dt.itemsize(), order != '>');
-    a.dtype_str = py::str(dt);
-    a.shape.assign(arr.shape(), arr.shape() + arr.ndim());
-    a.itemsize = dt.itemsize();
-    a.data = const_cast<void*>(arr.data());
-    a.writable = arr.writeable();
-    a.contiguous = (arr.flags() & py::array::c_style) != 0;
-    return a;
-  }
-  if (py::hasattr(obj, "__cuda_array_interface__")) return cuda_array(obj, name);
-  type_error(std::string(name) + ": expected a NumPy array or a CUDA array (CuPy, PyTorch, Numba) but got " +
-             type_name(obj));
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  const py::dtype dt = arr.dtype();
+  const char order = dt.attr("byteorder").cast<std::string>()[0];
+  a.dtype = dtype_of(dt.kind(), dt.itemsize(), order != '>');
+  a.dtype_str = py::str(dt);
+  a.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+  a.itemsize = dt.itemsize();
+  a.data = const_cast<void*>(arr.data());
+  a.writable = arr.writeable();
+  a.contiguous = (arr.flags() & py::array::c_style) != 0;
+  return a;
 }
 
 // Reads __cuda_array_interface__ (version 2 or 3): shape, typestr, data = (pointer, read-only),
 // strides (None = C-contiguous), mask (must be absent).
-Array Call::cuda_array(py::handle obj, const char* name) {
+Array Call::cuda_array(py::handle obj, py::handle interface, const char* name) {
   Array a;
   a.name = name;
   a.owner = py::reinterpret_borrow<py::object>(obj);
   a.on_cuda = true;
   std::vector<int64_t> strides;
   try {
-    py::dict cai = obj.attr("__cuda_array_interface__");
+    py::dict cai = py::reinterpret_borrow<py::object>(interface);
     const std::string typestr = cai["typestr"].cast<std::string>();
     if (typestr.size() < 3 || typestr.find_first_not_of("0123456789", 2) != std::string::npos)
       throw std::invalid_argument("typestr " + typestr);
@@ -345,16 +386,10 @@ Array Call::empty(std::vector<int64_t> shape, const char* name, const char* dtyp
   return array(obj, name);
 }
 
-namespace {
-bool is_array(py::handle obj) {
-  return py::isinstance<py::array>(obj) || py::hasattr(obj, "__cuda_array_interface__");
-}
-}  // namespace
-
 Array Call::output(py::handle out, std::vector<int64_t> shape, const char* name, const char* dtype) {
   if (out.is_none()) return empty(std::move(shape), name, dtype);
-  if (!is_array(out)) type_error(std::string(name) + ": expected None or an array but got " + type_name(out));
-  Array a = array(out, name);
+  Array a;
+  if (!try_array(out, name, a)) type_error(std::string(name) + ": expected None or an array but got " + type_name(out));
   const std::string want = dtype != nullptr ? dtype : dtype_name(dtype_);
   if (a.dtype_str != want) type_error(a.name + ": expected " + want + " but got " + a.dtype_str);
   if (!a.contiguous) value_error(a.name + ": expected a C-contiguous array but got a strided view");
@@ -366,8 +401,8 @@ Array Call::output(py::handle out, std::vector<int64_t> shape, const char* name,
 
 Array Call::accumulator(py::handle obj, int64_t n, const char* name) {
   if (obj.is_none()) return Array{};
-  if (!is_array(obj)) type_error(std::string(name) + ": expected None or a float64 array but got " + type_name(obj));
-  Array a = array(obj, name);
+  Array a;
+  if (!try_array(obj, name, a)) type_error(std::string(name) + ": expected None or a float64 array but got " + type_name(obj));
   if (a.dtype != DType::f64) type_error(a.name + ": expected float64 but got " + a.dtype_str);
   if (!a.contiguous) value_error(a.name + ": expected a C-contiguous array but got a strided view");
   set_device(a);
@@ -378,8 +413,8 @@ Array Call::accumulator(py::handle obj, int64_t n, const char* name) {
 }
 
 Counter Call::counter(py::handle obj, const char* name, int64_t min_value, const char* expected) {
-  if (!is_array(obj)) return Counter{nullptr, integer(obj, name, min_value, expected)};
-  Array a = array(obj, name);
+  Array a;
+  if (!try_array(obj, name, a)) return Counter{nullptr, integer(obj, name, min_value, expected)};
   if (a.dtype != DType::i64 || a.shape != std::vector<int64_t>{1})
     type_error(a.name + ": expected an integer " + expected + " or an int64 array of shape (1,) but got a " +
                a.dtype_str + " array of shape " + shape_str(a.shape));

@@ -100,7 +100,11 @@ class Call {
 
  private:
   void set_device(const Array& a);
-  Array cuda_array(py::handle obj, const char* name);
+  // Reads obj into `out` when it is a NumPy array or has a __cuda_array_interface__ (read once);
+  // false, and `out` untouched, when it is neither.
+  bool try_array(py::handle obj, const char* name, Array& out);
+  Array numpy_array(py::handle obj, const char* name);
+  Array cuda_array(py::handle obj, py::handle interface, const char* name);
 
   const char* op_;
   bool device_set_ = false;
