@@ -18,7 +18,8 @@ import numpy as np
 from . import data as datasets
 from . import model
 from .files import atomic_write
-from .train import EXIT_USAGE, Config, Run, UsageError, load_checkpoint, resolve_device
+from .options import UsageError
+from .train import EXIT_USAGE, Config, Run, load_checkpoint, resolve_device
 
 LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 WITHIN_PP = 1.0  # "worth": the largest sparsity whose test accuracy is within this many pp of unpruned
