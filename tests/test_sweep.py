@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pyregnet import sweep, tables
-from pyregnet.runs import Spec, load_runs
+from pyregnet import options, sweep, tables, train
+from pyregnet.runs import Spec, expected_config, load_runs, run_args
 from pyregnet.regularizers import DEFAULT_L1, DEFAULT_L2
 
 PINNED = ["--l1", "1e-4", "--l2", "1e-3", "--l1l2", "1e-4:1e-3"]  # λ named by the run directories below
@@ -218,6 +218,30 @@ def test_from_grid_uses_the_chosen_lambda(tmp_path, capsys):
     code = sweep.main(["compare", "--penalties", "l2", "--from-grid", str(grid), "--out", str(tmp_path / "c"),
                        "--dry-run"])
     assert code == 2 and "has no finished runs for l2" in capsys.readouterr().err
+
+
+def test_every_passed_option_reaches_train_and_the_expected_config(tmp_path):
+    """Each option a sweep passes through arrives at train with its value, and the config.json the
+    sweep expects is what train makes of it."""
+    given = {"--epochs": "3", "--batch-size": "32", "--optimizer": "sgd", "--lr": "0.05", "--momentum": "0.5",
+             "--penalty-step": "proximal", "--data": "d.tar.gz", "--train-size": "100", "--val-size": "50",
+             "--holdout": "10", "--device": "cpu"}
+    args = sweep.parser().parse_args(["compare", "--out", str(tmp_path), *sum(given.items(), ()), "--no-augment"])
+    passed = train.parser().parse_args(run_args(args))
+    unset = [o.flag for o in options.PASSED if o.flag not in given and o.flag not in ("--no-augment", "--dataset")]
+    assert not unset, f"add {unset} to this test"
+    for option in options.PASSED:
+        if option.flag != "--dataset":  # one of --data and --dataset: --dataset below
+            expected = str(Path("d.tar.gz").resolve()) if option.dest == "data" else getattr(args, option.dest)
+            assert getattr(passed, option.dest) == expected, option.flag
+    synthetic = sweep.parser().parse_args(["grid", "--out", "x", "--dataset", "synthetic"])
+    assert train.parser().parse_args(run_args(synthetic)).dataset == "synthetic"
+    config = expected_config(Spec("l1", 1e-4, 0.0, 7), args)
+    assert config == {"reg": "l1", "l1": 1e-4, "l2": 0.0, "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
+                      "momentum": 0.5, "penalty_step": "proximal", "seed": 7, "data": "d.tar.gz", "dataset": "cifar10",
+                      "train_size": 100, "val_size": 50, "holdout": 10, "augment": False}
+    defaults = expected_config(Spec("none", 0.0, 0.0, 0), sweep.parser().parse_args(["grid", "--out", "x"]))
+    assert (defaults["lr"], defaults["momentum"], defaults["holdout"], defaults["augment"]) == (1e-3, 0.9, 0, True)
 
 
 def test_child_env_sets_gpu_and_threads_and_leaves_the_import_path(monkeypatch):
