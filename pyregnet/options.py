@@ -176,12 +176,6 @@ class Option:
         return self.kwargs.get("dest") or self.flag.lstrip("-").replace("-", "_")
 
 
-_PENALTY_STEP_HELP = (
-    "gradient: the penalty's (sub)gradient l1·sign(w) + 2·l2·w is added to the data gradient before the optimizer "
-    "step (the paper's and Keras' way); proximal: the step sees the data gradient alone, then each kernel weight z "
-    "becomes sign(z)·max(|z| − lr·l1, 0)/(1 + 2·lr·l2), which makes exact zeros under L1 and is decoupled weight "
-    "decay under L2")
-
 TRAIN_OPTIONS = (
     Option("--reg", dict(default="none", choices=KINDS, help="weight penalty on the conv and dense kernels: none, "
                          "L1 (λ1 Σ|w|), L2 (λ2 Σw²) or both"), defines_run=True),
@@ -200,8 +194,12 @@ TRAIN_OPTIONS = (
     Option("--momentum", dict(type=momentum, default=None,
                               help=f"SGD's momentum, in [0, 1) (default {DEFAULT_MOMENTUM:g}; --optimizer sgd only)"),
            passed=True, defines_run=True, added_later=True),
-    Option("--penalty-step", dict(choices=PENALTY_STEPS, default="gradient", help=_PENALTY_STEP_HELP),
-           passed=True, defines_run=True, added_later=True),
+    Option("--penalty-step", dict(choices=PENALTY_STEPS, default="gradient", help="gradient: the penalty's "
+                                  "(sub)gradient l1·sign(w) + 2·l2·w is added to the data gradient before the "
+                                  "optimizer step (the paper's and Keras' way); proximal: the step sees the data "
+                                  "gradient alone, then each kernel weight z becomes sign(z)·max(|z| − lr·l1, 0)/"
+                                  "(1 + 2·lr·l2), which makes exact zeros under L1 and is decoupled weight decay "
+                                  "under L2"), passed=True, defines_run=True, added_later=True),
     Option("--seed", dict(type=seed, default=0, help="initialization, data order and augmentation (0 to 2**63 - 1)"),
            defines_run=True),
     Option("--data", dict(metavar="PATH", default=None, help="CIFAR-10 at PATH: cifar-10-python.tar.gz, "
