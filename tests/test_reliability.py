@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import pyregnet
-from pyregnet import data, rundir, train
+from pyregnet import data, imagefolder, rundir, train
 
 TINY = ["--dataset", "synthetic", "--train-size", "64", "--val-size", "32", "--batch-size", "32", "--device", "cpu"]
 
@@ -131,7 +131,7 @@ def test_eleven_class_folders_are_refused_before_training(tmp_path, monkeypatch,
         for c in range(11):
             (root / split / f"class{c:02d}").mkdir(parents=True)
             PIL_Image.fromarray(np.full((32, 32, 3), c, np.uint8)).save(root / split / f"class{c:02d}" / "a.png")
-    monkeypatch.setattr(data, "_decode_image", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(imagefolder, "_decode_image", lambda *a: pytest.fail("decoded"))
     assert train.main(["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "a")]) == train.EXIT_USAGE
     one_line_error(capsys, "has 11 classes", "the network has 10 outputs")
     assert not (tmp_path / "a").exists()
