@@ -165,7 +165,8 @@ def parser():
     g.add_argument("--l2", type=options.lams, metavar="λ2,...", default=options.lams(DEFAULT_GRID["l2"]),
                    help=f"λ2 values for L2 (default {DEFAULT_GRID['l2']})")
     g.add_argument("--l1l2", type=options.lam_pairs, metavar="λ1:λ2,...",
-                   default=options.lam_pairs(DEFAULT_GRID["l1l2"]), help=f"λ1:λ2 pairs for L1L2 (default {DEFAULT_GRID['l1l2']})")
+                   default=options.lam_pairs(DEFAULT_GRID["l1l2"]),
+                   help=f"λ1:λ2 pairs for L1L2 (default {DEFAULT_GRID['l1l2']})")
     _add_run_options(g, "0")
     c = sub.add_parser("compare", help="none, L1, L2 and L1L2 over seeds: DIR/compare.md, compare.csv, "
                                        "fig10_accuracy.png, fig11_loss.png")
