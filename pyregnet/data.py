@@ -1,7 +1,7 @@
-"""CIFAR-10 and a synthetic stand-in, as uint8 arrays.
+"""CIFAR-10 and a synthetic stand-in, as uint8 arrays: :func:`load` is the trainer's entry point.
 
-Every loader returns a :class:`Dataset`: images uint8 (N, 32, 32, 3) C-contiguous (HWC per
-image, as CIFAR ships them) and labels int64 (N,). Sources:
+Every loader returns a :class:`Dataset` (pyregnet.dataset): images uint8 (N, 32, 32, 3)
+C-contiguous (HWC per image, as CIFAR ships them) and labels int64 (N,). Sources:
 
 * the official python tarball ``cifar-10-python.tar.gz``, downloaded on first use into
   :func:`cache_dir` (``$PYREGNET_DATA``, default ``~/.cache/pyregnet``), md5-verified and written
@@ -9,13 +9,12 @@ image, as CIFAR ships them) and labels int64 (N,). Sources:
   matches; removed on any failure, Ctrl-C included). Its members are read straight from the
   tarfile, nothing is extracted;
 * an extracted ``cifar-10-batches-py`` directory;
-* an image-folder tree ``train/<class>/*``, ``test/<class>/*`` (sorted class folder names are
-  the labels) or a ``.tar.gz`` of one, optionally wrapped in one top-level folder. Decoded once
-  with Pillow, then cached as an ``.npz`` in :func:`cache_dir`;
+* an image-folder tree or a ``.tar.gz`` of one (pyregnet.imagefolder: decoded once with Pillow,
+  then cached);
 * :func:`synthetic`, a generated, learnable 10-class set for offline runs and tests.
 
 A missing, truncated or corrupt source raises :class:`DataError`, whose message is one line
-saying what was expected and how to get it. :func:`load` is the trainer's entry point.
+saying what was expected and how to get it.
 
 This module needs only NumPy (and Pillow for image folders); it never imports ``pyregnet._core``.
 """
@@ -25,20 +24,18 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
-import os
-import pathlib
 import pickle
 import tarfile
 import urllib.error
 import urllib.request
-import warnings
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .dataset import CHUNK, SPLITS, DataError, Dataset, cache_dir, check_classes, describe
 from .files import atomic_write
+from .imagefolder import find_tree_root, load_image_folder
 
 __all__ = [
     "CIFAR10_URL", "CIFAR10_MD5", "CLASSES", "DataError", "Dataset", "cache_dir", "load_cifar10",
@@ -55,72 +52,12 @@ _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = "test_batch"
 _META = "batches.meta"
 _BATCH_FILES = _TRAIN_BATCHES + (_TEST_BATCH, _META)
-_SPLITS = ("train", "test")
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = 2           # bump when the image-folder cache format changes
 _DOWNLOAD_TIMEOUT = 60.0     # seconds without progress before a download gives up
-_CHUNK = 1 << 20
 
 _OFFLINE_HINT = ("on machines without internet, use the image-folder copy: "
                  "--data PATH/cifar10-jpeg.tar.gz")
 _EXPECTED = ("expected cifar-10-python.tar.gz, a cifar-10-batches-py directory, or an image-folder "
              "tree with train/ and test/ (or a .tar.gz of one)")
-_TREE = "train/<class>/<image> and test/<class>/<image> with the same class folders in both"
-
-
-class DataError(Exception):
-    """A data source is missing, truncated or corrupt. The message is one user-facing line: what
-    was expected and how to get it."""
-
-    def __init__(self, message):
-        super().__init__(" ".join(str(message).split()))
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class Dataset:
-    """Train and test split of an image classification set.
-
-    x_*: uint8 (N, 32, 32, 3), C-contiguous; y_*: int64 (N,) in [0, len(classes)).
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classes: tuple[str, ...]
-    source: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "classes", tuple(self.classes))
-        for split in _SPLITS:
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4
-                    and x.shape[1:] == (32, 32, 3) and x.flags.c_contiguous):
-                raise ValueError(f"Dataset: expected x_{split} a C-contiguous uint8 (N, 32, 32, 3) "
-                                 f"array but got {_describe(x)}")
-            if not (isinstance(y, np.ndarray) and y.dtype == np.int64 and y.shape == (len(x),)):
-                raise ValueError(f"Dataset: expected y_{split} an int64 ({len(x)},) array but got "
-                                 f"{_describe(y)}")
-            if y.size and (y.min() < 0 or y.max() >= len(self.classes)):
-                raise ValueError(f"Dataset: expected y_{split} in [0, {len(self.classes)}) but got labels from "
-                                 f"{y.min()} to {y.max()}")
-
-    def __repr__(self):
-        return (f"Dataset(source={self.source!r}, train={len(self.x_train)}, "
-                f"test={len(self.x_test)}, classes={len(self.classes)})")
-
-
-def _describe(a):
-    if isinstance(a, np.ndarray):
-        layout = "" if a.flags.c_contiguous else ", not C-contiguous"
-        return f"{a.dtype} {a.shape}{layout}"
-    return type(a).__name__
-
-
-def cache_dir() -> pathlib.Path:
-    """Where downloads and decoded caches go: ``$PYREGNET_DATA``, else ``~/.cache/pyregnet``."""
-    env = os.environ.get("PYREGNET_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pyregnet"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +67,7 @@ def cache_dir() -> pathlib.Path:
 def _md5_file(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
@@ -153,7 +90,7 @@ def source_identity(spec: str | None, dataset: str = "cifar10") -> dict:
         if p.is_dir():
             h.update(f.relative_to(p).as_posix().encode() + b"\0" + f.stat().st_size.to_bytes(8, "little"))
         with open(f, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
+            while chunk := fh.read(CHUNK):
                 h.update(chunk)
     return {"name": p.name, "sha256": h.hexdigest()}
 
@@ -170,7 +107,7 @@ def _download(url: str, dest: Path, md5: str | None, progress) -> None:
                 done = 0
                 if progress is not None:
                     progress(0, total)
-                while chunk := resp.read(_CHUNK):
+                while chunk := resp.read(CHUNK):
                     f.write(chunk)
                     h.update(chunk)
                     done += len(chunk)
@@ -269,7 +206,7 @@ def _batches_to_dataset(blobs: dict, where: str, source: str) -> Dataset:
             bad = f"{where}/{name}: expected a dict with data uint8 (N, 3072) and N labels in [0, {len(classes)})"
             if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
                     and data.shape[1] == 3072) or labels is None:
-                raise DataError(f"{bad} but got data {_describe(data)}; get {TARBALL_NAME} again")
+                raise DataError(f"{bad} but got data {describe(data)}; get {TARBALL_NAME} again")
             try:
                 y = np.asarray(labels, dtype=np.int64)
             except (TypeError, ValueError, OverflowError):
@@ -335,7 +272,7 @@ def _tar_kind(p: Path) -> str:
                 parts = [x for x in PurePosixPath(m.name).parts if x not in ("", ".")]
                 if BATCHES_DIR in parts or (parts and parts[-1] in _BATCH_FILES):
                     return "official"
-                if any(x in _SPLITS for x in parts[:2]):
+                if any(x in SPLITS for x in parts[:2]):
                     return "imagefolder"
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         reason = exc  # tarfile's "could not be opened" lists every compression it tried, over lines
@@ -382,295 +319,12 @@ def load_cifar10(path=None, *, download=True, url=CIFAR10_URL, md5=CIFAR10_MD5, 
             return _load_batches_dir(p / BATCHES_DIR)
         if (p / TARBALL_NAME).is_file():
             return _load_official_tarball(p / TARBALL_NAME, md5, in_cache=False)
-        if _find_tree_root(p) is not None:
+        if find_tree_root(p) is not None:
             return load_image_folder(p, n_classes=n_classes)
         raise DataError(f"no CIFAR-10 data at {p}: {_EXPECTED}; {_OFFLINE_HINT}")
     if _tar_kind(p) == "official":
         return _load_official_tarball(p, md5, in_cache=False)
     return load_image_folder(p, n_classes=n_classes)
-
-
-# ---------------------------------------------------------------------------------------------
-# image folders
-
-
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(_IMAGE_EXTENSIONS)
-
-
-def _find_tree_root(p: Path) -> Path | None:
-    """p if it has train/ or test/, else its only (non-hidden) subfolder if that one does."""
-    if any((p / s).is_dir() for s in _SPLITS):
-        return p
-    subdirs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    if len(subdirs) == 1 and any((subdirs[0] / s).is_dir() for s in _SPLITS):
-        return subdirs[0]
-    return None
-
-
-def _pil_image():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DataError("decoding an image-folder copy of CIFAR-10 needs Pillow: pip install pillow") from None
-    return Image
-
-
-def _decode_image(data: bytes, name: str) -> np.ndarray:
-    """One image file's bytes -> uint8 (32, 32, 3) RGB. ``name`` is for error messages."""
-    Image = _pil_image()
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.size != (32, 32):
-                raise DataError(f"{name}: image is {im.size[0]}x{im.size[1]}, expected 32x32 like "
-                                f"every CIFAR-10 image; resize or remove it")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad data
-        raise DataError(f"{name}: not a readable image, truncated or corrupt ({type(exc).__name__}: "
-                        f"{exc}); replace it or get the image-folder copy again") from exc
-
-
-def _scan_dir_tree(root: Path) -> dict:
-    """{split: {class: [(relative name, absolute path)]}} of a directory tree."""
-    tree = {}
-    for split in _SPLITS:
-        d = root / split
-        if not d.is_dir():
-            raise DataError(f"image-folder tree at {root} has no {split}/ folder: expected {_TREE}")
-        tree[split] = {}
-        where = d
-        try:
-            for c in sorted(os.scandir(d), key=lambda e: e.name):
-                if c.is_dir() and not c.name.startswith("."):
-                    where = c.path
-                    files = sorted((f.name for f in os.scandir(c.path) if f.is_file() and _is_image_name(f.name)))
-                    tree[split][c.name] = [(f"{split}/{c.name}/{f}", os.path.join(c.path, f)) for f in files]
-        except OSError as exc:
-            raise DataError(f"cannot read the folder {where} ({exc.strerror or exc}); make it readable "
-                            f"(chmod) or remove it") from exc
-    return tree
-
-
-def _scan_tarball(p: Path) -> dict:
-    """{split: {class: [(relative name, bytes)]}} of a tar archive of an image-folder tree,
-    optionally wrapped in one top-level folder."""
-    tree, roots = {}, set()
-    try:
-        with tarfile.open(p, "r:*") as tf:
-            for m in tf:
-                parts = [x for x in PurePosixPath(m.name).parts if x not in ("", ".")]
-                for root_len in (0, 1):
-                    rel = parts[root_len:]
-                    if len(rel) >= 2 and rel[0] in _SPLITS and (len(rel) == 3 or (len(rel) == 2 and m.isdir())):
-                        break
-                else:
-                    continue
-                split, cls = rel[0], rel[1]
-                if cls.startswith("."):
-                    continue
-                roots.add("/".join(parts[:root_len]))
-                files = tree.setdefault(split, {}).setdefault(cls, [])
-                if len(rel) == 3 and m.isfile() and _is_image_name(rel[2]):
-                    files.append(("/".join(rel), tf.extractfile(m).read()))
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{p}: truncated or corrupt tar archive ({exc}); expected a .tar.gz of "
-                        f"{_TREE}: get it again") from exc
-    if len(roots) > 1:
-        raise DataError(f"{p} holds several image-folder trees (top-level folders "
-                        f"{sorted(r or '.' for r in roots)}); expected one: {_TREE}")
-    for split in _SPLITS:
-        if split not in tree:
-            raise DataError(f"image-folder archive {p} has no {split}/ folder: expected {_TREE}, "
-                            f"optionally inside one top-level folder")
-    for split in _SPLITS:
-        for files in tree[split].values():
-            files.sort()
-    return tree
-
-
-def _check_classes(classes, n_classes, where):
-    if n_classes is not None and len(classes) != n_classes:
-        raise DataError(f"{where} has {len(classes)} classes ({', '.join(classes)}) but the network has "
-                        f"{n_classes} outputs: expected CIFAR-10's {n_classes} class folders; remove the others")
-
-
-def _decode_tree(tree: dict, where: str, read, sep: str, n_classes=None) -> tuple:
-    """Decode a scanned tree; read(item, rel) gives an entry's bytes; where + sep + rel names it."""
-    names = {s: sorted(tree[s]) for s in _SPLITS}
-    if names["train"] != names["test"]:
-        only_train = sorted(set(names["train"]) - set(names["test"]))
-        only_test = sorted(set(names["test"]) - set(names["train"]))
-        raise DataError(f"image-folder tree at {where}: train/ and test/ have different class folders "
-                        f"(only in train/: {only_train}; only in test/: {only_test}); expected {_TREE}")
-    classes = tuple(names["train"])
-    if not classes:
-        raise DataError(f"image-folder tree at {where} has no class folders in train/: expected {_TREE}")
-    _check_classes(classes, n_classes, f"image-folder tree at {where}")
-    out = []
-    for split in _SPLITS:
-        for c in classes:
-            if not tree[split][c]:
-                raise DataError(f"image-folder tree at {where}: class folder {split}/{c}/ has no "
-                                f"images (expected .png or .jpg files): expected {_TREE}")
-        n = sum(len(tree[split][c]) for c in classes)
-        x = np.empty((n, 32, 32, 3), np.uint8)
-        y = np.empty(n, np.int64)
-        i = 0
-        for label, c in enumerate(classes):
-            for rel, item in tree[split][c]:
-                x[i] = _decode_image(read(item, rel), f"{where}{sep}{rel}")
-                y[i] = label
-                i += 1
-        out += [x, y]
-    return (*out, classes)
-
-
-def _read_file(path, rel):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc})") from exc
-
-
-def _cache_key(parts, contents) -> str:
-    """The cache's name: the source's names, sizes and mtimes, and a hash of every byte of it
-    (contents: an iterable of byte strings), so that an image replaced by another of the same
-    size, its mtime restored, is seen."""
-    h = hashlib.sha256(f"pyregnet image-folder cache v{_CACHE_VERSION}".encode())
-    for part in parts:
-        h.update(b"\0" + str(part).encode("utf-8", "surrogateescape"))
-    for blob in contents:
-        h.update(blob)
-    return h.hexdigest()[:24]
-
-
-def _file_chunks(path):
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                yield chunk
-    except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc.strerror or exc})") from exc
-
-
-_CACHE_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def _arrays_digest(arrays: dict) -> str:
-    """A hash of the decoded arrays and class names, stored in the cache and checked on load."""
-    h = hashlib.sha256()
-    for name in _CACHE_ARRAYS:
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name} {a.dtype.str} {a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
-    h.update("\0".join(str(c) for c in arrays["classes"]).encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
-
-
-def _cache_problem(z: dict, key: str) -> str | None:
-    """Why a loaded cache cannot be used, or None."""
-    missing = [k for k in (*_CACHE_ARRAYS, "classes", "key", "digest") if k not in z]
-    if missing:
-        return f"it lacks {', '.join(missing)}"
-    if str(z["key"]) != key:
-        return "it was made from other source files"
-    classes = z["classes"]
-    if classes.ndim != 1 or classes.dtype.kind != "U" or len(classes) == 0:
-        return "its class names are not a list of strings"
-    for split in _SPLITS:
-        x, y = z[f"x_{split}"], z[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) == 0:
-            return f"x_{split} is {_describe(x)}, expected uint8 (N, 32, 32, 3)"
-        if y.dtype != np.int64 or y.shape != (len(x),):
-            return f"y_{split} is {_describe(y)}, expected int64 ({len(x)},)"
-        if y.min() < 0 or y.max() >= len(classes):
-            return f"y_{split} holds labels outside [0, {len(classes)})"
-    if str(z["digest"]) != _arrays_digest(z):
-        return "its arrays do not match the hash stored with them"
-    return None
-
-
-def _load_cache(f: Path, source: str, key: str) -> Dataset | None:
-    """The cached dataset, or None when there is none or it fails its checks (then it is decoded
-    again and overwritten)."""
-    try:
-        with np.load(f, allow_pickle=False) as npz:
-            z = {k: npz[k] for k in npz.files}
-        problem = _cache_problem(z, key)
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # a damaged zip, a member that is not an array, ...
-        problem = f"unreadable ({type(exc).__name__}: {exc})"
-    if problem:
-        warnings.warn(f"pyregnet.data: the decoded-image cache {f} is not usable ({problem}); decoding the "
-                      f"images again", RuntimeWarning, stacklevel=3)
-        return None
-    return Dataset(np.ascontiguousarray(z["x_train"]), z["y_train"], np.ascontiguousarray(z["x_test"]),
-                   z["y_test"], tuple(str(c) for c in z["classes"]), source)
-
-
-def _save_cache(f: Path, ds: Dataset, key: str) -> None:
-    arrays = {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test, "y_test": ds.y_test,
-              "classes": np.array(ds.classes, dtype=str)}
-    arrays.update(key=np.array(key), digest=np.array(_arrays_digest(arrays)))
-    try:
-        atomic_write(f, lambda fo: np.savez(fo, **arrays))
-    except OSError as exc:
-        warnings.warn(f"pyregnet.data: could not write the decoded-image cache {f} ({exc}); the "
-                      f"images will be decoded again next time", RuntimeWarning, stacklevel=3)
-
-
-def load_image_folder(path, *, cache=True, n_classes=None) -> Dataset:
-    """An image-folder tree ``train/<class>/*``, ``test/<class>/*`` (or a .tar.gz/.tgz/.tar of
-    one, optionally inside one top-level folder). Labels are the indices of the sorted class
-    folder names, which must be the same in train/ and test/. Every image must be 32x32; it is
-    decoded with Pillow to RGB. Files whose names are hidden or lack an image extension are
-    skipped. With ``cache``, the decoded arrays are kept as an .npz in :func:`cache_dir`, keyed
-    by the source's absolute path, its names, sizes and mtimes and a hash of all its bytes; the
-    cache is checked when loaded (key, shapes, dtypes, labels, a hash of the arrays) and decoded
-    again when a check fails. ``n_classes``: the number of class folders expected (DataError
-    otherwise, before decoding)."""
-    p = Path(path).expanduser().absolute()
-    if not p.exists():
-        raise DataError(f"no image-folder data at {p}: the path does not exist; expected {_TREE}, or a "
-                        f".tar.gz of it")
-    source = f"image folder ({p})"
-    if p.is_dir():
-        root = _find_tree_root(p)
-        if root is None:
-            raise DataError(f"no image-folder tree at {p}: expected {_TREE}")
-        tree = _scan_dir_tree(root)
-        stats, files = [], []
-        for split in _SPLITS:
-            for c in sorted(tree[split]):
-                for rel, f in tree[split][c]:
-                    st = os.stat(f)
-                    stats.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
-                    files.append(f)
-        if cache:
-            key = _cache_key([root, *stats], (chunk for f in files for chunk in _file_chunks(f)))
-    else:
-        st = p.stat()
-        if cache:
-            key = _cache_key([p, st.st_size, st.st_mtime_ns], _file_chunks(p))
-        tree = root = None
-    cache_file = cache_dir() / f"imagefolder-{key}.npz" if cache else None
-    if cache:
-        ds = _load_cache(cache_file, source, key)
-        if ds is not None:
-            _check_classes(ds.classes, n_classes, f"image-folder data at {p}")
-            return ds
-    if tree is not None:
-        arrays = _decode_tree(tree, str(root), _read_file, "/", n_classes)
-    else:
-        arrays = _decode_tree(_scan_tarball(p), str(p), lambda data, rel: data, ":", n_classes)
-    ds = Dataset(*arrays, source)
-    if cache:
-        _save_cache(cache_file, ds, key)
-    return ds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,7 +393,7 @@ def _subset(x, y, size, what, split, seed):
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 1 <= size <= n:
         raise DataError(f"{what} {size!r} is out of range: the {split} split has {n} images; "
                         f"expected an integer from 1 to {n}")
-    idx = np.random.default_rng([seed, 0xDA7A, _SPLITS.index(split)]).permutation(n)[:size]
+    idx = np.random.default_rng([seed, 0xDA7A, SPLITS.index(split)]).permutation(n)[:size]
     return np.ascontiguousarray(x[idx]), y[idx], f", {split} {size}/{n}"
 
 
@@ -788,7 +442,7 @@ def load(spec: str | None = None, *, dataset="cifar10", download=True, train_siz
         ds = synthetic(seed=seed)
     else:
         raise DataError(f"unknown dataset {dataset!r}: expected 'cifar10' or 'synthetic', or --data PATH")
-    _check_classes(ds.classes, n_classes, ds.source)
+    check_classes(ds.classes, n_classes, ds.source)
     if train_size is None and val_size is None:
         return ds
     x_train, y_train, t = _subset(ds.x_train, ds.y_train, train_size, "train_size", "train", seed)

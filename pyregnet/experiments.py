@@ -18,8 +18,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sweep
-from .train import Config, UsageError
+from . import options, runs, sweep
+from .options import UsageError
+from .tables import lambda_text
+from .train import Config
 
 ENDPOINT_EPOCHS = 3  # the endpoint: the mean over the last 3 epochs (18-20 of 20)
 E2_HOLDOUT = 5000
@@ -110,12 +112,12 @@ def extend_pair(scores, first_grid):
 # ---------------------------------------------------------------- launching
 
 def _opts(args, experiment):
+    """The train options of the experiment's runs, as pyregnet.runs.run_args takes them."""
+    holdout = args.holdout if experiment.holdout and args.holdout else experiment.holdout
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
     return argparse.Namespace(data=data, dataset=args.dataset, train_size=args.train_size, val_size=args.val_size,
-                              epochs=args.epochs, batch_size=None, lr=None, device=args.device, optimizer=None,
-                              momentum=None, penalty_step=None,
-                              augment=experiment.augment,
-                              holdout=args.holdout if experiment.holdout and args.holdout else experiment.holdout)
+                              epochs=args.epochs, device=args.device, augment=experiment.augment,
+                              holdout=holdout or None)
 
 
 class Launcher:
@@ -131,16 +133,11 @@ class Launcher:
         """entries: [(Spec, run directory, train options)]. Returns True when every run is done."""
         jobs = []
         for spec, run_dir, opts in entries:
-            state, detail = sweep.run_state(run_dir, sweep.expected_config(spec, opts), self.epochs)
+            state, detail = runs.run_state(run_dir, runs.expected_config(spec, opts), self.epochs)
             if state == "conflict":
                 raise UsageError(detail)
             if state == "done":
                 continue
-            if state == "clean" and self.args.dry_run:
-                print(f"note: remove {run_dir} (an empty, interrupted run) before running its command", file=sys.stderr)
-            elif state == "clean":
-                for name in ("metrics.jsonl", "config.json"):
-                    (run_dir / name).unlink(missing_ok=True)
             python = "python" if self.args.dry_run else None
             jobs.append(sweep.Job(spec, run_dir, sweep.train_command(spec, opts, run_dir, resume=state == "resume",
                                                                      python=python)))
@@ -164,8 +161,8 @@ def _scores(entries):
     """{spec: endpoint held-out accuracy} of the finished runs among `entries`."""
     out = {}
     for spec, run_dir, _ in entries:
-        run = sweep.load_run(run_dir)
-        if run is not None and sweep.is_complete(run):
+        run = runs.load_run(run_dir)
+        if run is not None and runs.is_complete(run):
             out[spec] = endpoint(run["history"])
     return out
 
@@ -177,8 +174,8 @@ def run_e2(args, root, launch, log=print):
     grids = {kind: list(E2_GRID[kind]) for kind in ("l1", "l2")}
     chosen = {}
     while True:
-        specs = [sweep.Spec("l1", lam, 0.0, 0) for lam in grids["l1"]] + \
-                [sweep.Spec("l2", 0.0, lam, 0) for lam in grids["l2"]]
+        specs = [runs.Spec("l1", lam, 0.0, 0) for lam in grids["l1"]] + \
+                [runs.Spec("l2", 0.0, lam, 0) for lam in grids["l2"]]
         entries = _entries(root, "E2", opts, specs)
         if not launch(entries):
             return False
@@ -194,11 +191,12 @@ def run_e2(args, root, launch, log=print):
     for kind in ("l1", "l2"):
         lam = best(scores[kind])
         chosen[kind] = {"l1": lam if kind == "l1" else 0.0, "l2": lam if kind == "l2" else 0.0,
-                        "score": scores[kind][lam], "grid": {sweep._num(k): v for k, v in sorted(scores[kind].items())}}
+                        "score": scores[kind][lam],
+                        "grid": {options.num(k): v for k, v in sorted(scores[kind].items())}}
     first = l1l2_first_grid(chosen["l1"]["l1"], chosen["l2"]["l2"])
     pairs = list(first)
     while True:
-        entries = _entries(root, "E2", opts, [sweep.Spec("l1l2", a, b, 0) for a, b in pairs])
+        entries = _entries(root, "E2", opts, [runs.Spec("l1l2", a, b, 0) for a, b in pairs])
         if not launch(entries):
             return False
         pair_scores = {(s.l1, s.l2): v for s, v in _scores(entries).items()}
@@ -209,11 +207,11 @@ def run_e2(args, root, launch, log=print):
         pairs += more
     a, b = best(pair_scores)
     chosen["l1l2"] = {"l1": a, "l2": b, "score": pair_scores[(a, b)],
-                      "grid": {f"{sweep._num(x)}:{sweep._num(y)}": v for (x, y), v in sorted(pair_scores.items())}}
+                      "grid": {f"{options.num(x)}:{options.num(y)}": v for (x, y), v in sorted(pair_scores.items())}}
     record = {"criterion": f"mean held-out accuracy over the last {ENDPOINT_EPOCHS} epochs, seed 0, "
                            f"--holdout {opts.holdout}, no augmentation; ties go to the smaller λ", **chosen}
     (root / "E2" / CHOSEN_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    log("E2: chosen " + ", ".join(f"{k} {sweep.lambda_text(k, v['l1'], v['l2'])} ({v['score']:.4f})"
+    log("E2: chosen " + ", ".join(f"{k} {lambda_text(k, v['l1'], v['l2'])} ({v['score']:.4f})"
                                          for k, v in chosen.items()) + f"; written to {root / 'E2' / CHOSEN_FILE}")
     return True
 
@@ -241,7 +239,7 @@ def comparison_entries(args, root, name):
     for kind in ("none", "l1", "l2", "l1l2"):
         l1, l2 = chosen.get(kind, (0.0, 0.0))
         home = "E1" if name == "E3" and kind == "none" else name
-        entries += _entries(root, home, opts, [sweep.Spec(kind, l1, l2, seed) for seed in experiment.seeds])
+        entries += _entries(root, home, opts, [runs.Spec(kind, l1, l2, seed) for seed in experiment.seeds])
     return entries
 
 
@@ -256,7 +254,7 @@ def run_experiment(args, log=print):
     else:
         if name == "E1":
             entries = _entries(root, "E1", _opts(args, EXPERIMENTS["E1"]),
-                               [sweep.Spec("none", 0.0, 0.0, seed) for seed in EXPERIMENTS["E1"].seeds])
+                               [runs.Spec("none", 0.0, 0.0, seed) for seed in EXPERIMENTS["E1"].seeds])
         else:
             entries = comparison_entries(args, root, name)
         done = launch(entries)
@@ -279,20 +277,14 @@ def add_parser(sub):
         f"{e.name}: {e.title}" for e in EXPERIMENTS.values()))
     r.add_argument("--root", metavar="DIR", required=True,
                    help="where the experiments live: DIR/E1, DIR/E2, ... (E3 and E4 read DIR/E2/chosen.json)")
-    r.add_argument("--jobs", type=sweep._positive_int, metavar="N", default=None, help="runs at once (default 1)")
-    r.add_argument("--gpus", type=sweep._gpus, metavar="IDS", default=None,
+    r.add_argument("--jobs", type=options.positive_int, metavar="N", default=None, help="runs at once (default 1)")
+    r.add_argument("--gpus", type=options.gpus, metavar="IDS", default=None,
                    help="GPU ids, e.g. 0,1: each running process gets one as CUDA_VISIBLE_DEVICES")
     r.add_argument("--dry-run", action="store_true",
                    help="print the train commands still to run (for E2: of the current stage) and run nothing")
     t = r.add_argument_group("data and device (the protocol itself is fixed; --epochs, --train-size, --val-size "
                              "and --holdout are for trials only)")
-    src = t.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="PATH", default=None)
-    src.add_argument("--dataset", choices=("cifar10", "synthetic"), default=None)
-    t.add_argument("--device", choices=("auto", "cuda", "cpu"), default=None)
-    t.add_argument("--epochs", type=sweep._positive_int, metavar="N", default=None)
-    t.add_argument("--train-size", type=sweep._positive_int, metavar="N", default=None)
-    t.add_argument("--val-size", type=sweep._positive_int, metavar="N", default=None)
-    t.add_argument("--holdout", type=sweep._positive_int, metavar="N", default=None,
+    options.add_passed_options(t, names=("data", "dataset", "device", "epochs", "train_size", "val_size"))
+    t.add_argument("--holdout", type=options.positive_int, metavar="N", default=None,
                    help=f"E2's held-out images (default {E2_HOLDOUT})")
     return r

@@ -18,7 +18,8 @@ import numpy as np
 from . import data as datasets
 from . import model
 from .files import atomic_write
-from .train import EXIT_USAGE, Config, Run, UsageError, load_checkpoint, resolve_device
+from .options import DEVICES, Parser, UsageError
+from .train import EXIT_USAGE, Config, Run, load_checkpoint, resolve_device
 
 LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 WITHIN_PP = 1.0  # "worth": the largest sparsity whose test accuracy is within this many pp of unpruned
@@ -58,15 +59,15 @@ def curve(run, params, levels, per_layer):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m pyregnet.prune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m pyregnet.prune", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run of python -m pyregnet.train (its checkpoint.npz)")
     p.add_argument("--levels", type=_levels, default=LEVELS, metavar="F,F,...",
                    help="fractions of the kernel weights to zero, each in [0, 1); 0 is always evaluated first")
     p.add_argument("--per-layer", action="store_true", help="also prune each layer to the same fraction")
     p.add_argument("--data", metavar="PATH", default=None,
                    help="the run's data, when its recorded --data path does not exist on this machine")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     return p
 
 
@@ -81,10 +82,8 @@ def _levels(text):
 
 
 def main(argv=None):
-    p = parser()
-    p.error = lambda message: (_ for _ in ()).throw(UsageError(message))  # one line, exit 2
     try:
-        args = p.parse_args(argv)
+        args = parser().parse_args(argv)
         run_dir = Path(args.run_dir)
         checkpoint = run_dir / "checkpoint.npz"
         if not checkpoint.is_file():

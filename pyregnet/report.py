@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 
 from . import experiments as ex
-from . import stats, sweep
+from . import stats, tables
+from .runs import is_complete, load_runs
 
 METHODS = ("none", "l1", "l2", "l1l2")
 REGIMES = {"E3": "no augmentation (E3; its baseline runs are E1's)", "E4": "with augmentation (E4)"}
@@ -45,8 +46,8 @@ def load_regime(root, name):
     for d in dirs:
         if not d.is_dir():
             continue
-        for run in sweep.load_runs(d):
-            if sweep.is_complete(run) and "test_acc" in run["history"][-1]:
+        for run in load_runs(d):
+            if is_complete(run) and "test_acc" in run["history"][-1]:
                 if d.name == "E1" and run["config"]["reg"] != "none":
                     continue
                 groups.setdefault(run["config"]["reg"], []).append(run)
@@ -78,7 +79,7 @@ def regime_table(groups):
     for method, runs in groups.items():
         numbers = [run_numbers(r["history"]) for r in runs]
         c = runs[0]["config"]
-        cells = [sweep.METHOD_NAMES[method], sweep.lambda_text(method, c["l1"], c["l2"]),
+        cells = [tables.METHOD_NAMES[method], tables.lambda_text(method, c["l1"], c["l2"]),
                  ",".join(str(r["config"]["seed"]) for r in runs)]
         cells += [_pm([n[k] for n in numbers]) for k in ("endpoint_acc", "clean_acc", "gap")]
         cells.append(", ".join(str(n["best_loss_epoch"]) for n in numbers))
@@ -106,7 +107,7 @@ def e1_section(root):
 
 def e2_section(root):
     d = Path(root) / "E2"
-    runs = [r for r in sweep.load_runs(d) if sweep.is_complete(r)] if d.is_dir() else []
+    runs = [r for r in load_runs(d) if is_complete(r)] if d.is_dir() else []
     if not runs:
         return ["E2 has no finished runs yet."]
     try:
@@ -124,7 +125,7 @@ def e2_section(root):
         c, h = r["config"], r["history"]
         pick = chosen.get(c["reg"], {})
         rows.append((METHODS.index(c["reg"]), c["l1"], c["l2"], "| " + " | ".join([
-            sweep.METHOD_NAMES[c["reg"]], sweep.lambda_text(c["reg"], c["l1"], c["l2"]),
+            tables.METHOD_NAMES[c["reg"]], tables.lambda_text(c["reg"], c["l1"], c["l2"]),
             f"{100 * ex.endpoint(h):.2f}", f"{100 * ex.endpoint(h, 'test_acc'):.2f}",
             f"{100 * ex.endpoint(h, 'train_clean_acc'):.2f}",
             "**chosen**" if (pick.get("l1"), pick.get("l2")) == (c["l1"], c["l2"]) else ""]) + " |"))
@@ -204,7 +205,7 @@ def claims_table(rows):
             arrow = {1: " (claimed > 0)", -1: " (claimed < 0)", 0: " (two-sided)"}[sign]
             lines.append("| " + " | ".join([
                 cid if i == 0 else "", text if i == 0 else "",
-                f"{QUANTITY_NAMES[quantity]}: {sweep.METHOD_NAMES[a]} − {sweep.METHOD_NAMES[b]}{arrow}, n = {res.n}",
+                f"{QUANTITY_NAMES[quantity]}: {tables.METHOD_NAMES[a]} − {tables.METHOD_NAMES[b]}{arrow}, n = {res.n}",
                 f"{100 * res.mean:+.2f}", f"[{100 * res.low:+.2f}, {100 * res.high:+.2f}]", f"{res.p:.3g}",
                 f"{p_holm:.3g}", v, overall if i == 0 else ""]) + " |")
     lines.append("| C7 | L1L2 costs \"slightly more\" compute | judged from `bench/penalty_cost.py` on a quiet machine, "
@@ -281,9 +282,9 @@ def figures(groups, directory, regime):
     series, hists = [], []
     for method, runs in groups.items():
         c = runs[0]["config"]
-        label = sweep.method_label(method, c["l1"], c["l2"])
+        label = tables.method_label(method, c["l1"], c["l2"])
         n = min(len(r["history"]) for r in runs)
-        entry = {"label": label, "color": sweep.METHOD_COLORS[method],
+        entry = {"label": label, "color": tables.METHOD_COLORS[method],
                  "epochs": [runs[0]["history"][i]["epoch"] for i in range(n)]}
         for mine, key in (("train_acc", "train_clean_acc"), ("val_acc", "test_acc"), ("train_loss", "train_clean_loss"),
                           ("val_loss", "test_loss")):
@@ -296,7 +297,7 @@ def figures(groups, directory, regime):
             total = sum(h["zeros"] + sum(h["counts"]) for h in layers)
             fractions.append([sum(col) / total for col in zip(*(h["counts"] for h in layers))])
             zeros.append(sum(h["zeros"] for h in layers) / total)
-        hists.append({"label": label, "color": sweep.METHOD_COLORS[method], "zeros": statistics.fmean(zeros),
+        hists.append({"label": label, "color": tables.METHOD_COLORS[method], "zeros": statistics.fmean(zeros),
                       "fractions": [statistics.fmean(col) for col in zip(*fractions)]})
     paths = [directory / f"{regime}_fig10_accuracy.png", directory / f"{regime}_fig11_loss.png",
              directory / f"{regime}_weight_hist.png"]
@@ -313,7 +314,7 @@ def figures(groups, directory, regime):
 
 def provenance(root):
     """One line: the processors, commits, dates and data of every run under root."""
-    configs = [r["config"] for d in sorted(Path(root).glob("E[1-4]")) for r in sweep.load_runs(d)]
+    configs = [r["config"] for d in sorted(Path(root).glob("E[1-4]")) for r in load_runs(d)]
 
     def values(key, fmt=str):
         return ", ".join(sorted({fmt(c.get(key)) for c in configs if c.get(key) is not None})) or "not recorded"

@@ -11,7 +11,6 @@ leaves nothing there.
 
 import argparse
 import dataclasses
-import decimal
 import json
 import math
 import sys
@@ -21,13 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from . import data as datasets
-from . import engine, model, rundir
-from .engine import PENALTY_MODES, PENALTY_STEPS
+from . import engine, model, optim, options, rundir
 from .extras import missing
 from .files import atomic_write
-from . import optim
-from .optim import DEFAULT_LR, DEFAULT_MOMENTUM, OPTIMIZERS
-from .regularizers import KINDS, Penalty
+from .optim import DEFAULT_LR, DEFAULT_MOMENTUM
+from .options import Parser, UsageError
+from .regularizers import Penalty
 from .rundir import RunDirError
 
 EXIT_USAGE = 2      # bad arguments or data
@@ -36,7 +34,6 @@ EVAL_BATCH = 1000
 # The clean-train evaluation: up to this many training images, a fixed class-stratified pick
 # (the same for every seed and epoch), evaluated without augmentation every epoch.
 CLEAN_TRAIN_SIZE = 10_000
-SEED_MAX = 2**63 - 1  # the augmentation draws take the seed as a 64-bit integer on both backends
 # The fields of a metrics.jsonl line that are wall-clock measurements: everything else is the same
 # bits when a run is repeated, resumed or replayed from a captured graph.
 TIMING_KEYS = ("epoch_time_s", "eval_time_s", "images_per_s", "extra_eval_time_s")
@@ -73,117 +70,16 @@ class Config:
         return {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
 
 
-class UsageError(Exception):
-    """Bad arguments, data or state: one line for the user, exit code 2."""
-
-
 class Diverged(Exception):
     """The loss became NaN or infinite."""
 
 
 # ---------------------------------------------------------------- arguments
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise UsageError(message)
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 but got {text}")
-    return value
-
-
-def _count(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 but got {text}")
-    return value
-
-
-def _momentum(text):
-    value = float(text)
-    if not (0.0 <= value < 1.0):
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) but got {text}")
-    return value
-
-
-def _lambda(text):
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 but got {text}")
-    if value == 0 and decimal.Decimal(text.strip()) != 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a number float64 can hold (>= 5e-324) but got {text}, "
-                                         f"which would be 0: give 0 to turn the term off")
-    return value
-
-
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer but got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1 but got {text}")
-    return value
-
-
-def _lr(text):
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0 but got {text}")
-    return value
-
-
 def parser():
-    p = _Parser(prog="python -m pyregnet.train", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--reg", default="none", choices=KINDS,
-                   help="weight penalty on the conv and dense kernels: none, L1 (λ1 Σ|w|), L2 (λ2 Σw²) or both")
-    p.add_argument("--l1", type=_lambda, default=None, help="λ1 (default: the grid-search choice for --reg)")
-    p.add_argument("--l2", type=_lambda, default=None, help="λ2 (default: the grid-search choice for --reg)")
-    p.add_argument("--epochs", type=_positive_int, default=20)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                   help="adam (the paper's: β1 0.9, β2 0.999, ε 1e-7) or sgd (with momentum, PyTorch's: no dampening, "
-                        "no Nesterov)")
-    p.add_argument("--lr", type=_lr, default=None,
-                   help="learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    p.add_argument("--momentum", type=_momentum, default=None,
-                   help=f"SGD's momentum, in [0, 1) (default {DEFAULT_MOMENTUM:g}; --optimizer sgd only)")
-    p.add_argument("--penalty-step", choices=PENALTY_STEPS, default="gradient",
-                   help="gradient: the penalty's (sub)gradient l1·sign(w) + 2·l2·w is added to the data gradient "
-                        "before the optimizer step (the paper's and Keras' way); proximal: the step sees the data "
-                        "gradient alone, then each kernel weight z becomes sign(z)·max(|z| − lr·l1, 0)/(1 + 2·lr·l2), "
-                        "which makes exact zeros under L1 and is decoupled weight decay under L2")
-    p.add_argument("--seed", type=_seed, default=0,
-                   help="initialization, data order and augmentation (0 to 2**63 - 1)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="PATH", default=None,
-                     help="CIFAR-10 at PATH: cifar-10-python.tar.gz, cifar-10-batches-py/, or an image-folder "
-                          "tree (train/<class>, test/<class>) or its .tar.gz")
-    src.add_argument("--dataset", choices=("cifar10", "synthetic"), default="cifar10",
-                     help="cifar10: from the cache ($PYREGNET_DATA or ~/.cache/pyregnet), downloaded on first use")
-    p.add_argument("--train-size", type=_positive_int, default=None, help="train on a subset of N images")
-    p.add_argument("--val-size", type=_positive_int, default=None,
-                   help="use a subset of N test images (the validation set when --holdout is 0)")
-    p.add_argument("--holdout", type=_count, default=0, metavar="N",
-                   help="hold out N training images (a fixed class-stratified pick, the same for every seed) as "
-                        "the validation set; the test set is then only reported. 0: validate on the test set, "
-                        "as the paper does")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="turn off the random flips and ±3 px shifts")
-    p.add_argument("--penalty-mode", choices=PENALTY_MODES, default="fused",
-                   help="how the penalty is applied (same result, different cost): fused into the Adam pass, "
-                        "unfused (its own gradient pass), or loss (a value reduction plus a gradient pass, as "
-                        "autodiff frameworks do); see bench/penalty_cost.py")
-    p.add_argument("--no-graph", dest="graph", action="store_false",
-                   help="on the GPU, launch each step's kernels one by one instead of replaying the step captured "
-                        "as a CUDA graph (the same results, slower; for debugging and benchmarks)")
-    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default runs/<reg>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p = Parser(prog="python -m pyregnet.train", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    options.add_train_options(p)
     return p
 
 
@@ -205,9 +101,22 @@ def resolve_device(choice):
     return "cuda" if choice == "cuda" or (choice == "auto" and usable) else "cpu"
 
 
+def settings(args):
+    """The Config fields that parsed options give, as a run records them (the penalty's default λ,
+    the optimizer's default lr and momentum filled in), all but the device. ValueError: a bad
+    penalty."""
+    penalty = Penalty.with_defaults(args.reg, args.l1, args.l2)
+    return dict(reg=penalty.kind, l1=penalty.l1, l2=penalty.l2, epochs=args.epochs, batch_size=args.batch_size,
+                lr=DEFAULT_LR[args.optimizer] if args.lr is None else args.lr, seed=args.seed, data=args.data,
+                dataset=args.dataset, train_size=args.train_size, val_size=args.val_size, augment=args.augment,
+                penalty_mode=args.penalty_mode, graph=args.graph, holdout=args.holdout, optimizer=args.optimizer,
+                momentum=DEFAULT_MOMENTUM if args.momentum is None else args.momentum,
+                penalty_step=args.penalty_step)
+
+
 def config_from_args(args):
     try:
-        penalty = Penalty.with_defaults(args.reg, args.l1, args.l2)
+        values = settings(args)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.momentum is not None and args.optimizer != "sgd":
@@ -215,13 +124,7 @@ def config_from_args(args):
     if args.penalty_step == "proximal" and args.penalty_mode != "fused":
         raise UsageError(f"--penalty-mode: the proximal step is part of the fused update; use --penalty-mode fused "
                          f"(the default) with --penalty-step proximal, not {args.penalty_mode}")
-    return Config(reg=penalty.kind, l1=penalty.l1, l2=penalty.l2, epochs=args.epochs, batch_size=args.batch_size,
-                  lr=DEFAULT_LR[args.optimizer] if args.lr is None else args.lr, seed=args.seed, data=args.data,
-                  dataset=args.dataset, train_size=args.train_size, val_size=args.val_size,
-                  device=resolve_device(args.device), augment=args.augment, penalty_mode=args.penalty_mode,
-                  graph=args.graph, holdout=args.holdout, optimizer=args.optimizer,
-                  momentum=DEFAULT_MOMENTUM if args.momentum is None else args.momentum,
-                  penalty_step=args.penalty_step)
+    return Config(**values, device=resolve_device(args.device))
 
 
 # ---------------------------------------------------------------- files

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyregnet import data
+from pyregnet import data, imagefolder
 from pyregnet.data import DataError
 
 PIL_Image = pytest.importorskip("PIL.Image", reason="image-folder tests need Pillow (pip install pillow)")
@@ -372,7 +372,7 @@ def test_image_folder_dir_and_cache(tree, cache, monkeypatch):
     assert str(root) in ds.source
     cached = leftovers(cache)
     assert len(cached) == 1 and cached[0].endswith(".npz")
-    monkeypatch.setattr(data, "_decode_image", fail_decode)
+    monkeypatch.setattr(imagefolder, "_decode_image", fail_decode)
     check_tree(data.load_image_folder(root), expect)      # from the cache
     check_tree(data.load_cifar10(root), expect)           # the same source via the CIFAR entry point
     check_tree(data.load(str(root)), expect)
@@ -455,7 +455,7 @@ def test_eleven_classes_are_refused_before_decoding(tree, cache, monkeypatch):
     root, _ = tree
     for split in ("train", "test"):
         shutil.copytree(root / split / "ant", root / split / "aardvark")
-    monkeypatch.setattr(data, "_decode_image", fail_decode)
+    monkeypatch.setattr(imagefolder, "_decode_image", fail_decode)
     with pytest.raises(DataError, match=r"has 4 classes \(aardvark, ant, moose, zebra\) but the network has 3"):
         data.load(str(root), n_classes=3)
     tarball = make_tar(root, tree[0].parent / "four.tar.gz")
@@ -472,7 +472,7 @@ def test_unreadable_class_folder_is_one_line(tree, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(data.os, "scandir", scandir)
+    monkeypatch.setattr(imagefolder.os, "scandir", scandir)
     with pytest.raises(DataError, match=r"cannot read the folder .*train/moose \(Permission denied\)") as info:
         data.load_image_folder(root)
     assert "\n" not in str(info.value)
@@ -490,7 +490,7 @@ def test_image_folder_tarball(tree, tmp_path, cache, monkeypatch, wrap):
     ds = data.load_cifar10(tarball)
     check_tree(ds, expect)
     assert str(tarball) in ds.source
-    monkeypatch.setattr(data, "_decode_image", fail_decode)
+    monkeypatch.setattr(imagefolder, "_decode_image", fail_decode)
     check_tree(data.load_image_folder(tarball), expect)
     assert len([n for n in leftovers(cache) if n.endswith(".npz")]) == 1
     assert not [n for n in leftovers(cache) if n.endswith(".part")]

@@ -3,13 +3,14 @@ held-out accuracy with its extensions at an edge, E3/E4 reading E2's choice and 
 baseline runs; one real E1 trial run end to end. The E2 flow runs against a stand-in job runner
 that writes each run's metrics from a known accuracy surface, so the choice is known in advance."""
 
+import argparse
 import json
 import math
 
 import pytest
 
 from pyregnet import experiments as ex
-from pyregnet import sweep
+from pyregnet import runs, sweep
 
 
 def test_ladder_steps():
@@ -53,9 +54,9 @@ def surface(reg, l1, l2):
 
 
 def epoch_line(epoch, val_acc):
-    """A metrics.jsonl line with every key the sweep checks (sweep.EPOCH_KEYS)."""
+    """A metrics.jsonl line with every key the sweep checks (pyregnet.runs.EPOCH_KEYS)."""
     return {"epoch": epoch, "val_acc": val_acc, "train_acc": val_acc, "train_loss": 1.0, "val_loss": 1.0,
-            "sparsity": {"total": dict.fromkeys(sweep.SPARSITY_KEYS, 0.0)}, "epoch_time_s": 1.0, "images_per_s": 1.0}
+            "sparsity": {"total": dict.fromkeys(runs.SPARSITY_KEYS, 0.0)}, "epoch_time_s": 1.0, "images_per_s": 1.0}
 
 
 @pytest.fixture
@@ -70,11 +71,11 @@ def stand_in(monkeypatch):
 
             def value(flag):
                 return command[command.index(flag) + 1] if flag in command else None
-            opts = sweep.argparse.Namespace(data=None, dataset=value("--dataset"), train_size=None, val_size=None,
+            opts = argparse.Namespace(data=None, dataset=value("--dataset"), train_size=None, val_size=None,
                                             batch_size=None, lr=None, augment="--no-augment" not in command,
                                             holdout=int(value("--holdout") or 0))
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            (job.run_dir / "config.json").write_text(json.dumps(sweep.expected_config(spec, opts)))
+            (job.run_dir / "config.json").write_text(json.dumps(runs.expected_config(spec, opts)))
             acc = surface(spec.reg, spec.l1, spec.l2) if spec.reg != "none" else 0.6
             lines = [json.dumps(epoch_line(e, acc)) for e in range(1, int(value("--epochs")) + 1)]
             (job.run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")

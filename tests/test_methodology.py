@@ -206,7 +206,7 @@ def test_config_names_the_data_by_file_name_and_hash_not_by_path(tmp_path, monke
     assert config["train_images"] == 60 and config["val_images"] == 20 and config["test_images"] == 20
     assert config["holdout"] == 20
     # the sweep recognizes the finished run from its config.json
-    from pyregnet import sweep
+    from pyregnet.runs import Spec, expected_config, run_state
     opts = __import__("argparse").Namespace(data=str(tree), dataset=None, train_size=None, val_size=None,
                                             batch_size=None, lr=None, augment=True, holdout=20)
-    assert sweep.run_state(out, sweep.expected_config(sweep.Spec("none", 0.0, 0.0, 0), opts), 1)[0] == "done"
+    assert run_state(out, expected_config(Spec("none", 0.0, 0.0, 0), opts), 1)[0] == "done"

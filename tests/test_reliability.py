@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import pyregnet
-from pyregnet import data, rundir, train
+from pyregnet import data, imagefolder, rundir, train
 
 TINY = ["--dataset", "synthetic", "--train-size", "64", "--val-size", "32", "--batch-size", "32", "--device", "cpu"]
 
@@ -131,7 +131,7 @@ def test_eleven_class_folders_are_refused_before_training(tmp_path, monkeypatch,
         for c in range(11):
             (root / split / f"class{c:02d}").mkdir(parents=True)
             PIL_Image.fromarray(np.full((32, 32, 3), c, np.uint8)).save(root / split / f"class{c:02d}" / "a.png")
-    monkeypatch.setattr(data, "_decode_image", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(imagefolder, "_decode_image", lambda *a: pytest.fail("decoded"))
     assert train.main(["--data", str(root), "--device", "cpu", "--out", str(tmp_path / "a")]) == train.EXIT_USAGE
     one_line_error(capsys, "has 11 classes", "the network has 10 outputs")
     assert not (tmp_path / "a").exists()
@@ -361,7 +361,8 @@ def test_sigkill_anywhere_in_the_first_two_epochs_then_rerun_equals_uninterrupte
 
 # ---------------------------------------------------------------- the sweep
 
-from pyregnet import sweep  # noqa: E402
+from pyregnet import options, sweep  # noqa: E402
+from pyregnet.runs import Spec, expected_config, run_state  # noqa: E402
 from test_sweep import two_seed_dir  # noqa: E402
 
 SWEEP_TINY = ["--dataset", "synthetic", "--train-size", "64", "--val-size", "32", "--batch-size", "32",
@@ -422,7 +423,7 @@ def test_damaged_run_is_named_not_dropped_silently(damage, fragment, tmp_path, c
     md = (tmp_path / "compare.md").read_text()
     assert "| none | — | 1 |" in md  # the other seed's run, alone
     # A sweep does not count the damaged run as finished: it is a conflict, named, exit 1.
-    state, detail = sweep.run_state(d, sweep.expected_config(sweep.Spec("none", 0.0, 0.0, 0), _opts()), 2)
+    state, detail = run_state(d, expected_config(Spec("none", 0.0, 0.0, 0), _opts()), 2)
     assert state == "conflict" and str(d) in detail
 
 
@@ -437,7 +438,7 @@ def test_run_that_no_epoch_finished_is_started_over(tmp_path):
     d.mkdir()
     (d / "metrics.jsonl").write_text("")
     (d / "config.json").write_text("{")
-    assert sweep.run_state(d, sweep.expected_config(sweep.Spec("none", 0.0, 0.0, 0), _opts()), 1) == ("new", "")
+    assert run_state(d, expected_config(Spec("none", 0.0, 0.0, 0), _opts()), 1) == ("new", "")
 
 
 @pytest.mark.parametrize("content", ['{"grid": ', '{"grid": {"runs": "none_s0"}}', "[]"])
@@ -456,10 +457,10 @@ def test_huge_seed_ranges_are_refused_at_once(tmp_path, capsys):
     assert sweep.main(["compare", "--seeds", "0-100000000", "--out", str(tmp_path / "x"), "--dry-run"]) == 2
     assert time.perf_counter() - start < 5
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"expected at most {sweep.MAX_SEEDS} seeds" in err
+    assert err.count("\n") == 1 and f"expected at most {options.MAX_SEEDS} seeds" in err
     start = time.perf_counter()
-    seeds = sweep._seeds(f"0-{sweep.MAX_SEEDS - 1},5,3-7")
-    assert seeds == list(range(sweep.MAX_SEEDS)) and time.perf_counter() - start < 1
+    seeds = options.seeds(f"0-{options.MAX_SEEDS - 1},5,3-7")
+    assert seeds == list(range(options.MAX_SEEDS)) and time.perf_counter() - start < 1
 
 
 @pytest.mark.parametrize("seeds, fragment", [

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pyregnet import sweep
+from pyregnet import options, sweep, tables, train
+from pyregnet.runs import Spec, expected_config, load_runs, run_args
 from pyregnet.regularizers import DEFAULT_L1, DEFAULT_L2
 
 PINNED = ["--l1", "1e-4", "--l2", "1e-3", "--l1l2", "1e-4:1e-3"]  # λ named by the run directories below
@@ -52,19 +53,19 @@ def make_run(root, spec, history, checkpoint=False, **kw):
 
 def two_seed_dir(tmp_path):
     """none: val 0.60 / 0.70, train 0.80 / 0.90; l1 (1e-4): val 0.65 / 0.65, train 0.70 / 0.72."""
-    make_run(tmp_path, sweep.Spec("none", 0.0, 0.0, 0),
+    make_run(tmp_path, Spec("none", 0.0, 0.0, 0),
              [epoch(1, 0.5, 0.55), epoch(2, 0.80, 0.60, s3=0.02, t=1.0, ips=200)])
-    make_run(tmp_path, sweep.Spec("none", 0.0, 0.0, 1),
+    make_run(tmp_path, Spec("none", 0.0, 0.0, 1),
              [epoch(1, 0.5, 0.72), epoch(2, 0.90, 0.70, s3=0.04, t=3.0, ips=100)])
-    make_run(tmp_path, sweep.Spec("l1", 1e-4, 0.0, 0), [epoch(1, 0.5, 0.5), epoch(2, 0.70, 0.65, s3=0.5)])
-    make_run(tmp_path, sweep.Spec("l1", 1e-4, 0.0, 1), [epoch(1, 0.5, 0.5), epoch(2, 0.72, 0.65, s3=0.7)])
+    make_run(tmp_path, Spec("l1", 1e-4, 0.0, 0), [epoch(1, 0.5, 0.5), epoch(2, 0.70, 0.65, s3=0.5)])
+    make_run(tmp_path, Spec("l1", 1e-4, 0.0, 1), [epoch(1, 0.5, 0.5), epoch(2, 0.72, 0.65, s3=0.7)])
     return tmp_path
 
 
 # ---------------------------------------------------------------- aggregation
 
 def test_summarize_mean_std_gap(tmp_path):
-    rows = sweep.summarize(sweep.load_runs(two_seed_dir(tmp_path)))
+    rows = tables.summarize(load_runs(two_seed_dir(tmp_path)))
     assert [(r["method"], r["l1"], r["runs"], r["seeds"]) for r in rows] == [("none", 0.0, 2, [0, 1]),
                                                                               ("l1", 1e-4, 2, [0, 1])]
     none, l1 = rows
@@ -80,43 +81,43 @@ def test_summarize_mean_std_gap(tmp_path):
 
 
 def test_one_seed_has_no_std_and_epochs_cut(tmp_path):
-    make_run(tmp_path, sweep.Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.3, 0.2), epoch(2, 0.6, 0.5), epoch(3, 0.9, 0.4)])
-    (row,) = sweep.summarize(sweep.load_runs(tmp_path, epochs=2))
+    make_run(tmp_path, Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.3, 0.2), epoch(2, 0.6, 0.5), epoch(3, 0.9, 0.4)])
+    (row,) = tables.summarize(load_runs(tmp_path, epochs=2))
     assert row["epochs"] == 2 and row["final_val_acc"].mean == 0.5 and math.isnan(row["final_val_acc"].std)
-    md = sweep.format_markdown([row], "compare")
+    md = tables.format_markdown([row], "compare")
     assert "| L2 | λ2=0.001 | 1 | 60.00 | 50.00 | 10.00 | 50.00 |" in md and "±" not in md.split("|---")[1]
-    (line,) = list(csv.DictReader(io.StringIO(sweep.csv_text([row]))))
+    (line,) = list(csv.DictReader(io.StringIO(tables.csv_text([row]))))
     assert line["final_val_acc_mean"] == "0.5" and line["final_val_acc_std"] == ""
 
 
 def test_load_runs_ignores_other_dirs_and_torn_lines(tmp_path):
-    d = make_run(tmp_path, sweep.Spec("none", 0.0, 0.0, 0), [epoch(1, 0.5, 0.4)])
+    d = make_run(tmp_path, Spec("none", 0.0, 0.0, 0), [epoch(1, 0.5, 0.4)])
     with open(d / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "train_')                 # a process killed mid-write
     (tmp_path / "not_a_run").mkdir()
     (tmp_path / "grid.md").write_text("")
-    runs = sweep.load_runs(tmp_path)
+    runs = load_runs(tmp_path)
     assert [r["name"] for r in runs] == ["none_s0"] and len(runs[0]["history"]) == 1
 
 
 def test_grid_chooses_best_val_and_says_so(tmp_path):
     for lam, val in ((1e-5, 0.60), (1e-4, 0.66), (1e-3, 0.55)):
         for seed, dv in ((0, -0.01), (1, 0.01)):
-            make_run(tmp_path, sweep.Spec("l1", lam, 0.0, seed), [epoch(1, 0.7, val + dv)])
-    make_run(tmp_path, sweep.Spec("none", 0.0, 0.0, 0), [epoch(1, 0.9, 0.7)])   # best, but no penalty
-    make_run(tmp_path, sweep.Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.7, 0.5)])
-    runs = sweep.load_runs(tmp_path)
-    rows = sweep.summarize(runs)
-    chosen = sweep.choose(rows)
+            make_run(tmp_path, Spec("l1", lam, 0.0, seed), [epoch(1, 0.7, val + dv)])
+    make_run(tmp_path, Spec("none", 0.0, 0.0, 0), [epoch(1, 0.9, 0.7)])   # best, but no penalty
+    make_run(tmp_path, Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.7, 0.5)])
+    runs = load_runs(tmp_path)
+    rows = tables.summarize(runs)
+    chosen = tables.choose(rows)
     assert set(chosen) == {"l1", "l2"}
     assert chosen["l1"]["l1"] == 1e-4 and chosen["l1"]["final_val_acc"].mean == pytest.approx(0.66)
-    md = sweep.format_markdown(rows, "grid", runs)
+    md = tables.format_markdown(rows, "grid", runs)
     print(md)
     assert "| L1 | λ1=0.0001 | 2 | 66.00 ± 1.41 | 70.00 ± 0.00 | 4.00 ± 1.41 | 10.00 ± 0.00 | **chosen** |" in md
     assert "- L1: λ1=0.0001 — final val acc 66.00 ± 1.41% over 2 seed(s); next best λ1=1e-05 at 60.00 ± 1.41%." in md
     assert "- L2: λ2=0.001 — final val acc 50.00% over 1 seed(s) (the only λ tried)." in md
     assert "synthetic (seed 0)" in md and "1 epochs" in md
-    lines = list(csv.DictReader(io.StringIO(sweep.csv_text(rows, "grid"))))
+    lines = list(csv.DictReader(io.StringIO(tables.csv_text(rows, "grid"))))
     assert [(r["method"], r["l1"], r["chosen"]) for r in lines] == [
         ("none", "0.0", "0"), ("l1", "1e-05", "0"), ("l1", "0.0001", "1"), ("l1", "0.001", "0"), ("l2", "0.0", "1")]
     assert float(lines[2]["final_val_acc_mean"]) == pytest.approx(0.66)
@@ -124,8 +125,8 @@ def test_grid_chooses_best_val_and_says_so(tmp_path):
 
 
 def test_compare_table_columns(tmp_path):
-    runs = sweep.load_runs(two_seed_dir(tmp_path))
-    md = sweep.format_markdown(sweep.summarize(runs), "compare", runs)
+    runs = load_runs(two_seed_dir(tmp_path))
+    md = tables.format_markdown(tables.summarize(runs), "compare", runs)
     print(md)
     header = next(line for line in md.splitlines() if line.startswith("| penalty"))
     for column in ("final train acc", "final val acc", "train − val gap", "best val acc", "sparsity ≤1e-3",
@@ -140,14 +141,14 @@ def test_report_remakes_tables_and_figures(tmp_path, capsys):
     assert sweep.main(["report", str(tmp_path)]) == 0      # one λ per penalty: a comparison
     for name in ("compare.md", "compare.csv", "fig10_accuracy.png", "fig11_loss.png"):
         assert (tmp_path / name).stat().st_size > 0
-    make_run(tmp_path, sweep.Spec("l1", 1e-3, 0.0, 0), [epoch(1, 0.5, 0.5), epoch(2, 0.6, 0.6)])
+    make_run(tmp_path, Spec("l1", 1e-3, 0.0, 0), [epoch(1, 0.5, 0.5), epoch(2, 0.6, 0.6)])
     assert sweep.main(["report", str(tmp_path)]) == 0      # two λ for l1: a grid
     assert "**chosen**" in (tmp_path / "grid.md").read_text()
 
 
 def test_report_leaves_out_incomplete_runs(tmp_path, capsys):
     two_seed_dir(tmp_path)
-    make_run(tmp_path, sweep.Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.5, 0.5)], epochs=2)
+    make_run(tmp_path, Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.5, 0.5)], epochs=2)
     assert sweep.main(["report", str(tmp_path), "--kind", "compare"]) == 0
     assert "l2_0.001_s0: incomplete (1/2 epochs)" in capsys.readouterr().err
     assert "| L2 |" not in (tmp_path / "compare.md").read_text()
@@ -166,7 +167,7 @@ def test_dry_run_lists_the_commands(tmp_path, capsys):
     code, lines, _ = dry_run(capsys, "compare", "--seeds", "0,1", "--l2", "0.01", "--out", str(out), *TINY,
                              "--epochs", "3", "--no-augment")
     assert code == 0
-    common = "--dataset synthetic --train-size 256 --val-size 128 --epochs 3 --device cpu --no-augment"
+    common = "--epochs 3 --dataset synthetic --train-size 256 --val-size 128 --device cpu --no-augment"
     expected = [f"python -m pyregnet.train --reg none --seed {s} {common} --out {out}/none_s{s}" for s in (0, 1)]
     l1, l1l2 = f"{DEFAULT_L1['l1']:g}", (f"{DEFAULT_L1['l1l2']:g}", f"{DEFAULT_L2['l1l2']:g}")  # the defaults
     expected += [f"python -m pyregnet.train --reg l1 --l1 {l1} --seed {s} {common} --out {out}/l1_{l1}_s{s}"
@@ -195,9 +196,9 @@ def test_dry_run_grid_names(tmp_path, capsys):
 def test_dry_run_skips_finished_and_resumes_partial(tmp_path, capsys):
     args = ["compare", "--seeds", "0", "--penalties", "none,l2", "--l2", "1e-3", "--out", str(tmp_path), *TINY,
             "--epochs", "2"]
-    make_run(tmp_path, sweep.Spec("none", 0.0, 0.0, 0), [epoch(1, 0.5, 0.5), epoch(2, 0.6, 0.6)], checkpoint=True,
+    make_run(tmp_path, Spec("none", 0.0, 0.0, 0), [epoch(1, 0.5, 0.5), epoch(2, 0.6, 0.6)], checkpoint=True,
              epochs=2)
-    make_run(tmp_path, sweep.Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.5, 0.5)], checkpoint=True, epochs=2)
+    make_run(tmp_path, Spec("l2", 0.0, 1e-3, 0), [epoch(1, 0.5, 0.5)], checkpoint=True, epochs=2)
     code, lines, err = dry_run(capsys, *args)
     assert code == 0 and len(lines) == 1
     assert lines[0].endswith(f"--out {tmp_path}/l2_0.001_s0 --resume")
@@ -210,13 +211,37 @@ def test_dry_run_skips_finished_and_resumes_partial(tmp_path, capsys):
 def test_from_grid_uses_the_chosen_lambda(tmp_path, capsys):
     grid = tmp_path / "grid"
     for lam, val in ((1e-5, 0.5), (1e-3, 0.6)):
-        make_run(grid, sweep.Spec("l1", lam, 0.0, 0), [epoch(1, 0.7, val)])
+        make_run(grid, Spec("l1", lam, 0.0, 0), [epoch(1, 0.7, val)])
     code, lines, _ = dry_run(capsys, "compare", "--seeds", "0", "--penalties", "l1", "--from-grid", str(grid),
                              "--out", str(tmp_path / "cmp"))
     assert code == 0 and len(lines) == 1 and "--reg l1 --l1 0.001 --seed 0" in lines[0]
     code = sweep.main(["compare", "--penalties", "l2", "--from-grid", str(grid), "--out", str(tmp_path / "c"),
                        "--dry-run"])
     assert code == 2 and "has no finished runs for l2" in capsys.readouterr().err
+
+
+def test_every_passed_option_reaches_train_and_the_expected_config(tmp_path):
+    """Each option a sweep passes through arrives at train with its value, and the config.json the
+    sweep expects is what train makes of it."""
+    given = {"--epochs": "3", "--batch-size": "32", "--optimizer": "sgd", "--lr": "0.05", "--momentum": "0.5",
+             "--penalty-step": "proximal", "--data": "d.tar.gz", "--train-size": "100", "--val-size": "50",
+             "--holdout": "10", "--device": "cpu"}
+    args = sweep.parser().parse_args(["compare", "--out", str(tmp_path), *sum(given.items(), ()), "--no-augment"])
+    passed = train.parser().parse_args(run_args(args))
+    unset = [o.flag for o in options.PASSED if o.flag not in given and o.flag not in ("--no-augment", "--dataset")]
+    assert not unset, f"add {unset} to this test"
+    for option in options.PASSED:
+        if option.flag != "--dataset":  # one of --data and --dataset: --dataset below
+            expected = str(Path("d.tar.gz").resolve()) if option.dest == "data" else getattr(args, option.dest)
+            assert getattr(passed, option.dest) == expected, option.flag
+    synthetic = sweep.parser().parse_args(["grid", "--out", "x", "--dataset", "synthetic"])
+    assert train.parser().parse_args(run_args(synthetic)).dataset == "synthetic"
+    config = expected_config(Spec("l1", 1e-4, 0.0, 7), args)
+    assert config == {"reg": "l1", "l1": 1e-4, "l2": 0.0, "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
+                      "momentum": 0.5, "penalty_step": "proximal", "seed": 7, "data": "d.tar.gz", "dataset": "cifar10",
+                      "train_size": 100, "val_size": 50, "holdout": 10, "augment": False}
+    defaults = expected_config(Spec("none", 0.0, 0.0, 0), sweep.parser().parse_args(["grid", "--out", "x"]))
+    assert (defaults["lr"], defaults["momentum"], defaults["holdout"], defaults["augment"]) == (1e-3, 0.9, 0, True)
 
 
 def test_child_env_sets_gpu_and_threads_and_leaves_the_import_path(monkeypatch):
@@ -285,7 +310,7 @@ def test_gpus_one_process_per_gpu(tmp_path, fake_train, capsys):
 
 
 def test_conflicting_run_dir_is_not_overwritten(tmp_path, capsys):
-    make_run(tmp_path, sweep.Spec("none", 0.0, 0.0, 0), [epoch(1, 0.5, 0.5)], train_size=512)
+    make_run(tmp_path, Spec("none", 0.0, 0.0, 0), [epoch(1, 0.5, 0.5)], train_size=512)
     code = sweep.main(["compare", "--seeds", "0", "--penalties", "none", "--out", str(tmp_path), *TINY,
                        "--epochs", "1"])
     err = capsys.readouterr().err
