@@ -6,7 +6,6 @@ intervals and Holm-corrected p-values, the paper's Figures 10-11, log10|w| histo
 runs pruned with `python -m pyregnet.prune`, test accuracy against sparsity."""
 
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -205,11 +204,12 @@ def claims_table(rows):
             arrow = {1: " (claimed > 0)", -1: " (claimed < 0)", 0: " (two-sided)"}[sign]
             lines.append("| " + " | ".join([
                 cid if i == 0 else "", text if i == 0 else "",
-                f"{QUANTITY_NAMES[quantity]}: {tables.METHOD_NAMES[a]} − {tables.METHOD_NAMES[b]}{arrow}, n = {res.n}",
+                f"{QUANTITY_NAMES[quantity]}: {tables.METHOD_NAMES[a]} − {tables.METHOD_NAMES[b]}{arrow}, "
+                f"n = {res.n}",
                 f"{100 * res.mean:+.2f}", f"[{100 * res.low:+.2f}, {100 * res.high:+.2f}]", f"{res.p:.3g}",
                 f"{p_holm:.3g}", v, overall if i == 0 else ""]) + " |")
-    lines.append("| C7 | L1L2 costs \"slightly more\" compute | judged from `bench/penalty_cost.py` on a quiet machine, "
-                 "methods interleaved (docs/results.md), not from these runs' epoch times | | | | | | |")
+    lines.append("| C7 | L1L2 costs \"slightly more\" compute | judged from `bench/penalty_cost.py` on a quiet "
+                 "machine, methods interleaved (docs/results.md), not from these runs' epoch times | | | | | | |")
     return lines
 
 
@@ -246,7 +246,7 @@ def pruning_table(groups, curves):
     for method, per_seed in curves.items():
         c = groups[method][0]["config"]
         levels = [p["level"] for p in per_seed[0]]
-        cells = [sweep.METHOD_NAMES[method], sweep.lambda_text(method, c["l1"], c["l2"]), str(len(per_seed)),
+        cells = [tables.METHOD_NAMES[method], tables.lambda_text(method, c["l1"], c["l2"]), str(len(per_seed)),
                  _pm([curve[0]["test_acc"] for curve in per_seed])]
         for level in PRUNE_SHOWN:
             cells.append(_pm([curve[levels.index(level)]["test_acc"] for curve in per_seed])
@@ -259,11 +259,14 @@ def pruning_table(groups, curves):
 def pruning_figure(groups, curves, path, regime):
     from .plots import plot_prune_methods
     series = []
+    def mean_over_seeds(per_seed, key):
+        return [statistics.fmean(points) for points in zip(*([p[key] for p in curve] for curve in per_seed))]
+
     for method, per_seed in curves.items():
         c = groups[method][0]["config"]
-        series.append({"label": sweep.method_label(method, c["l1"], c["l2"]), "color": sweep.METHOD_COLORS[method],
-                       "sparsity": [statistics.fmean(pts) for pts in zip(*([p["sparsity"] for p in cv] for cv in per_seed))],
-                       "test_acc": [statistics.fmean(pts) for pts in zip(*([p["test_acc"] for p in cv] for cv in per_seed))]})
+        series.append({"label": tables.method_label(method, c["l1"], c["l2"]), "color": tables.METHOD_COLORS[method],
+                       "sparsity": mean_over_seeds(per_seed, "sparsity"),
+                       "test_acc": mean_over_seeds(per_seed, "test_acc")})
     plot_prune_methods(series, path, f"{regime}: test accuracy after global magnitude pruning (mean over seeds)")
     return path
 
