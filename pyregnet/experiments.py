@@ -1,12 +1,15 @@
-"""The experiments E1-E4 that test the paper's claims (docs/experiments.md states their
-criteria), as plans for ``python -m pyregnet.sweep run E1|E2|E3|E4 --root DIR``.
+"""The experiments E1-E7 (docs/experiments.md states their criteria), as plans for
+``python -m pyregnet.sweep run E1|...|E7 --root DIR``: E1-E4 test the paper's claims, E5-E7 go
+beyond it (the proximal step, SGD, pruning).
 
 Each experiment writes its runs under DIR/<experiment>/<run>: 20 epochs on the full training set,
 batch 64, Adam lr 1e-3. E1 is the baseline without augmentation, seeds 0-4. E2 is the λ grid
 without augmentation on seed 0 with 5,000 training images held out, chosen by held-out accuracy;
 its choice goes to DIR/E2/chosen.json. E3 (no augmentation, seeds 0-4) and E4 (augmentation,
-seeds 0-2) compare none, L1, L2 and L1L2 at E2's λ; E3's baseline runs are E1's. Running the
-same command again skips finished runs and resumes interrupted ones.
+seeds 0-2) compare none, L1, L2 and L1L2 at E2's λ; E3's baseline runs are E1's. E5 chooses
+the proximal step's λ like E2 (E5-grid) and runs it at seeds 0-2; E6 trains with SGD; E7 prunes
+the finished runs. Running the same command again skips finished runs and resumes interrupted
+ones.
 """
 
 import argparse
@@ -30,6 +33,13 @@ MAX_EXTENSIONS = 2  # grid points added beyond the first grid, per λ and direct
 CHOSEN_FILE = "chosen.json"
 
 
+E5_GRID = {"l1": (1e-4, 1e-3, 1e-2), "l2": (1e-3, 1e-2, 1e-1)}  # the proximal step's λ: docs/experiments.md E5
+# E6's runs: (penalty, λ1, λ2, seeds); SGD's sparsity order at λ = 1e-3 is tested, 1e-4 only described.
+E6_RUNS = (("none", 0.0, 0.0, (0, 1, 2)), ("l1", 1e-3, 0.0, (0, 1, 2)), ("l2", 0.0, 1e-3, (0, 1, 2)),
+           ("l1", 1e-4, 0.0, (0,)), ("l2", 0.0, 1e-4, (0,)))
+PRUNED = ("E1", "E3", "E5", "E6")  # E7 prunes the finished runs of these experiments
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -37,6 +47,7 @@ class Experiment:
     augment: bool
     seeds: tuple
     holdout: int = 0
+    train: tuple = ()  # further train options of every run: (dest, value) pairs
 
 
 EXPERIMENTS = {
@@ -45,6 +56,12 @@ EXPERIMENTS = {
                      E2_HOLDOUT),
     "E3": Experiment("E3", "none, L1, L2, L1L2 at the chosen λ without augmentation", False, (0, 1, 2, 3, 4)),
     "E4": Experiment("E4", "none, L1, L2, L1L2 at the chosen λ with augmentation", True, (0, 1, 2)),
+    "E5": Experiment("E5", "the proximal penalty step: L1 and L2 at λ chosen on held-out images (E5-grid), "
+                     "then seeds 0-2", False, (0, 1, 2), train=(("penalty_step", "proximal"),)),
+    "E6": Experiment("E6", "SGD (lr 0.01, momentum 0.9): none, L1 and L2", False, (0, 1, 2),
+                     train=(("optimizer", "sgd"), ("lr", 0.01), ("momentum", 0.9))),
+    "E7": Experiment("E7", "pruning curves of every finished run of E1, E3, E5, E6 whose checkpoint is here",
+                     False, ()),
 }
 
 
@@ -111,13 +128,15 @@ def extend_pair(scores, first_grid):
 
 # ---------------------------------------------------------------- launching
 
-def _opts(args, experiment):
-    """The train options of the experiment's runs, as pyregnet.runs.run_args takes them."""
-    holdout = args.holdout if experiment.holdout and args.holdout else experiment.holdout
+def _opts(args, experiment, holdout=None):
+    """The train options of the experiment's runs, as pyregnet.runs.run_args takes them; `holdout`:
+    the held-out images of a selection stage (the experiment's own when not given)."""
+    holdout = holdout if holdout is not None else experiment.holdout
+    holdout = args.holdout if holdout and args.holdout else holdout
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
     return argparse.Namespace(data=data, dataset=args.dataset, train_size=args.train_size, val_size=args.val_size,
                               epochs=args.epochs, device=args.device, augment=experiment.augment,
-                              holdout=holdout or None)
+                              holdout=holdout or None, **dict(experiment.train))
 
 
 class Launcher:
@@ -229,6 +248,67 @@ def read_chosen(root):
         raise UsageError(f"{path} is not a λ choice written by E2 ({type(e).__name__}: {e}); run E2 again") from None
 
 
+def run_e5(args, root, launch, log=print):
+    """Proximal L1 and L2: the grid on held-out images (E5-grid, seed 0), the choice written to
+    E5-grid/chosen.json, then the chosen λ at seeds 0-2 on the full training set (E5)."""
+    experiment = EXPERIMENTS["E5"]
+    grid = [runs.Spec("l1", lam, 0.0, 0) for lam in E5_GRID["l1"]] + \
+           [runs.Spec("l2", 0.0, lam, 0) for lam in E5_GRID["l2"]]
+    entries = _entries(root, "E5-grid", _opts(args, experiment, holdout=E2_HOLDOUT), grid)
+    if not launch(entries):
+        return False
+    scores = _scores(entries)
+    chosen = {}
+    for kind in ("l1", "l2"):
+        mine = {(s.l1 if kind == "l1" else s.l2): v for s, v in scores.items() if s.reg == kind}
+        lam = best(mine)
+        chosen[kind] = {"l1": lam if kind == "l1" else 0.0, "l2": lam if kind == "l2" else 0.0, "score": mine[lam],
+                        "grid": {options.num(k): v for k, v in sorted(mine.items())}}
+    record = {"criterion": f"mean held-out accuracy over the last {ENDPOINT_EPOCHS} epochs, seed 0, --holdout "
+                           f"{E2_HOLDOUT}, no augmentation, --penalty-step proximal; ties go to the smaller λ", **chosen}
+    (root / "E5-grid" / CHOSEN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    log("E5: chosen " + ", ".join(f"proximal {k} {lambda_text(k, v['l1'], v['l2'])} ({v['score']:.4f})"
+                                  for k, v in chosen.items()))
+    finals = [runs.Spec(k, v["l1"], v["l2"], seed) for k, v in chosen.items() for seed in experiment.seeds]
+    return launch(_entries(root, "E5", _opts(args, experiment), finals))
+
+
+def e6_entries(args, root):
+    opts = _opts(args, EXPERIMENTS["E6"])
+    return _entries(root, "E6", opts, [runs.Spec(kind, l1, l2, seed) for kind, l1, l2, seeds in E6_RUNS
+                                       for seed in seeds])
+
+
+def run_e7(args, root, log=print):
+    """Prunes (python -m pyregnet.prune --per-layer) every finished run of PRUNED that has its
+    checkpoint on this machine and no prune.json yet. Checkpoints are not committed, so a run
+    whose checkpoint is gone is named and left out. Returns {run: (exit code, last line)} of the
+    failures."""
+    jobs, gone = [], []
+    for name in PRUNED:
+        d = root / name
+        for run in (runs.load_runs(d) if d.is_dir() else []):
+            run_dir = Path(run["dir"])
+            if not runs.is_complete(run) or (run_dir / "prune.json").exists():
+                continue
+            if not (run_dir / "checkpoint.npz").exists():
+                gone.append(f"{name}/{run_dir.name}")
+                continue
+            command = ["python" if args.dry_run else sys.executable, "-m", "pyregnet.prune", str(run_dir),
+                       "--per-layer", *(["--data", str(Path(args.data).expanduser().resolve())] if args.data else []),
+                       *(["--device", args.device] if args.device else [])]
+            jobs.append(sweep.Job(argparse.Namespace(name=f"{name}/{run_dir.name}"), run_dir, command))
+    for run in gone:
+        print(f"pyregnet.sweep run E7: {run}: no checkpoint.npz on this machine (not committed); not pruned",
+              file=sys.stderr)
+    if args.dry_run:
+        for job in jobs:
+            print(shlex.join(job.command))
+        return {}
+    results = sweep.execute(jobs, args.jobs or 1, args.gpus, log)
+    return {name: r for name, r in results.items() if r[0] != 0}
+
+
 def comparison_entries(args, root, name):
     """E3's or E4's runs: none, L1, L2, L1L2 at E2's λ over the experiment's seeds. E3's none
     runs are E1's (the same settings), kept in E1's directory."""
@@ -251,10 +331,17 @@ def run_experiment(args, log=print):
     name = args.experiment
     if name == "E2":
         done = run_e2(args, root, launch, log)
+    elif name == "E5":
+        done = run_e5(args, root, launch, log)
+    elif name == "E7":
+        launch.failed.update(run_e7(args, root, log))
+        done = True
     else:
         if name == "E1":
             entries = _entries(root, "E1", _opts(args, EXPERIMENTS["E1"]),
                                [runs.Spec("none", 0.0, 0.0, seed) for seed in EXPERIMENTS["E1"].seeds])
+        elif name == "E6":
+            entries = e6_entries(args, root)
         else:
             entries = comparison_entries(args, root, name)
         done = launch(entries)
@@ -263,16 +350,16 @@ def run_experiment(args, log=print):
         for run, (code, line) in launch.failed.items():
             print(f"  {run}: exit {code}: {line or '(no message)'}", file=sys.stderr)
         return sweep.EXIT_FAILED
-    if args.dry_run and not done and name == "E2":
-        print("pyregnet.sweep run E2: the commands above are this stage's; run them, then --dry-run again for the "
-              "next stage (the next grid points depend on their results)", file=sys.stderr)
+    if args.dry_run and not done and name in ("E2", "E5"):
+        print(f"pyregnet.sweep run {name}: the commands above are this stage's; run them, then --dry-run again for "
+              "the next stage (the next runs depend on their results)", file=sys.stderr)
     elif not args.dry_run:
         log(f"pyregnet.sweep run {name}: done; tables and figures: python -m pyregnet.sweep report --root {root}")
     return 0
 
 
 def add_parser(sub):
-    r = sub.add_parser("run", help="run one of the experiments E1-E4 (docs/experiments.md) under --root DIR")
+    r = sub.add_parser("run", help="run one of the experiments E1-E7 (docs/experiments.md) under --root DIR")
     r.add_argument("experiment", choices=sorted(EXPERIMENTS), help="; ".join(
         f"{e.name}: {e.title}" for e in EXPERIMENTS.values()))
     r.add_argument("--root", metavar="DIR", required=True,

@@ -72,8 +72,10 @@ def stand_in(monkeypatch):
             def value(flag):
                 return command[command.index(flag) + 1] if flag in command else None
             opts = argparse.Namespace(data=None, dataset=value("--dataset"), train_size=None, val_size=None,
-                                            batch_size=None, lr=None, augment="--no-augment" not in command,
-                                            holdout=int(value("--holdout") or 0))
+                                      batch_size=None, lr=float(value("--lr")) if value("--lr") else None,
+                                      augment="--no-augment" not in command, holdout=int(value("--holdout") or 0),
+                                      optimizer=value("--optimizer"), penalty_step=value("--penalty-step"),
+                                      momentum=float(value("--momentum")) if value("--momentum") else None)
             job.run_dir.mkdir(parents=True, exist_ok=True)
             (job.run_dir / "config.json").write_text(json.dumps(runs.expected_config(spec, opts)))
             acc = surface(spec.reg, spec.l1, spec.l2) if spec.reg != "none" else 0.6
@@ -123,6 +125,37 @@ def test_e2_extends_chooses_and_e3_e4_use_its_choice(tmp_path, stand_in, capsys)
     assert json.loads((root / "E4" / "none_s0" / "config.json").read_text())["augment"] is True
 
 
+def test_e5_chooses_on_held_out_images_then_runs_seeds_and_e6_trains_with_sgd(tmp_path, stand_in, capsys):
+    root = tmp_path / "results"
+    args = ["--root", str(root), "--dataset", "synthetic", "--epochs", "3"]
+    assert main("run", "E5", "--dry-run", *args) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 6 and "this stage's" in err and not stand_in
+    assert all("--penalty-step proximal" in c and "--holdout 5000" in c for c in out.splitlines())
+    assert main("run", "E5", *args) == 0
+    grid = [s for w, s in stand_in if w == "E5-grid"]
+    assert sorted((s.reg, s.l1 or s.l2) for s in grid) == [("l1", 1e-4), ("l1", 1e-3), ("l1", 1e-2),
+                                                            ("l2", 1e-3), ("l2", 1e-2), ("l2", 0.1)]
+    chosen = json.loads((root / "E5-grid" / "chosen.json").read_text())
+    # surface(): L1 best near 3e-7 and L2 at 1e-4, both below this grid: its lowest points win
+    assert (chosen["l1"]["l1"], chosen["l2"]["l2"]) == (1e-4, 1e-3)
+    finals = [s for w, s in stand_in if w == "E5"]
+    assert sorted((s.reg, s.l1 or s.l2, s.seed) for s in finals) == [("l1", 1e-4, k) for k in range(3)] + \
+        [("l2", 1e-3, k) for k in range(3)]
+    final = json.loads((root / "E5" / "l1_0.0001_s2" / "config.json").read_text())
+    assert final["penalty_step"] == "proximal" and final["holdout"] == 0 and final["augment"] is False
+    assert json.loads((root / "E5-grid" / "l2_0.1_s0" / "config.json").read_text())["holdout"] == 5000
+    stand_in.clear()
+    assert main("run", "E5", *args) == 0 and not stand_in  # finished: nothing runs again
+
+    assert main("run", "E6", *args) == 0
+    assert len(stand_in) == 11 and {w for w, _ in stand_in} == {"E6"}
+    assert sorted({(s.reg, s.l1 or s.l2) for _, s in stand_in}) == [("l1", 1e-4), ("l1", 1e-3), ("l2", 1e-4),
+                                                                    ("l2", 1e-3), ("none", 0.0)]
+    config = json.loads((root / "E6" / "l2_0.001_s1" / "config.json").read_text())
+    assert (config["optimizer"], config["lr"], config["momentum"]) == ("sgd", 0.01, 0.9)
+
+
 def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):
     root = tmp_path / "r"
     args = ["--root", str(root), "--dataset", "synthetic", "--train-size", "128", "--val-size", "64",
@@ -152,3 +185,16 @@ def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):
     assert "none_s3" in out and "--resume" not in out  # no epoch finished: it starts over
     assert main("run", "E1", *args) == 0  # for real, the empty run is cleared and run again
     assert len((root / "E1" / "none_s3" / "metrics.jsonl").read_text().splitlines()) == 1
+
+    # E7 prunes every finished run that has its checkpoint here, once
+    assert main("run", "E7", "--root", str(root), "--device", "cpu") == 0
+    capsys.readouterr()
+    for seed in range(5):
+        result = json.loads((root / "E1" / f"none_s{seed}" / "prune.json").read_text())
+        assert [p["level"] for p in result["global"]][:2] == [0.0, 0.5] and "per_layer" in result
+    assert main("run", "E7", "--root", str(root), "--dry-run") == 0 and capsys.readouterr().out == ""
+    (root / "E1" / "none_s4" / "prune.json").unlink()
+    (root / "E1" / "none_s4" / "checkpoint.npz").unlink()
+    assert main("run", "E7", "--root", str(root), "--dry-run") == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "E1/none_s4: no checkpoint.npz on this machine" in err
