@@ -57,7 +57,7 @@ def load_regime(root, name):
 
 # ---------------------------------------------------------------- tables
 
-def _pm(values, scale=100.0, digits=2):
+def mean_std_text(values, scale=100.0, digits=2):
     values = [v * scale for v in values]
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -80,9 +80,9 @@ def regime_table(groups):
         c = runs[0]["config"]
         cells = [tables.METHOD_NAMES[method], tables.lambda_text(method, c["l1"], c["l2"]),
                  ",".join(str(r["config"]["seed"]) for r in runs)]
-        cells += [_pm([n[k] for n in numbers]) for k in ("endpoint_acc", "clean_acc", "gap")]
+        cells += [mean_std_text([n[k] for n in numbers]) for k in ("endpoint_acc", "clean_acc", "gap")]
         cells.append(", ".join(str(n["best_loss_epoch"]) for n in numbers))
-        cells += [_pm([n[f"sparsity_{k}"] for n in numbers], digits=3) for k in keys]
+        cells += [mean_std_text([n[f"sparsity_{k}"] for n in numbers], digits=3) for k in keys]
         lines.append("| " + " | ".join(cells + [PAPER[method]]) + " |")
     return lines
 
@@ -99,8 +99,8 @@ def e1_section(root):
             f"≥ 10 pp and mean test-loss rise ≥ 0.05. Measured: gap {gap:.2f} pp "
             f"({sum(n['gap'] >= 0.10 for n in numbers)}/{len(runs)} seeds ≥ 10), test-loss rise {rise:.3f} "
             f"({sum(n['loss_rise'] >= 0.05 for n in numbers)}/{len(runs)} seeds ≥ 0.05); endpoint test accuracy "
-            f"{_pm([n['endpoint_acc'] for n in numbers])}%, clean train accuracy "
-            f"{_pm([n['clean_acc'] for n in numbers])}%. **The baseline {'overfits' if holds else 'does not overfit'} "
+            f"{mean_std_text([n['endpoint_acc'] for n in numbers])}%, clean train accuracy "
+            f"{mean_std_text([n['clean_acc'] for n in numbers])}%. **The baseline {'overfits' if holds else 'does not overfit'} "
             f"by the criterion.**"]
 
 
@@ -176,20 +176,32 @@ def claim_verdict(verdicts):
     return "not shown" + (" (in part supported)" if "supported" in verdicts else "")
 
 
+def numbers_by_seed(runs):
+    """{seed: run_numbers} of runs of one method."""
+    return {r["config"]["seed"]: run_numbers(r["history"]) for r in runs}
+
+
+def paired_tests(numbers, comparisons):
+    """[(comparison, stats.Paired, Holm p, verdict)] for the comparisons (quantity, A, B, claimed
+    sign, ...) whose two methods of numbers = {method: numbers_by_seed} share at least 2 seeds;
+    Holm across all of them."""
+    tests = []
+    for comparison in comparisons:
+        quantity, a, b = comparison[:3]
+        seeds = sorted(set(numbers.get(a, {})) & set(numbers.get(b, {})))
+        if len(seeds) >= 2:
+            tests.append((comparison, stats.paired([numbers[a][s][quantity] for s in seeds],
+                                                   [numbers[b][s][quantity] for s in seeds])))
+    adjusted = stats.holm([result.p for _, result in tests])
+    return [(c, result, p, verdict(result, p, c[3])) for (c, result), p in zip(tests, adjusted)]
+
+
 def claims_rows(groups):
     """[(claim id, text, quantity, A, B, sign, stats.Paired, Holm p, verdict)] for the comparisons
     whose two methods both have runs for at least 2 common seeds; Holm across all of them."""
-    numbers = {m: {r["config"]["seed"]: run_numbers(r["history"]) for r in runs} for m, runs in groups.items()}
-    tests = []
-    for cid, text, comparisons in CLAIMS:
-        for quantity, a, b, sign in comparisons:
-            seeds = sorted(set(numbers.get(a, {})) & set(numbers.get(b, {})))
-            if len(seeds) >= 2:
-                result = stats.paired([numbers[a][s][quantity] for s in seeds],
-                                      [numbers[b][s][quantity] for s in seeds])
-                tests.append([cid, text, quantity, a, b, sign, result])
-    adjusted = stats.holm([t[-1].p for t in tests])
-    return [(*t, p, verdict(t[-1], p, t[5])) for t, p in zip(tests, adjusted)]
+    numbers = {m: numbers_by_seed(runs) for m, runs in groups.items()}
+    comparisons = [(*comparison, cid, text) for cid, text, listed in CLAIMS for comparison in listed]
+    return [(c[4], c[5], *c[:4], result, p, v) for c, result, p, v in paired_tests(numbers, comparisons)]
 
 
 def claims_table(rows):
@@ -247,11 +259,11 @@ def pruning_table(groups, curves):
         c = groups[method][0]["config"]
         levels = [p["level"] for p in per_seed[0]]
         cells = [tables.METHOD_NAMES[method], tables.lambda_text(method, c["l1"], c["l2"]), str(len(per_seed)),
-                 _pm([curve[0]["test_acc"] for curve in per_seed])]
+                 mean_std_text([curve[0]["test_acc"] for curve in per_seed])]
         for level in PRUNE_SHOWN:
-            cells.append(_pm([curve[levels.index(level)]["test_acc"] for curve in per_seed])
+            cells.append(mean_std_text([curve[levels.index(level)]["test_acc"] for curve in per_seed])
                          if level in levels else "not pruned at this level")
-        cells.append(_pm([largest_within(curve) for curve in per_seed], digits=1))
+        cells.append(mean_std_text([largest_within(curve) for curve in per_seed], digits=1))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -357,6 +369,11 @@ def write_report(root, log=print):
                       *pruning_table(groups, curves), ""]
             paths.append(pruning_figure(groups, curves, root / "figures" / f"{regime}_pruning.png", regime))
         lines += ["Figures: " + ", ".join(f"[{p.name}](figures/{p.name})" for p in paths) + "."]
+    from . import beyond
+    for title, section in (("E5: a penalty that really makes zeros (the proximal step)", beyond.e5_section),
+                           ("E6: does SGD rank L1 and L2 sparsity the other way round from Adam?", beyond.e6_section),
+                           ("E7: what sparsity is worth once weights are removed", beyond.e7_section)):
+        lines += ["", f"## {title}", "", *section(root)]
     out = root / "report.md"
     out.write_text("\n".join(lines) + "\n")
     log(f"wrote {out} and the figures in {root / 'figures'}")

@@ -12,21 +12,23 @@ from pyregnet import report, stats, sweep
 EDGES = [k / 2 for k in range(-90, 3)]
 
 
-def fake_run(directory, reg, seed, acc, clean, loss_curve=None, l1=0.0, l2=0.0, tiny=0.0, epochs=20):
+def fake_run(directory, reg, seed, acc, clean, loss_curve=None, l1=0.0, l2=0.0, tiny=0.0, epochs=20, small=0.5,
+             **config_extra):
     """A finished run: test accuracy `acc` and clean accuracy `clean` at every epoch, the test
-    loss along loss_curve, sparsity `tiny` below the smallest normal."""
+    loss along loss_curve, sparsity `tiny` below the smallest normal (and exactly 0), `small` at
+    1e-2 ... 1e-6; config_extra goes into config.json."""
     name = sweep.Spec(reg, l1, l2, seed).name
     d = directory / name
     d.mkdir(parents=True)
     config = {"reg": reg, "l1": l1, "l2": l2, "seed": seed, "epochs": epochs, "device": "cpu", "processor": "test",
               "commit": "abc1234", "started_utc": "2026-11-30 13:00", "data_file": {"name": "x", "sha256": "0"},
-              "weight_hist_log10_edges": EDGES}
+              "weight_hist_log10_edges": EDGES, **config_extra}
     (d / "config.json").write_text(json.dumps(config))
     lines = []
     for e in range(1, epochs + 1):
         loss = loss_curve[e - 1] if loss_curve else 1.0
         keys = ["0.01", "0.001", "0.0001", "1e-05", "1e-06", "1.17549e-38", "0"]
-        total = {k: (tiny if k in ("1.17549e-38", "0") else 0.5) for k in keys}
+        total = {k: (tiny if k in ("1.17549e-38", "0") else small) for k in keys}
         hist = {"conv1.w": {"zeros": 10, "counts": [0] * 80 + [90] + [0] * 11}}
         lines.append(json.dumps({"epoch": e, "test_acc": acc, "test_loss": loss, "train_clean_acc": clean,
                                  "train_clean_loss": 0.5, "val_acc": acc, "sparsity": {"total": total},
@@ -122,3 +124,31 @@ def test_report_needs_a_directory(tmp_path, capsys):
     assert "expected a sweep directory DIR or --root ROOT" in capsys.readouterr().err
     assert sweep.main(["report", "--root", str(tmp_path / "nope")]) == 2
     assert "--root: " in capsys.readouterr().err
+
+
+def test_report_beyond_the_paper_sections(root):
+    base = [0.60, 0.61, 0.62, 0.63, 0.64]
+    for lam, acc in ((1e-4, 0.60), (1e-3, 0.62), (1e-2, 0.55)):
+        fake_run(root / "E5-grid", "l1", 0, acc, acc + 0.1, l1=lam, penalty_step="proximal", holdout=5000)
+    for seed in range(3):  # 20-22 pp more exact zeros than E3's L1, accuracy +0.1 or +0.2 pp
+        fake_run(root / "E5", "l1", seed, base[seed] + 0.001 * (1 + seed % 2), base[seed] + 0.15, l1=1e-3,
+                 tiny=0.5 + 0.01 * seed, penalty_step="proximal")
+        fake_run(root / "E6", "none", seed, 0.6, 0.7, optimizer="sgd")
+        fake_run(root / "E6", "l1", seed, 0.6, 0.7, l1=1e-3, small=0.6 + 0.01 * seed, optimizer="sgd")
+        fake_run(root / "E6", "l2", seed, 0.6, 0.7, l2=1e-3, small=0.3, optimizer="sgd")
+    for seed in range(2):
+        fake_prune(root / "E3" / sweep.Spec("l1", 1e-5, 0.0, seed).name, [0.70, 0.70, 0.695 - 0.01 * seed, 0.5])
+        fake_prune(root / "E1" / sweep.Spec("none", 0.0, 0.0, seed).name, [0.70, 0.70, 0.60, 0.5])
+    assert sweep.main(["report", "--root", str(root)]) == 0
+    text = (root / "report.md").read_text()
+    e5 = text.split("## E5")[1].split("## E6")[0]
+    assert "| L1 (proximal) | λ1=0.001 | 0,1,2 |" in e5 and "| L1 (gradient) | λ1=1e-05 | 0,1,2 |" in e5
+    assert "(≥ 10% on every seed): met (50.0%, 51.0%, 52.0%)" in e5
+    assert "| exact zeros: L1 (proximal) − L1 (gradient) (claimed > 0) | 3 | +21.00 |" in e5
+    assert "accuracy–sparsity frontier" in e5 and "**met**" in e5
+    e6 = text.split("## E6")[1].split("## E7")[0]
+    assert "| \\|w\\| ≤ 1e-3: L1 (λ1=0.001) (SGD) − L2 (λ2=0.001) (SGD) (claimed > 0) | 3 | +31.00 |" in e6
+    # E3's fixture has L1 and L2 equally sparse at 1e-3: Adam does not rank L1 first, SGD does
+    assert "SGD supported, Adam (E3, at E2's λ) no difference: **met**" in e6
+    e7 = text.split("## E7")[1]
+    assert "| largest sparsity within 1 pp: L1 − none (claimed > 0) | 2 | +20.00 |" in e7

@@ -1,0 +1,142 @@
+"""The report's sections on the experiments beyond the paper (docs/experiments.md E5-E7): the
+proximal penalty step against the paper's coupled penalty, SGD's sparsity order against Adam's,
+and what each regularizer's sparsity is worth once weights are pruned. Same statistics as the
+claims table: paired by seed, 95% paired-t intervals, Holm across one table's comparisons."""
+
+import json
+from pathlib import Path
+
+from . import report
+from .runs import is_complete, load_runs
+from . import tables
+from .tables import lambda_text
+
+ZEROS = "sparsity_0"
+SMALL = "sparsity_0.001"
+NAMES = {"endpoint_acc": "endpoint test acc", "gap": "gap", ZEROS: "exact zeros", SMALL: "\\|w\\| ≤ 1e-3",
+         report.TINY_KEY: "\\|w\\| < 1.18e-38", "within_1pp": "largest sparsity within 1 pp"}
+E5_ZEROS_AT_LEAST = 0.10  # "makes exact zeros": at least this fraction of kernel weights on every seed
+E6_LAMBDA = 1e-3          # the λ at which E6 tests SGD's order
+
+
+def finished(root, name, **config):
+    """The finished runs of experiment `name` whose config.json has the given values."""
+    d = Path(root) / name
+    if not d.is_dir():
+        return []
+    return [r for r in load_runs(d) if is_complete(r) and "test_acc" in r["history"][-1]
+            and all(r["config"].get(k) == v for k, v in config.items())]
+
+
+def comparison_table(results, labels):
+    """Markdown rows of paired_tests results; labels: {method key: display name}."""
+    head = ["comparison (A − B)", "n", "mean (pp)", "95% CI (pp)", "p", "Holm p", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (quantity, a, b, sign, *_), res, p_holm, v in results:
+        arrow = {1: " (claimed > 0)", -1: " (claimed < 0)", 0: " (two-sided)"}[sign]
+        lines.append("| " + " | ".join([f"{NAMES[quantity]}: {labels[a]} − {labels[b]}{arrow}", str(res.n),
+                                        f"{100 * res.mean:+.2f}", f"[{100 * res.low:+.2f}, {100 * res.high:+.2f}]",
+                                        f"{res.p:.3g}", f"{p_holm:.3g}", v]) + " |")
+    return lines
+
+
+def runs_table(groups, labels):
+    """Per group of runs: λ, seeds, endpoint test accuracy, gap, |w| ≤ 1e-3 and exact zeros (%),
+    mean ± std over seeds."""
+    head = ["method", "λ", "seeds", "endpoint test acc (%)", "gap (pp)", "\\|w\\| ≤ 1e-3 (%)", "exact zeros (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, runs in groups.items():
+        c, numbers = runs[0]["config"], [report.run_numbers(r["history"]) for r in runs]
+        cells = [labels[key], lambda_text(c["reg"], c["l1"], c["l2"]), ",".join(str(r["config"]["seed"]) for r in runs)]
+        cells += [report.mean_std_text([n[q] for n in numbers], digits=3 if q.startswith("sparsity") else 2)
+                  for q in ("endpoint_acc", "gap", SMALL, ZEROS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def e5_section(root):
+    grid = finished(root, "E5-grid")
+    groups = {"prox-l1": finished(root, "E5", reg="l1"), "prox-l2": finished(root, "E5", reg="l2")}
+    if not grid:
+        return ["E5 has no finished runs yet."]
+    lines = ["Grid (seed 0, 5,000 training images held out; the score chooses, the test accuracy is shown):", "",
+             *runs_table({f"{r['config']['reg']}:{r['name']}": [r] for r in grid},
+                         {f"{r['config']['reg']}:{r['name']}": f"proximal {r['config']['reg'].upper()}" for r in grid})]
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        return lines + ["", "E5's seed runs have not finished."]
+    seeds = sorted({r["config"]["seed"] for runs in groups.values() for r in runs})
+    baseline = {"none": [r for r in finished(root, "E1", reg="none") if r["config"]["seed"] in seeds],
+                "l1": [r for r in finished(root, "E3", reg="l1") if r["config"]["seed"] in seeds],
+                "l2": [r for r in finished(root, "E3", reg="l2") if r["config"]["seed"] in seeds]}
+    everything = {**{k: v for k, v in baseline.items() if v}, **groups}
+    labels = {"none": "none", "l1": "L1 (gradient)", "l2": "L2 (gradient)", "prox-l1": "L1 (proximal)",
+              "prox-l2": "L2 (proximal)"}
+    numbers = {k: report.numbers_by_seed(v) for k, v in everything.items()}
+    results = report.paired_tests(numbers, [(ZEROS, "prox-l1", "l1", 1), ("endpoint_acc", "prox-l1", "l1", 0),
+                                            ("endpoint_acc", "prox-l1", "none", 0), ("gap", "prox-l1", "none", -1),
+                                            ("endpoint_acc", "prox-l2", "l2", 0), ("gap", "prox-l2", "l2", 0)])
+    lines += ["", "Seed runs (all 50,000 training images; E3's gradient-step runs of the same seeds beside them):", "",
+              *runs_table(everything, labels), "", *comparison_table(results, labels), ""]
+    prox = groups.get("prox-l1", [])
+    if prox:
+        zeros = [report.run_numbers(r["history"])[ZEROS] for r in prox]
+        lines.append(f"Criterion 'proximal L1 makes exact zeros' (≥ {100 * E5_ZEROS_AT_LEAST:g}% on every seed): "
+                     f"{'met' if min(zeros) >= E5_ZEROS_AT_LEAST else 'not met'} "
+                     f"({', '.join(f'{100 * z:.1f}%' for z in zeros)}).")
+    found = {c[:3]: (res, v) for c, res, _, v in results}
+    if (ZEROS, "prox-l1", "l1") in found and ("endpoint_acc", "prox-l1", "l1") in found:
+        zeros_ok = found[(ZEROS, "prox-l1", "l1")][1] == "supported"
+        acc_low = found[("endpoint_acc", "prox-l1", "l1")][0].low * 100
+        beats = zeros_ok and acc_low > -report.NO_DIFFERENCE_PP
+        lines.append(f"Criterion 'beats the paper's L1 on the accuracy–sparsity frontier' (more exact zeros, "
+                     f"supported, and accuracy not lower by more than {report.NO_DIFFERENCE_PP} pp: interval's lower "
+                     f"end {acc_low:+.2f} pp): **{'met' if beats else 'not met'}**.")
+    return lines
+
+
+def e6_section(root):
+    runs = finished(root, "E6", optimizer="sgd")
+    if not runs:
+        return ["E6 has no finished runs yet."]
+    groups = {}
+    for r in runs:
+        c = r["config"]
+        groups.setdefault((c["reg"], c["l1"], c["l2"]), []).append(r)
+    labels = {k: f"{tables.method_label(*k)} (SGD)" for k in groups}
+    lines = ["SGD, lr 0.01, momentum 0.9, no augmentation, all 50,000 training images:", "",
+             *runs_table(dict(sorted(groups.items())), labels), ""]
+    l1, l2 = ("l1", E6_LAMBDA, 0.0), ("l2", 0.0, E6_LAMBDA)
+    numbers = {k: report.numbers_by_seed(groups.get(k, [])) for k in (l1, l2, ("none", 0.0, 0.0))}
+    results = report.paired_tests(numbers, [(SMALL, l1, l2, 1), (report.TINY_KEY, l1, l2, 1),
+                                            ("endpoint_acc", l1, ("none", 0.0, 0.0), 0),
+                                            ("endpoint_acc", l2, ("none", 0.0, 0.0), 0)])
+    if not results:
+        return lines + [f"The λ = {E6_LAMBDA:g} runs have fewer than 2 common seeds: nothing tested yet."]
+    lines += comparison_table(results, {k: labels.get(k, str(k)) for k in numbers})
+    sgd = next((v for c, _, _, v in results if c[:3] == (SMALL, l1, l2)), None)
+    adam = report.claims_rows(report.load_regime(root, "E3"))
+    adam_v = next((r[-1] for r in adam if r[2:5] == (SMALL, "l1", "l2")), None)
+    if sgd is not None and adam_v is not None:
+        reversed_ = sgd == "supported" and adam_v != "supported"
+        lines += ["", f"Criterion 'SGD ranks L1 sparser than L2 where Adam does not' (\\|w\\| ≤ 1e-3, L1 − L2): SGD "
+                      f"{sgd}, Adam (E3, at E2's λ) {adam_v}: **{'met' if reversed_ else 'not met'}**."]
+    return lines
+
+
+def e7_section(root):
+    """What sparsity is worth in E3: the largest sparsity within 1 pp, penalty − none, paired."""
+    from .prune import largest_within
+    groups = report.load_regime(root, "E3")
+    numbers = {}
+    for method, runs in groups.items():
+        for r in runs:
+            path = Path(r["dir"]) / report.PRUNE_FILE
+            if path.is_file():
+                curve = json.loads(path.read_text())["global"]
+                numbers.setdefault(method, {})[r["config"]["seed"]] = {"within_1pp": largest_within(curve)}
+    results = report.paired_tests(numbers, [("within_1pp", m, "none", 1) for m in ("l1", "l2", "l1l2")])
+    if not results:
+        return ["E7: fewer than 2 seeds of E3 pruned for any penalty and the baseline."]
+    return ["Largest sparsity whose test accuracy stays within 1 pp of the unpruned run's (E3, global magnitude "
+            "pruning), penalty − none:", "", *comparison_table(results, tables.METHOD_NAMES)]
