@@ -60,8 +60,7 @@ def third(suite):
     suite.step("machine", lambda: steps.machine(suite))
     suite.step("build", lambda: steps.build(suite))
     suite.step("determinism", lambda: steps.determinism(suite), need_s=120)
-    suite.step("torch_compile", lambda: steps.epoch_time(suite, "pyregnet-graph,torch-compile",
-                                                         ["--compile", "--compile-variants", "step,forward"]),
+    suite.step("torch_compile", lambda: steps.epoch_time(suite, "pyregnet-graph,torch-compile", ["--compile"]),
                need_s=120)
 
 
