@@ -1,12 +1,9 @@
 """What every benchmark shares (docs/design.md §3, convention 9): where and on what a number was
-measured (device, commit, date, versions); one sync, one timer (perf_counter on the CPU, CUDA
-events on the GPU, or the replay of a CUDA graph captured through pyregnet.engine.Program); the
-median and spread of the samples and the roofline beside them; one PASS/FAIL verdict; the
-command-line conventions (one line and exit 2 for a bad argument); atomic JSON under bench/results/.
-
-bench/ scripts import this as `import common` (running `python bench/<script>.py` puts bench/ on
-sys.path). Nothing here imports pyregnet, CuPy or PyTorch at module level: bench/suite_record.py
-uses it before pyregnet is built.
+measured; one sync and one timer (perf_counter on the CPU, CUDA events on the GPU, or the replay
+of a CUDA graph captured through pyregnet.engine.Program); statistics and the roofline; one
+PASS/FAIL verdict; one line and exit 2 for a bad argument; atomic JSON under bench/results/.
+Nothing here imports pyregnet, CuPy or PyTorch at module level: bench/suite_record.py uses it
+before pyregnet is built.
 """
 
 import argparse
@@ -34,24 +31,18 @@ GPU_MAX_REPS = 2000   # ... in at most this many calls
 
 def cpu_description():
     """'<model name>, <n> cores' from /proc/cpuinfo (platform.processor() elsewhere)."""
-    name = None
     try:
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
-        pass
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return f"{name}, {cores} cores" + (f" ({usable} usable)" if usable != cores else "")
+        name = None
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def gpu_description():
-    """The current CuPy device's name, memory and compute capability."""
     import cupy
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    return f"{name}, {props.get('totalGlobalMem', 0) / 2**30:.0f} GiB, sm_{props.get('major')}{props.get('minor')}"
+    return f"{props['name'].decode()}, {props['totalGlobalMem'] / 2**30:.0f} GiB, sm_{props['major']}{props['minor']}"
 
 
 def git_commit(root=ROOT):
@@ -81,10 +72,7 @@ def _version(dist):
 def metadata(device):
     """Where, when and with what a benchmark ran. device: 'cpu' or 'cuda'."""
     import pyregnet
-    try:
-        description = gpu_description() if device == "cuda" else cpu_description()
-    except Exception as e:  # noqa: BLE001 -- a description, never a reason to fail the run
-        description = f"CUDA GPU ({type(e).__name__}: {e})"
+    description = gpu_description() if device == "cuda" else cpu_description()
     return {"device": device, "device_description": description, "cpu": cpu_description(),
             "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -95,17 +83,14 @@ def metadata(device):
 
 
 def start(name, device, quick, log=print):
-    """A benchmark's opening: (metadata, notes). Logs what runs where; notes (and logs) a busy
-    machine and a --quick run, which the results must carry."""
+    """A benchmark's opening: (metadata, notes). Notes a busy machine and a --quick run, which the
+    results must carry."""
     meta = metadata(device)
     log(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
-    notes = []
-    load, cores = meta["load_average"][0], meta["cpu_count"] or 1
-    if load > cores:
-        notes.append(f"load average {load:.1f} on {cores} cores: another job is running, these timings are "
-                     f"not representative")
-    if quick:
-        notes.append("--quick: a smoke run with few samples, not a measurement")
+    load, cores = meta["load_average"][0], meta["cpu_count"]
+    notes = [f"load average {load:.1f} on {cores} cores: another job is running, these timings are not "
+             f"representative"] if load > cores else []
+    notes += ["--quick: a smoke run with few samples, not a measurement"] if quick else []
     for note in notes:
         log(f"note: {note}")
     return meta, notes
@@ -138,59 +123,49 @@ def sync(device):
 
 def timeit(fn, device, warmup=1, repeats=5, calls=1):
     """Seconds per call of fn: `repeats` samples of `calls` consecutive calls after `warmup`
-    untimed ones; perf_counter between syncs on the CPU, CUDA events (the current stream, which
-    PyTorch's default stream shares) around the calls on the GPU."""
+    untimed ones; perf_counter on the CPU, CUDA events on the current stream (which PyTorch's
+    default stream shares) on the GPU."""
     if repeats < 1:
         raise ValueError(f"repeats: expected >= 1 but got {repeats}")
     for _ in range(warmup):
         fn()
     sync(device)
-    samples = []
     if device == "cuda":
         import cupy
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    samples = []
     for _ in range(repeats):
-        if device == "cuda":
-            start.record()
-        t0 = time.perf_counter()
+        t0 = start.record() if device == "cuda" else time.perf_counter()
         for _ in range(calls):
             fn()
         if device == "cuda":
             end.record()
             end.synchronize()
-            samples.append(cupy.cuda.get_elapsed_time(start, end) / 1e3 / calls)
-        else:
-            samples.append((time.perf_counter() - t0) / calls)
+        seconds = cupy.cuda.get_elapsed_time(start, end) / 1e3 if device == "cuda" else time.perf_counter() - t0
+        samples.append(seconds / calls)
     return samples
 
 
-def time_launch(fn, device, warmup=1, repeats=5, lib="pyregnet"):
-    """(seconds per call, how): on the GPU the device time of one launch as a captured step runs
-    it: `reps` calls (>= GPU_SAMPLE_S of work) captured as one CUDA graph (pyregnet's by
-    engine.Program, PyTorch's by torch.cuda.graph) and its replays timed with CUDA events, without
-    the host's launch overhead; a call that cannot be captured is timed eagerly, and `how` says
-    why. On the CPU: timeit."""
+def time_launch(fn, device, warmup=1, repeats=5):
+    """(seconds per call, how): on the GPU the device time of a launch as a captured step runs it:
+    `reps` calls (>= GPU_SAMPLE_S of work) captured as one CUDA graph by engine.Program and its
+    replays timed with CUDA events, without the host's launch overhead (timed eagerly, with the
+    reason, if the capture fails). On the CPU: timeit."""
     if device != "cuda":
         return timeit(fn, device, warmup, repeats), "perf_counter per call"
     from pyregnet.engine import Program, capture_stream
     from pyregnet.launch import Launch
     one = timeit(fn, device, max(warmup, 1), 1)[0]
     reps = int(min(GPU_MAX_REPS, max(1, math.ceil(GPU_SAMPLE_S / max(one, 1e-7)))))
+    program = Program([Launch("timed", fn)] * reps, capture_stream(array_module(device)))
     try:
-        if lib == "torch":
-            replay, stream = _torch_graph(fn, reps), None
-        else:
-            replay = Program([Launch("timed", fn)] * reps, capture_stream(array_module(device)))
-            replay()   # eager: loads the kernels; the next call captures, then replays
-            stream = replay.stream
-        import cupy
-        with stream or cupy.cuda.Stream.null:
-            samples = timeit(replay, device, 1, repeats)
+        program()   # eager: loads the kernels; the next call captures, then replays
+        with program.stream:
+            samples = timeit(program, device, 1, repeats)
         return [s / reps for s in samples], f"CUDA graph of {reps} calls, replays timed with CUDA events"
     except Exception as e:  # noqa: BLE001 -- the eager time stands, with the reason
         sync(device)
-        how = f"eager, {reps} calls per sample (capture failed: {type(e).__name__}: {str(e)[:120]})"
-        return timeit(fn, device, 1, repeats, reps), how
+        return timeit(fn, device, 1, repeats, reps), f"eager ({reps} calls; capture failed: {type(e).__name__})"
 
 
 def time_launches(launches, device, repeats, start):
@@ -213,22 +188,6 @@ def time_launches(launches, device, repeats, start):
     return [(samples[1:], "perf_counter around the launch inside the step") for samples in times], steps[1:]
 
 
-def _torch_graph(fn, reps):
-    """reps calls of a PyTorch fn captured with torch.cuda.graph (PyTorch launches on its own
-    streams, which a CuPy capture does not see); returns the replay."""
-    import torch
-    side = torch.cuda.Stream()   # warm-up on a side stream first, as torch.cuda.graph asks
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    return graph.replay
-
-
 def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True):
     """An Engine over data = (uint8 images, labels) already on the device, the model's initial
     weights and `optimizer` with its default learning rate, penalty `reg` (its default λ) applied
@@ -240,11 +199,6 @@ def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", ca
     params = xp.asarray(model.init_params(SEED))
     return Engine(params, xp.zeros_like(params), optim.make(optimizer, params, optim.DEFAULT_LR[optimizer]),
                   Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture)
-
-
-def to_host(a):
-    """A NumPy copy of a NumPy or CuPy array."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.array(a)
 
 
 def stats(samples):
@@ -310,11 +264,21 @@ def target(key, what, value, threshold, op, device, applies_to, detail="", noise
             "verdict": verdict, "applies": device == applies_to, "device": device, "detail": detail}
 
 
-def print_targets(targets, meta):
+def finish(name, meta, notes, targets, payload, path, check=False):
+    """A benchmark's ending: prints its targets and notes, writes its JSON (path: --json/--out, or
+    bench/results/<name>_<device>[_quick].json), returns the exit status: 1 with --check when a
+    target that applies to this device fails."""
+    print()
     for t in targets:
         scope = "" if t["applies"] else "  (informational: a target for the other device)"
         value = "-" if t["value"] is None else f"{t['value']:.3g}"
         print(f"{t['verdict']}: {t['target']} [{meta['device_description']}]: {value} ({t['detail']}){scope}")
+    for note in notes:
+        print(f"note: {note}")
+    quick = "_quick" if payload["config"]["quick"] else ""
+    write_json(path or RESULTS_DIR / f"{name}_{meta['device']}{quick}.json",
+               {"benchmark": name, "metadata": meta, **payload, "targets": targets, "notes": notes})
+    return 1 if check and any(t["applies"] and t["pass"] is False for t in targets) else 0
 
 
 # ---------------------------------------------------------------- command line and output
@@ -324,6 +288,15 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """The benchmarks' options: --device, --quick, --check and the output path (`out`) first."""
+
+    def __init__(self, prog, doc, out="--json"):
+        super().__init__(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
+        self.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        self.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
+        self.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
+        self.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
+
     def error(self, message):  # one line, exit 2, no usage dump
         raise UsageError(message)
 
@@ -338,7 +311,17 @@ def count(minimum):
     return parse
 
 
-def usage_exit(name, error):
+def names(choices):
+    """An argparse type: a comma-separated, non-empty subset of `choices`, as a list."""
+    def parse(text):
+        got = [s.strip() for s in text.split(",") if s.strip()]
+        if not got or set(got) - set(choices):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)} but got {text!r}")
+        return got
+    return parse
+
+
+def usage_exit(name, error):  # the one line
     print(f"{name}: error: {error}", file=sys.stderr)
     return 2
 
@@ -356,16 +339,14 @@ def _plain(o):
     return str(o) if isinstance(o, Path) else o
 
 
-def write_json(path, payload):
-    """payload as indented JSON at path, atomically, creating the folder. Returns the path."""
-    from pyregnet.files import atomic_write  # the benchmark scripts have located pyregnet by now
+def write_json(path, payload, log=True):
+    """payload as indented JSON at path, atomically (a temporary file renamed into place: no
+    pyregnet needed, the GPU suite writes before the build), creating the folder."""
     path = Path(path)
-    text = json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-    print(f"wrote {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(_plain(payload), indent=2, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+    if log:
+        print(f"wrote {path}")
     return path
-
-
-def results_path(name, device, quick, given=None):
-    """--json/--out if given, else bench/results/<name>_<device>[_quick].json."""
-    return Path(given) if given else RESULTS_DIR / f"{name}_{device}{'_quick' if quick else ''}.json"

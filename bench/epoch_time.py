@@ -1,29 +1,22 @@
 """Epoch time, side by side in one run: pyregnet (CUDA graph and eager) against PyTorch (eager and
 torch.compile).
 
-    python bench/epoch_time.py [--device auto|cuda|cpu] [--data PATH | --dataset synthetic|cifar10]
-                               [--train-size N] [--val-size N] [--batch-size 64] [--reg KIND]
-                               [--epochs N] [--warmup N] [--contenders LIST] [--compile | --no-compile]
-                               [--compile-mode MODE] [--quick] [--out PATH] [--check]
+    python bench/epoch_time.py [--device auto|cuda|cpu] [--train-size N] [--val-size N] [--batch-size 64] [--reg KIND] [--epochs N] [--warmup N]
+        [--contenders LIST] [--compile | --no-compile] [--compile-mode MODE] [--quick] [--out PATH] [--check]
 
-One epoch = one pass over the training images (50,000 by default), batch 64, augmentation on, the
---reg penalty (default l1l2, its default λ), then the evaluation of the validation images (10,000,
-batches of 1,000). Contenders:
-  pyregnet-graph  pyregnet.train.Run(Config(graph=True)).train_epoch() + .evaluate(), as
-                  `python -m pyregnet.train` runs them: each step a CUDA graph replay (GPU only)
-  pyregnet-eager  the same with graph=False: the kernels launched one by one
-  torch-eager     bench/torch_net.py's baseline: the same network, weights, augmentation and penalty
-  torch-compile   the same under torch.compile(mode=--compile-mode), compiled in the warm-up epochs
-                  (at least one); what the first epoch cost beyond a timed one is reported
-They take turns epoch by epoch (the first rotating each round); each epoch is timed with
-perf_counter between device synchronizations (train, then evaluation).
-Targets (the H200's; on the CPU informational): the pyregnet-graph epoch, scaled to 50,000 +
-10,000 images, takes <= 0.2 s, is >= 3x faster than torch-eager and faster than torch-compile.
-A contender that fails is reported as failed and the others still run; bad arguments exit 2;
---check exits 1 when a target that applies to this device fails. The JSON (device, commit,
-date) goes to --out (default bench/results/epoch_time_<device>[_quick].json).
+One epoch: the training images (50,000 synthetic) in batches of 64, augmented, with the --reg penalty
+(default l1l2), then the evaluation of the validation images (10,000). pyregnet-graph and
+pyregnet-eager: pyregnet.train.Run(Config(graph=True or False)).train_epoch() + .evaluate(), as
+the trainer runs them (the graph needs the GPU); torch-eager and torch-compile: bench/torch_net.py's
+baseline, eager or under torch.compile(mode=--compile-mode), compiled in the warm-up (what the
+first epoch cost beyond a timed one is reported). The contenders take turns epoch by epoch, timed
+with perf_counter between device synchronizations. Targets (the H200's; informational on the CPU):
+the pyregnet-graph epoch, scaled to 50,000 + 10,000 images, takes <= 0.2 s, is >= 3x faster than
+torch-eager and faster than torch-compile. A contender that fails is reported and the others run;
+--check exits 1 when a target that applies to this device fails.
 """
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -43,37 +36,17 @@ FULL, QUICK = dict(epochs=5, warmup=1), dict(epochs=1, warmup=0)
 
 
 def parser():
-    p = common.Parser(prog="python bench/epoch_time.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", metavar="PATH", help="real CIFAR-10 at PATH (as python -m pyregnet.train --data)")
-    src.add_argument("--dataset", choices=("synthetic", "cifar10"), default="synthetic",
-                     help="without --data: synthetic (generated at the sizes; timing does not depend on the "
-                          "pixels) or cifar10 (the cache)")
+    p = common.Parser("epoch_time", __doc__, out="--out")
     p.add_argument("--train-size", type=common.count(1), help=f"training images (default {TRAIN_IMAGES:,})")
     p.add_argument("--val-size", type=common.count(1), help=f"evaluated images (default {VAL_IMAGES:,})")
     p.add_argument("--batch-size", type=common.count(1), default=64)
     p.add_argument("--reg", choices=KINDS, default="l1l2", help="every contender's penalty, default λ")
     p.add_argument("--epochs", type=common.count(1), help="timed epochs per contender (default 5, --quick 1)")
-    p.add_argument("--warmup", type=common.count(0), help="untimed epochs first (default 1, --quick 0; at least "
-                                                          "1 for pyregnet-graph and torch-compile)")
-    p.add_argument("--contenders", type=_contenders, default=list(CONTENDERS), help=",".join(CONTENDERS))
-    comp = p.add_mutually_exclusive_group()
-    comp.add_argument("--compile", dest="compile", action="store_true", default=None,
-                      help="run torch-compile (default on the GPU; slow to compile on the CPU)")
-    comp.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--compile-mode", default="max-autotune", help="torch.compile's mode (default max-autotune)")
-    p.add_argument("--quick", action="store_true", help="few epochs: a smoke run, not a measurement")
-    p.add_argument("--out", metavar="PATH", help="output (default bench/results/epoch_time_<device>[_quick].json)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a target that applies to this device fails")
+    p.add_argument("--warmup", type=common.count(0), help="untimed epochs first (default 1, --quick 0)")
+    p.add_argument("--contenders", type=common.names(CONTENDERS), default=list(CONTENDERS), help=",".join(CONTENDERS))
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="run torch-compile (default: on the GPU)")
+    p.add_argument("--compile-mode", default="max-autotune")
     return p
-
-
-def _contenders(text):
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names or set(names) - set(CONTENDERS):
-        raise ValueError(text)
-    return names
 
 
 class Skip(Exception):
@@ -196,7 +169,7 @@ def epoch_targets(records, device):
     return mine, ratios, targets
 
 
-def report(records, mine, ratios, targets, meta, n_train, n_val):
+def report(records, mine, ratios, n_train, n_val):
     print(f"\n{'contender':15} {'total s median [p10-p90]':26} {'train s':>8} {'eval s':>8} {'scaled s*':>9} "
           f"{'vs ' + str(mine):>20}")
     for name, r in records.items():
@@ -207,8 +180,7 @@ def report(records, mine, ratios, targets, meta, n_train, n_val):
         print(f"{name:15} {common.fmt(r['stats']['total_s'], 1):26} {r['median_s']['train_s']:8.3f} "
               f"{r['median_s']['eval_s']:8.3f} {r['scaled_total_s']:9.3f} {ratio:19.2f}x")
     print(f"* train x {TRAIN_IMAGES:,}/{n_train:,} + eval x {VAL_IMAGES:,}/{n_val:,}; the ratio: the contender's "
-          f"median epoch / {mine}'s (> 1: pyregnet is faster)\n")
-    common.print_targets(targets, meta)
+          f"median epoch / {mine}'s (> 1: pyregnet is faster)")
 
 
 def main(argv=None):
@@ -218,25 +190,20 @@ def main(argv=None):
         d = QUICK if args.quick else FULL
         args.epochs, args.warmup = args.epochs or d["epochs"], d["warmup"] if args.warmup is None else args.warmup
         args.compile = device == "cuda" if args.compile is None else args.compile
-        if args.data is None and args.dataset == "synthetic":
-            dataset = datasets.synthetic(n_train=args.train_size or TRAIN_IMAGES, n_test=args.val_size or VAL_IMAGES,
-                                         seed=common.SEED)
-        else:
-            dataset = datasets.load(args.data, dataset=args.dataset, train_size=args.train_size,
-                                    val_size=args.val_size, seed=common.SEED)
+        dataset = datasets.synthetic(n_train=args.train_size or TRAIN_IMAGES, n_test=args.val_size or VAL_IMAGES,
+                                     seed=common.SEED)   # timing does not depend on the pixels
         if len(dataset.y_train) < args.batch_size:
             raise common.UsageError(f"--train-size: {len(dataset.y_train)} is less than one batch ({args.batch_size})")
-    except (common.UsageError, datasets.DataError, ValueError) as e:
+    except common.UsageError as e:
         return common.usage_exit("epoch_time", e)
     meta, notes = common.start("epoch_time", device, args.quick)
     torch, why_no_torch = torch_net.load(device)
     records = run_epochs(args, device, dataset, torch, why_no_torch)
     mine, ratios, targets = epoch_targets(records, device)
     n_train, n_val = len(dataset.y_train), len(dataset.y_test)
-    report(records, mine, ratios, targets, meta, n_train, n_val)
+    report(records, mine, ratios, n_train, n_val)
     pen = Penalty.with_defaults(args.reg)
-    common.write_json(common.results_path("epoch_time", device, args.quick, args.out), {
-        "benchmark": "epoch_time", "metadata": meta,
+    return common.finish("epoch_time", meta, notes, targets, {
         "config": {"device": device, "batch_size": args.batch_size, "epochs": args.epochs, "warmup": args.warmup,
                    "reg": pen.kind, "quick": args.quick, "contenders": args.contenders, "compile": args.compile,
                    "compile_mode": args.compile_mode, "timer": "time.perf_counter between device synchronizations"},
@@ -244,10 +211,8 @@ def main(argv=None):
                   "version": torch.__version__ if torch is not None else None},
         "epoch": {"train_images": n_train, "val_images": n_val, "batch": args.batch_size,
                   "steps_per_epoch": -(-n_train // args.batch_size), "reg": pen.kind, "penalty": pen.describe(),
-                  "lambda": {"l1": pen.l1, "l2": pen.l2}, "data_source": dataset.source, "headline": mine,
-                  "ratios": ratios, "contenders": records},
-        "targets": targets, "notes": notes})
-    return 1 if args.check and any(t["applies"] and t["pass"] is False for t in targets) else 0
+                  "lambda": {"l1": pen.l1, "l2": pen.l2}, "headline": mine, "ratios": ratios, "contenders": records}},
+        args.out, args.check)
 
 
 if __name__ == "__main__":

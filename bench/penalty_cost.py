@@ -1,30 +1,21 @@
 """What the weight penalty costs: per epoch of training, and in the update kernel alone.
 
     python bench/penalty_cost.py [--device auto|cpu|cuda] [--quick] [--json PATH] [--optimizers LIST]
-                                 [--epoch-images N] [--epochs N] [--warmup-epochs N] [--batch-size N]
-                                 [--sizes LIST] [--repeats N] [--peers LIST] [--no-epochs] [--no-update]
+        [--epoch-images N] [--epochs N] [--warmup-epochs N] [--batch-size N] [--sizes LIST]
+        [--repeats N] [--peers LIST] [--no-epochs] [--no-update]
 
-1. Epochs: Engine.train_epoch (the trainer's step, bench/common.pyregnet_engine; no evaluation) on
-   --epoch-images synthetic images, for each optimizer (adam, sgd), penalty (l1, l2, l1l2, the
-   default λ) and update mode (optim.UPDATE_MODES: fused: the penalty in the update pass; unfused: a
-   penalty-gradient pass first; loss: its value, its gradient, then the update, as autodiff
-   frameworks do; proximal: the fused update with the proximal step), beside the optimizer's
-   baseline (fused, no penalty) and an A/A copy of it (the same work: how far identical cases land
-   apart). The cases take turns epoch by epoch, the first rotating each round, after
-   --warmup-epochs untimed ones. overhead = median epoch / the baseline's - 1; paired: the per-round
-   case / baseline - 1; noise: the baseline's (p90 - p10) / median.
-2. The update alone, float32, every parameter penalized, 315,722 parameters up to 10^8 (--quick:
-   up to 1M): each optimizer's launches in each mode (optimizer.launches, what the engine runs),
-   beside the bytes the fused update must move (Adam: read w, g, m, v, write w, m, v; SGD: w, g,
-   velocity, write w, velocity) over the measured copy bandwidth; and peers of the fused Adam
-   update: torch.optim.Adam fused and foreach (L2 as weight_decay = 2 λ2, L1 through autograd), a
-   CuPy ElementwiseKernel (GPU), a numba parallel loop and plain NumPy (CPU). Every implementation,
-   pyregnet's included, is first checked against pyregnet.reference (skipped, with the reason,
-   when it cannot run here or computes something else).
-Targets: GPU: the fused Adam update moves >= 90% of the copy bandwidth at >= 16M parameters and is
-faster than every peer; fused Adam l1l2 adds <= 1% to epoch time (within noise). CPU: the fused
-penalty adds <= 1% to Adam's epoch time (l1, l2, l1l2). Results: bench/results/penalty_cost_<device>
-[_quick].json.
+1. Epochs: Engine.train_epoch (the trainer's step) on synthetic images for each optimizer, penalty
+   (default λ) and update mode (optim.UPDATE_MODES), beside the optimizer's baseline (fused, no
+   penalty) and an A/A copy of it (identical work: how far alike cases land apart), taking turns
+   epoch by epoch. overhead = median / the baseline's median - 1; paired: per round; noise: the
+   baseline's (p90 - p10) / median.
+2. The update alone, float32, every parameter penalized, at each --sizes: each optimizer's own
+   launches in each mode, against the bytes the fused update must move over the measured copy
+   bandwidth; beside peers of the fused Adam update (PyTorch fused and foreach, NumPy). Every implementation is first checked against
+   pyregnet.reference, or skipped with the reason.
+Targets: GPU: the fused Adam update moves >= 90% of the copy bandwidth at >= 16M parameters and
+beats every peer; fused l1l2 adds <= 1% to Adam's epoch (within noise). CPU: the fused penalty adds
+<= 1% to Adam's epoch (l1, l2, l1l2). Results: bench/results/penalty_cost_<device>[_quick].json.
 """
 
 import argparse
@@ -86,41 +77,9 @@ def torch_build(impl):
     return build
 
 
-ELEMENT = """T wi = w; T gi = g + l1 * (T)((wi > (T)0) - (wi < (T)0)) + l2x2 * wi;
-             T mi = b1 * m + ((T)1 - b1) * gi; T vi = b2 * v + ((T)1 - b2) * gi * gi;
-             m = mi; v = vi; w = wi - alpha * mi / (sqrt(vi) + eps);"""
-
-
 def _alpha(step):
     h = HYPER["adam"]
     return h["lr"] * math.sqrt(1.0 - h["beta2"] ** step) / (1.0 - h["beta1"] ** step)
-
-
-def cupy_build(w, g, state, pen, step0, into):
-    """A CuPy ElementwiseKernel of the fused Adam update, in place."""
-    import cupy
-    kernel = cupy.ElementwiseKernel("T g, T l1, T l2x2, T b1, T b2, T alpha, T eps", "T w, T m, T v", ELEMENT,
-                                    "bench_penalty_adam")
-    steps, t, h = itertools.count(step0 + 1), w.dtype.type, HYPER["adam"]
-    return lambda: kernel(g, t(pen.l1), t(2 * pen.l2), t(h["beta1"]), t(h["beta2"]), t(_alpha(next(steps))),
-                          t(h["eps"]), w, *state)
-
-
-def numba_build(w, g, state, pen, step0, into):
-    """numba @njit(parallel=True): the fused Adam update as one prange loop over all cores."""
-    from numba import njit, prange
-
-    @njit(parallel=True, fastmath=False, cache=False)
-    def kernel(w, g, m, v, l1, l2x2, b1, b2, alpha, eps):
-        for i in prange(w.size):
-            wi = w[i]
-            gi = g[i] + l1 * np.sign(wi) + l2x2 * wi
-            m[i] = b1 * m[i] + (1 - b1) * gi
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi
-            w[i] = wi - alpha * m[i] / (np.sqrt(v[i]) + eps)
-    steps, t, h = itertools.count(step0 + 1), w.dtype.type, HYPER["adam"]
-    return lambda: kernel(w, g, *state, t(pen.l1), t(2 * pen.l2), t(h["beta1"]), t(h["beta2"]),
-                          t(_alpha(next(steps))), t(h["eps"]))
 
 
 def numpy_build(w, g, state, pen, step0, into):
@@ -146,8 +105,7 @@ def implementations(optimizers):
     ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m), None, None) for o in optimizers for m in optim.UPDATE_MODES]
     peers = [("torch-fused", "adam", "fused", torch_build("fused"), None, "torch"),
              ("torch-foreach", "adam", "fused", torch_build("foreach"), None, "torch"),
-             ("cupy-elementwise", "adam", "fused", cupy_build, "cuda", "cupy"),
-             ("numba-cpu", "adam", "fused", numba_build, "cpu", "numba"), ("numpy", "adam", "fused", numpy_build, "cpu", None)]
+             ("numpy", "adam", "fused", numpy_build, "cpu", None)]
     return ours + (peers if "adam" in optimizers else [])
 
 
@@ -172,20 +130,20 @@ def check(build, optimizer, mode, xp, ours):
     errors, ok = {}, True
     for kind in ("none",) + PENALIZED:
         pen = Penalty(kind, CHECK_LAMBDA if "l1" in kind else 0.0, CHECK_LAMBDA if kind in ("l2", "l1l2") else 0.0)
-        host = [np.asarray(common.to_host(a)) for a in arrays(np, optimizer, CHECK_N)]
+        host = arrays(np, optimizer, CHECK_N)
         ref = [a.astype(np.float64) for a in host]
         step = dict(step=CHECK_STEP) if optimizer == "adam" else {}
         getattr(reference, f"{optimizer}_update")(*ref, **step, **HYPER[optimizer], l1=pen.l1, l2=pen.l2,
                                                   proximal=mode == "proximal")
         dev, into = [xp.asarray(a).copy() for a in host], xp.zeros(1, dtype=np.float64)
         build(dev[0], dev[1], dev[2:], pen, CHECK_STEP - 1, into)()
-        pairs = [(common.to_host(d).astype(np.float64), r) for i, (d, r) in enumerate(zip(dev, ref)) if i != 1]
+        pairs = [(getattr(d, "get", lambda: d)().astype(np.float64), r) for i, (d, r) in enumerate(zip(dev, ref)) if i != 1]
         excess = max(float(np.max(np.abs(d - r) / (CHECK_ATOL + CHECK_RTOL * np.abs(r)))) for d, r in pairs)
         errors[kind] = max(float(np.max(np.abs(d - r))) for d, r in pairs)
         ok = ok and np.isfinite(excess) and excess <= 1.0
         if ours and kind != "none":
             want = reference.penalty(host[0], pen.l1, pen.l2)
-            ok = ok and abs(float(common.to_host(into)[0]) - want) <= CHECK_RTOL * want
+            ok = ok and abs(float(into[0]) - want) <= CHECK_RTOL * want
     return bool(ok), errors
 
 
@@ -197,7 +155,7 @@ def prepare(device, optimizers, peers):
         if not ours and name not in peers:
             entry["skipped"] = "not selected (--peers)"
         elif where not in (None, device):
-            entry["skipped"] = f"runs on the {'GPU' if where == 'cuda' else 'CPU'} only"
+            entry["skipped"] = f"runs on the {where.upper()} only"
         elif module:
             try:
                 __import__(module)
@@ -320,31 +278,22 @@ def targets_of(device, rows, over):
 # ---------------------------------------------------------------- command line
 
 def _size(text):
-    """A parameter count: an integer, 1e8, or with a binary suffix K (2^10), M (2^20), G (2^30)."""
-    t = text.strip()
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(t[-1:].upper(), 1)
+    """A parameter count: 315722, 1e8, or with a binary suffix: 16M (2^20), 4K (2^10)."""
+    t = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20}.get(t[-1:], 1)
     try:
-        value = float(t[:-1] if scale != 1 else t) * scale
+        value = float(t[:-1] if scale > 1 else t) * scale
     except ValueError:
-        value = 0.5
+        value = 0
     if not (math.isfinite(value) and value >= 1 and value == int(value)):
         raise argparse.ArgumentTypeError(f"expected whole parameter counts (315722, 1e8, 16M) but got {text!r}")
     return int(value)
 
 
-def _optimizers(text):
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names or set(names) - set(optim.OPTIMIZERS):
-        raise argparse.ArgumentTypeError(f"expected some of {','.join(optim.OPTIMIZERS)} but got {text!r}")
-    return names
-
-
 def parser():
-    p = common.Parser(prog="python bench/penalty_cost.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--quick", action="store_true", help="a smoke run: small epochs, sizes up to 1M, few repeats")
-    p.add_argument("--json", metavar="PATH", help="output (default bench/results/penalty_cost_<device>[_quick].json)")
-    p.add_argument("--optimizers", type=_optimizers, default=list(optim.OPTIMIZERS), help="adam,sgd (default both)")
+    p = common.Parser("penalty_cost", __doc__)
+    p.add_argument("--optimizers", type=common.names(optim.OPTIMIZERS), default=list(optim.OPTIMIZERS),
+                   help="adam,sgd (default both)")
     p.add_argument("--epoch-images", type=common.count(1), help="images per epoch (default 50,000, --quick 1,024)")
     p.add_argument("--epochs", type=common.count(1), help="timed epochs per case (default 5, --quick 3)")
     p.add_argument("--warmup-epochs", type=common.count(0), help="untimed epochs per case first (default 1)")
@@ -352,13 +301,14 @@ def parser():
     p.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",") if s.strip()],
                    help="parameter counts of the update sweep (K/M = 2^10/2^20; default 315722,1M,4M,16M,64M,1e8)")
     p.add_argument("--repeats", type=common.count(1), help="timed updates per case (default 20, --quick 5)")
-    p.add_argument("--peers", default=",".join(PEERS), help=f"the peers to run (default all: {','.join(PEERS)})")
+    p.add_argument("--peers", type=lambda t: common.names(PEERS)(t) if t.strip() else [], default=PEERS,
+                   help=f"the peers to run (default all: {','.join(PEERS)}; '' for none)")
     p.add_argument("--no-epochs", dest="epochs_on", action="store_false", help="skip the epochs")
     p.add_argument("--no-update", dest="update_on", action="store_false", help="skip the update sweep")
     return p
 
 
-def report(over, rows, targets, meta, copy_bw):
+def report(over, rows, copy_bw):
     for o, r in (over or {}).items():
         print(f"\n{o}: epoch overhead vs fused/none ({common.fmt(r['baseline_s'], 1)} s; noise {r['noise']:.2%}, "
               f"A/A {r['aa']:+.2%}): median, paired median [p10-p90]")
@@ -371,17 +321,12 @@ def report(over, rows, targets, meta, copy_bw):
         for r in rows:
             print(f"{r['n']:>11,} {r['op']:26} {r['reg']:5} {common.fmt(r['stats_s']):26} {r['gb_per_s']:7.1f} "
                   f"{100 * r['fraction_of_copy_bw']:5.1f}%")
-    print()
-    common.print_targets(targets, meta)
 
 
 def main(argv=None):
     try:
         args = parser().parse_args(argv)
         device = common.resolve_device(args.device)
-        unknown = set(filter(None, args.peers.split(","))) - set(PEERS)
-        if unknown:
-            raise common.UsageError(f"--peers: unknown {', '.join(sorted(unknown))} (expected some of {', '.join(PEERS)})")
         d = QUICK if args.quick else FULL
         images, rounds = args.epoch_images or d["epoch_images"], args.epochs or d["epochs"]
         if args.epochs_on and images < args.batch_size:
@@ -400,25 +345,19 @@ def main(argv=None):
     rows, impls = [], {}
     if args.update_on:
         print("implementations of the update, checked against pyregnet.reference:", flush=True)
-        runnable, impls = prepare(device, args.optimizers, set(filter(None, args.peers.split(","))))
+        runnable, impls = prepare(device, args.optimizers, args.peers)
         rows = sweep(device, runnable, args.sizes or d["sizes"], args.repeats or d["repeats"], roof)
     if device == "cpu":
         notes.append("the CPU copy bandwidth is one NumPy thread's: multithreaded updates can exceed 100% of it")
-    targets = targets_of(device, rows, over)
-    report(over, rows, targets, meta, roof["bytes_per_s"])
-    for note in notes:
-        print(f"note: {note}")
-    common.write_json(common.results_path("penalty_cost", device, args.quick, args.json), {
-        "benchmark": "penalty_cost", "metadata": meta,
+    report(over, rows, roof["bytes_per_s"])
+    return common.finish("penalty_cost", meta, notes, targets_of(device, rows, over), {
         "config": {"device": device, "quick": args.quick, "optimizers": args.optimizers, "batch_size": args.batch_size,
                    "epoch_images": images if args.epochs_on else None, "epochs": rounds, "warmup_epochs": warmup,
-                   "sizes": args.sizes or list(d["sizes"]), "repeats": args.repeats or d["repeats"], "hyper": HYPER,
-                   "lambda": {reg: Penalty.with_defaults(reg).__dict__ for reg in PENALIZED}},
-        "roofline": roof,
+                   "sizes": args.sizes or list(d["sizes"]), "repeats": args.repeats or d["repeats"], "hyper": HYPER},
+        "roofline": roof, "implementations": impls, "update": rows,
         "epochs": None if samples is None else {"cases": [{"optimizer": o, "mode": m, "reg": r, "samples_s": t}
-                                                          for (o, m, r), t in samples.items()], "overheads": over},
-        "implementations": impls, "update": rows, "targets": targets, "notes": notes})
-    return 0
+                                                          for (o, m, r), t in samples.items()], "overheads": over}},
+        args.json, args.check)
 
 
 if __name__ == "__main__":

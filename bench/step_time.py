@@ -4,19 +4,14 @@ of pyregnet's step against its roofline.
     python bench/step_time.py [--device auto|cpu|cuda] [--batch-size 64] [--steps N] [--repeats R]
                               [--warmup N] [--no-ops] [--quick] [--json PATH] [--check]
 
-pyregnet's step is the engine's, as the trainer builds it (bench/common.pyregnet_engine): a sample
-is one Engine.train_epoch over a synthetic set of --steps batches (on the GPU: CUDA graph replays)
-divided by the steps. PyTorch (bench/torch_net.py) steps on one pre-made float batch on the device,
-its best case. Both run with reg none (the main number) and l1l2 (the default λ), taking turns
-repeat by repeat so that drifting load hits both alike; a first-step loss check makes sure they
-are the same network. The per-op table times each launch of the engine's real step
-(Engine.step().launches; on the CPU inside the running step, on the GPU each alone as a replayed
-CUDA graph) beside its roofline (max of FLOPs / measured FP32 peak and bytes / measured copy
-bandwidth); its rows sum to about the step. Beside
-the conv launches: PyTorch's conv2d and convolution_backward (cuDNN or oneDNN) on the same shapes
-(pyregnet's forward also applies the bias and ReLU).
-Targets: on the CPU pyregnet's step takes <= 2x PyTorch's; on the GPU each conv pass reaches
->= 0.5 of cuDNN's throughput. Results: bench/results/step_time_<device>[_quick].json.
+pyregnet's step is the engine's, as the trainer builds it: a sample is one Engine.train_epoch over
+--steps synthetic batches (on the GPU: CUDA graph replays) per step. PyTorch (bench/torch_net.py)
+steps on one pre-made batch on the device, its best case. Both with reg none and l1l2, taking
+turns sample by sample; a first-batch loss check shows they are the same network. The per-op
+table times each launch of the engine's real step (Engine.step().launches; on the CPU inside the
+running step, on the GPU alone as a replayed CUDA graph) beside its roofline: max(FLOPs / measured
+FP32 peak, bytes / measured copy bandwidth). Target: on the CPU pyregnet's step takes <= 2x
+PyTorch's. Results: bench/results/step_time_<device>[_quick].json.
 """
 
 import sys
@@ -33,22 +28,17 @@ from pyregnet.engine import MAX_SHIFT  # noqa: E402
 
 REGS = ("none", "l1l2")     # none is the main number
 STEP_TARGET = 2.0           # pyregnet's step <= 2x PyTorch's, on a 2-core CPU
-CONV_TARGET = 0.5           # each conv pass >= 0.5 of cuDNN's throughput, on the GPU
 FULL = dict(steps=20, repeats=7, warmup=5, op_repeats=15)
 QUICK = dict(steps=3, repeats=3, warmup=1, op_repeats=3)
 
 
 def parser():
-    p = common.Parser(prog="python bench/step_time.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p = common.Parser("step_time", __doc__)
     p.add_argument("--batch-size", type=common.count(1), default=64)
     p.add_argument("--steps", type=common.count(1), help="steps per timed sample (default 20, --quick 3)")
     p.add_argument("--repeats", type=common.count(1), help="timed samples per case (default 7, --quick 3)")
     p.add_argument("--warmup", type=common.count(0), help="untimed steps per case first (default 5, --quick 1)")
     p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the per-op table")
-    p.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
-    p.add_argument("--json", metavar="PATH", help="output (default bench/results/step_time_<device>[_quick].json)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a target that applies to this device fails")
     return p
 
 
@@ -82,23 +72,6 @@ def op_table(eng, order, device, repeats, roof, reg):
     timed, steps = common.time_launches(launches, device, repeats, lambda: eng.start_epoch(order))
     return [common.roofline_row(launch.name, samples, launch.flops, launch.bytes, roof, reg=reg, method=how)
             for launch, (samples, how) in zip(launches, timed)], steps
-
-
-def torch_convs(torch, device, batch, repeats, rows):
-    """PyTorch's conv passes on the conv layers' shapes, beside the conv launches of `rows`."""
-    F, aten = torch.nn.functional, torch.ops.aten
-    for layer in (model.CONV1, model.CONV2):
-        x, w, b, dy = (torch.randn(shape, device=device) for shape in (
-            (batch, *layer.input), layer.weight, layer.weight[:1], (batch, *layer.output)))
-        mask = [layer is not model.CONV1, True, True]   # as trained: conv1's input needs no gradient
-        cases = {"forward": lambda: F.conv2d(x, w, b),
-                 "backward": lambda: aten.convolution_backward(dy, x, w, [w.shape[0]], [1, 1], [0, 0], [1, 1], False,
-                                                               [0, 0], 1, mask)}
-        for what, fn in cases.items():
-            for row in (r for r in rows if r["op"] == f"{layer.name}.{what}"):
-                samples, how = common.time_launch(fn, device, 1, repeats, lib="torch")
-                ms = common.stats(samples)["median"] * 1e3
-                row.update(torch_ms=ms, torch_method=how, ratio_to_torch=ms / row["ms"])
 
 
 def measure(args, device, d, notes):
@@ -135,8 +108,6 @@ def measure(args, device, d, notes):
         for reg, eng in engines.items():
             rows, inline[reg] = op_table(eng, order, device, d["op_repeats"], roof, reg)
             ops_rows += rows
-        if torch is not None:
-            torch_convs(torch, device, batch, d["op_repeats"], ops_rows)
     return samples, (ops_rows, inline), check, info, roof
 
 
@@ -167,15 +138,10 @@ def summarize(samples, ops, roof, batch, device):
         targets.append(common.target(f"step_{reg}", f"pyregnet's step ({reg}) <= {STEP_TARGET:g}x PyTorch's", ratio,
                                      STEP_TARGET, "<=", device, "cpu", "pyregnet ms / PyTorch ms" if ratio else
                                      "PyTorch did not run"))
-    for r in ops_rows:
-        if r["reg"] == "none" and r["op"].startswith("conv"):
-            targets.append(common.target(f"{r['op']}_vs_torch", f"{r['op']} >= {CONV_TARGET:g} of PyTorch's throughput",
-                                         r.get("ratio_to_torch"), CONV_TARGET, ">=", device, "cuda",
-                                         "PyTorch ms / pyregnet ms" if "torch_ms" in r else "PyTorch did not run"))
     return results, sums, targets
 
 
-def report(results, ops_rows, sums, targets, check, meta):
+def report(results, ops_rows, sums, check):
     print(f"\n{'impl':9} {'reg':5} {'ms/step median [p10-p90]':28} {'img/s':>8} {'GFLOP/s':>8} {'%peak':>6}")
     for r in results:
         print(f"{r['impl']:9} {r['reg']:5} {common.fmt(r['stats_s_per_step']):28} {r['images_per_s']:8.0f} "
@@ -184,18 +150,14 @@ def report(results, ops_rows, sums, targets, check, meta):
         print(f"first-batch loss: pyregnet {check['pyregnet']:.6f}, PyTorch {check['torch']:.6f} "
               f"({'the same network' if check['ok'] else 'MISMATCH'})")
     if ops_rows:
-        print(f"\n{'launch of the step':24} {'reg':5} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>7} {'roof ms':>8} {'%roof':>6}"
-              f" {'torch ms':>9}")
+        print(f"\n{'launch of the step':24} {'reg':5} {'ms':>8} {'GFLOP/s':>8} {'GB/s':>7} {'roof ms':>8} {'%roof':>6}")
         for r in ops_rows:
             gf = f"{r['gflops_per_s']:8.1f}" if r["flops"] else f"{'-':>8}"
-            torch_ms = f"{r['torch_ms']:9.3f}" if "torch_ms" in r else f"{'':9}"
             print(f"{r['op']:24} {r['reg']:5} {r['ms']:8.3f} {gf} {r['gb_per_s']:7.1f} {r['roofline_ms']:8.3f} "
-                  f"{r['pct_of_roofline']:5.1f}% {torch_ms}")
+                  f"{r['pct_of_roofline']:5.1f}%")
         for reg, s in sums.items():
             print(f"sum of the {reg} step's launches, each timed alone: {s['ops_ms']:.3f} ms vs the step "
                   f"{s['step_ms']:.3f} ms ({s['ratio']:.2f}x)")
-    print()
-    common.print_targets(targets, meta)
 
 
 def main(argv=None):
@@ -209,17 +171,13 @@ def main(argv=None):
     samples, ops, check, info, roof = measure(args, device, d, notes)
     results, sums, targets = summarize(samples, ops, roof, args.batch_size, device)
     ops_rows = ops[0]
-    report(results, ops_rows, sums, targets, check, meta)
-    for note in notes:
-        print(f"note: {note}")
-    common.write_json(common.results_path("step_time", device, args.quick, args.json), {
-        "benchmark": "step_time", "metadata": meta,
+    report(results, ops_rows, sums, check)
+    return common.finish("step_time", meta, notes, targets, {
         "config": {"device": device, "batch_size": args.batch_size, "steps": args.steps or d["steps"],
                    "repeats": args.repeats or d["repeats"], "op_repeats": d["op_repeats"], "quick": args.quick,
                    "regs": list(REGS), "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
         "flops": model.step_flops(args.batch_size), "roofline": roof, "torch": info, "same_network_check": check,
-        "results": results, "ops": ops_rows, "ops_sum": sums, "targets": targets, "notes": notes})
-    return 1 if args.check and any(t["applies"] and t["pass"] is False for t in targets) else 0
+        "results": results, "ops": ops_rows, "ops_sum": sums}, args.json, args.check)
 
 
 if __name__ == "__main__":

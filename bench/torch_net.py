@@ -1,11 +1,8 @@
-"""The PyTorch baseline every benchmark compares pyregnet's network with: the same network, initial
-weights (pyregnet.model.init_params), loss, penalty (on the kernels, added to the loss as PyTorch
-users write it: autograd differentiates it) and Adam (lr 1e-3, eps 1e-7; fused where this PyTorch
-has it for the device, else foreach), eager or under torch.compile. Its best case: float32 (TF32
-off), cudnn.benchmark on the GPU, the data set uint8 on the device, each batch gathered and
-augmented there by one gather through a (shift, flip) -> pixel table that reproduces pyregnet's
-augmentation (reference.augment_batch; tests/test_bench_epoch_time.py checks it), the sums read
-once per epoch.
+"""The PyTorch baseline of every benchmark: pyregnet's network, initial weights, loss, penalty (on
+the kernels, in the loss: autograd differentiates it) and Adam (fused where this PyTorch has it,
+else foreach), eager or compiled; float32 (no TF32), cudnn.benchmark on the GPU, the uint8 data
+on the device, each batch gathered and augmented there through a (shift, flip) -> pixel table
+that reproduces pyregnet's augmentation (tests/test_bench_epoch_time.py), sums read once an epoch.
 """
 
 import numpy as np
@@ -24,13 +21,9 @@ def load(device):
         import torch
     except ImportError:
         return None, missing("torch")
-    import os
     torch.manual_seed(0)
-    if device == "cuda":
-        torch.backends.cudnn.benchmark = True   # cuDNN picks its fastest algorithms
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False   # float32, as pyregnet
-    else:
-        torch.set_num_threads(os.cpu_count())
+    torch.backends.cudnn.benchmark = True   # cuDNN picks its fastest algorithms
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False   # float32, as pyregnet
     return torch, None
 
 
@@ -83,9 +76,12 @@ class TorchNet:
             self.opt, self.adam = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7, fused=True), "fused"
         except Exception:  # noqa: BLE001 -- no fused Adam for this device in this PyTorch
             self.opt, self.adam = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7, foreach=True), "foreach"
-        kw = dict(mode=compile_mode, dynamic=False)
-        self._step = torch.compile(self._train, **kw) if compile_mode else self._train
+        kw = dict(mode=compile_mode, dynamic=False)   # compiled: augmentation to optimizer step, and evaluation
+        self._batch = torch.compile(self._augmented, **kw) if compile_mode else self._augmented
         self._eval = torch.compile(self._forward_sums, **kw) if compile_mode else self._forward_sums
+        if compile_mode and device == "cuda":   # each call a new step of the compiled CUDA graphs
+            mark, batch, evaluate = torch.compiler.cudagraph_mark_step_begin, self._batch, self._eval
+            self._batch, self._eval = (lambda *a: (mark(), batch(*a))[1]), (lambda *a: (mark(), evaluate(*a))[1])
         self.setup = {"adam": f"torch.optim.Adam(lr=1e-3, eps=1e-7, {self.adam}=True)", "compile_mode": compile_mode,
                       "penalty": f"{self.penalty.describe()} on the kernels, added to the loss (autograd)"}
 
@@ -109,7 +105,11 @@ class TorchNet:
 
     def step(self, x, y):
         self.opt.zero_grad(set_to_none=True)   # launches nothing; outside the compiled function
-        return self._step(x, y)
+        return self._train(x, y)
+
+    def _augmented(self, idx, draws):
+        x = gather_augment(self.x_train, idx, draws, self.table, self.channels)
+        return self._train((x * (1.0 / 255.0)).view(len(idx), *self.shape), self.y_train[idx])
 
     def data(self, dataset, batch):
         """Puts the uint8 data set on the device: (N, C, H*W) to train on, (N, C, H, W) to evaluate."""
@@ -131,10 +131,9 @@ class TorchNet:
         draws = t.randint(0, len(self.table), (n,), device=self.dev, generator=self.gen)
         sums = t.zeros(3, dtype=t.float64, device=self.dev)
         for i in range(0, n, b):
-            idx = order[i:i + b]
-            x = gather_augment(self.x_train, idx, draws[i:i + b], self.table, self.channels)
-            data, total, hits = self.step((x * (1.0 / 255.0)).view(len(idx), *self.shape), self.y_train[idx])
-            sums += t.stack([data * len(idx), total * len(idx), hits.double()])
+            self.opt.zero_grad(set_to_none=True)
+            data, total, hits = self._batch(order[i:i + b], draws[i:i + b])
+            sums += t.stack([data * min(b, n - i), total * min(b, n - i), hits.double()])
         data, total, correct = (s / n for s in sums.tolist())   # the epoch's one read
         return {"train_data_loss": data, "train_loss": total, "train_acc": correct}
 

@@ -150,7 +150,7 @@ def test_torch_baseline_augments_as_the_reference_and_starts_from_pyregnets_weig
 # ---------------------------------------------------------------- a tiny run, in a subprocess
 
 N_TRAIN, N_VAL = 256, 128
-RUN = ["--device", "cpu", "--quick", "--dataset", "synthetic", "--train-size", str(N_TRAIN), "--val-size",
+RUN = ["--device", "cpu", "--quick", "--train-size", str(N_TRAIN), "--val-size",
        str(N_VAL), "--epochs", "2", "--warmup", "0"]
 
 

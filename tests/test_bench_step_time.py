@@ -147,9 +147,6 @@ def test_quick_run_json(tmp_path, capsys):
         ms = {(r["impl"], r["reg"]): r["ms_per_step"] for r in d["results"]}
         assert steps["step_none"]["value"] == pytest.approx(ms[("pyregnet", "none")] / ms[("torch", "none")])
         assert steps["step_none"]["applies"] and steps["step_none"]["verdict"] in ("PASS", "FAIL")
-        convs = [r for r in d["ops"] if r["op"].startswith("conv")]
-        assert all(r["torch_ms"] > 0 and r["ratio_to_torch"] == pytest.approx(r["torch_ms"] / r["ms"]) for r in convs)
-        assert sum(t["key"].endswith("_vs_torch") and not t["applies"] for t in d["targets"]) == 4   # GPU targets
     else:
         _check_torch_skipped(d)
 
