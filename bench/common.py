@@ -1,12 +1,12 @@
-"""Shared benchmark helpers (docs/design.md §3, convention 9): where and on what a number was measured
-(device, commit, date, versions), timing with warm-up (perf_counter on the CPU, CUDA events on
-the GPU), the median and spread of the samples, the roofline denominators (measured copy
-bandwidth and practical peak FLOP/s) and atomic JSON output under bench/results/.
-
-bench/ scripts import this as `import common` (running `python bench/<script>.py` puts bench/ on
-sys.path). Nothing here imports pyregnet, CuPy or PyTorch at module level.
+"""What every benchmark shares (docs/design.md §3, convention 9): where and on what a number was
+measured; one sync and one timer (perf_counter on the CPU, CUDA events on the GPU, or the replay
+of a CUDA graph captured through pyregnet.engine.Program); statistics and the roofline; one
+PASS/FAIL verdict; one line and exit 2 for a bad argument; atomic JSON under bench/results/.
+Nothing here imports pyregnet, CuPy or PyTorch at module level: bench/suite_record.py uses it
+before pyregnet is built.
 """
 
+import argparse
 import datetime
 import importlib.metadata
 import json
@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,53 +22,40 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
+SEED = 0
+GPU_SAMPLE_S = 2e-3   # a GPU timing sample spans at least this much work ...
+GPU_MAX_REPS = 2000   # ... in at most this many calls
 
 
 # ---------------------------------------------------------------- metadata
 
 def cpu_description():
     """'<model name>, <n> cores' from /proc/cpuinfo (platform.processor() elsewhere)."""
-    name = None
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
-        pass
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    cores = os.cpu_count()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = cores
-    extra = f" ({usable} usable)" if usable != cores else ""
-    return f"{name}, {cores} cores{extra}"
+        name = None
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def gpu_description():
-    """The current CuPy device's name, memory and compute capability."""
     import cupy
-    dev = cupy.cuda.Device()
-    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    mem = props.get("totalGlobalMem", 0) / 2**30
-    return f"{name}, {mem:.0f} GiB, sm_{props.get('major', '?')}{props.get('minor', '?')}"
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    return f"{props['name'].decode()}, {props['totalGlobalMem'] / 2**30:.0f} GiB, sm_{props['major']}{props['minor']}"
 
 
 def git_commit(root=ROOT):
-    """HEAD's hash, with '-dirty' when the working tree differs from it (untracked files count,
-    benchmark results under bench/results/ do not). Outside a git checkout (the GPU machine gets
-    a copy of the tree without .git) it is $PYREGNET_COMMIT, set by whoever sent the copy, or
-    'unknown'."""
+    """HEAD's hash, with '-dirty' when the working tree differs from it (benchmark results under
+    bench/results/ do not count). Outside a git checkout (the GPU machine gets a copy of the tree
+    without .git) it is $PYREGNET_COMMIT, set by whoever sent the copy, or 'unknown'."""
     if os.environ.get("PYREGNET_COMMIT"):
         return os.environ["PYREGNET_COMMIT"]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
-                                timeout=30, check=True).stdout
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30,
+                                  check=True).stdout
+        head, status = git("rev-parse", "HEAD").strip(), git("status", "--porcelain")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     changed = [line for line in status.splitlines() if not line[3:].startswith("bench/results/")]
@@ -83,124 +71,134 @@ def _version(dist):
 
 def metadata(device):
     """Where, when and with what a benchmark ran. device: 'cpu' or 'cuda'."""
-    try:
-        import pyregnet
-        build, where = pyregnet.build_info(), str(Path(pyregnet.__file__).parent)
-    except ImportError as e:
-        build, where = {"error": str(e)}, None
-    if device == "cuda":
-        try:
-            description = gpu_description()
-        except Exception as e:  # noqa: BLE001 -- a description, never a reason to fail the run
-            description = f"CUDA GPU ({type(e).__name__}: {e})"
-    else:
-        description = cpu_description()
-    cupy_version = _version("cupy") or next(
-        (v for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x") if (v := _version(d))), None)
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        load = None
-    return {
-        "device": device,
-        "device_description": description,
-        "cpu": cpu_description(),
-        "cpu_count": os.cpu_count(),
-        "load_average": load,
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": _version("torch"),
-        "cupy": cupy_version,
-        "pyregnet": build,
-        "pyregnet_path": where,
-    }
+    import pyregnet
+    description = gpu_description() if device == "cuda" else cpu_description()
+    return {"device": device, "device_description": description, "cpu": cpu_description(),
+            "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "torch": _version("torch"),
+            "cupy": next((v for d in ("cupy", "cupy-cuda13x", "cupy-cuda12x") if (v := _version(d))), None),
+            "pyregnet": pyregnet.build_info(), "pyregnet_path": str(Path(pyregnet.__file__).parent)}
 
 
-def machine_busy(meta):
-    """A warning line when the 1-minute load average exceeds the core count, else None."""
-    load, cores = meta.get("load_average"), meta.get("cpu_count") or 1
-    if load and load[0] > cores:
-        return (f"WARNING: load average {load[0]:.1f} on {cores} cores: another job is running, "
-                f"these timings are not representative")
-    return None
-
-
-def start(name, device, quick, log=print, quick_note="a smoke run with few samples, not a measurement"):
-    """A benchmark's opening: (metadata, notes). Logs what runs where, and notes (and logs) a
-    busy machine and a --quick run, which the results must carry."""
+def start(name, device, quick, log=print):
+    """A benchmark's opening: (metadata, notes). Notes a busy machine and a --quick run, which the
+    results must carry."""
     meta = metadata(device)
-    log(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}; "
-        f"pyregnet from {meta['pyregnet_path']}")
-    notes = []
-    busy = machine_busy(meta)
-    if busy:
-        log(busy)
-        notes.append(busy)
-    if quick:
-        notes.append("--quick: " + quick_note)
+    log(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
+    load, cores = meta["load_average"][0], meta["cpu_count"]
+    notes = [f"load average {load:.1f} on {cores} cores: another job is running, these timings are not "
+             f"representative"] if load > cores else []
+    notes += ["--quick: a smoke run with few samples, not a measurement"] if quick else []
+    for note in notes:
+        log(f"note: {note}")
     return meta, notes
 
 
-# ---------------------------------------------------------------- timing
+# ---------------------------------------------------------------- devices and timing
 
-class CudaEvents:
-    """A pair of CUDA events on the current stream, from CuPy ('cupy') or PyTorch ('torch')."""
-
-    def __init__(self, lib="cupy"):
-        self.lib = lib
-        if lib == "cupy":
-            import cupy
-            self._cupy = cupy
-            self.start, self.end = cupy.cuda.Event(), cupy.cuda.Event()
-        elif lib == "torch":
-            import torch
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.end = torch.cuda.Event(enable_timing=True)
-        else:
-            raise ValueError(f"lib: expected 'cupy' or 'torch' but got {lib!r}")
-
-    def elapsed_s(self):
-        self.end.synchronize()
-        if self.lib == "cupy":
-            return self._cupy.cuda.get_elapsed_time(self.start, self.end) / 1e3
-        return self.start.elapsed_time(self.end) / 1e3
+def resolve_device(choice):
+    """'cpu' or 'cuda' for --device auto|cpu|cuda, as the trainer resolves it; raises UsageError."""
+    from pyregnet.train import UsageError as TrainUsage, resolve_device as resolve
+    try:
+        return resolve(choice)
+    except TrainUsage as e:
+        raise UsageError(str(e)) from None
 
 
-def timeit(fn, warmup, repeats, sync=None, events=None):
-    """Seconds per call of fn, `repeats` samples after `warmup` untimed calls.
+def array_module(device):
+    if device == "cuda":
+        import cupy
+        return cupy
+    return np
 
-    CPU: time.perf_counter around the call (sync(), if given, is called before starting and
-    before stopping the clock). GPU: events = 'cupy' or 'torch' times the call with CUDA
-    events recorded on the current stream around it.
-    """
+
+def sync(device):
+    """Waits for all work on the device: every stream, CuPy's, PyTorch's and a graph's."""
+    if device == "cuda":
+        import cupy
+        cupy.cuda.runtime.deviceSynchronize()
+
+
+def timeit(fn, device, warmup=1, repeats=5, calls=1):
+    """Seconds per call of fn: `repeats` samples of `calls` consecutive calls after `warmup`
+    untimed ones; perf_counter on the CPU, CUDA events on the current stream (which PyTorch's
+    default stream shares) on the GPU."""
     if repeats < 1:
         raise ValueError(f"repeats: expected >= 1 but got {repeats}")
     for _ in range(warmup):
         fn()
+    sync(device)
+    if device == "cuda":
+        import cupy
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
     samples = []
-    if events is not None:
-        ev = CudaEvents(events)
-        if sync is not None:
-            sync()
-        for _ in range(repeats):
-            ev.start.record()
-            fn()
-            ev.end.record()
-            samples.append(ev.elapsed_s())
-        return samples
     for _ in range(repeats):
-        if sync is not None:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        samples.append(time.perf_counter() - t0)
+        t0 = start.record() if device == "cuda" else time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if device == "cuda":
+            end.record()
+            end.synchronize()
+        seconds = cupy.cuda.get_elapsed_time(start, end) / 1e3 if device == "cuda" else time.perf_counter() - t0
+        samples.append(seconds / calls)
     return samples
+
+
+def time_launch(fn, device, warmup=1, repeats=5):
+    """(seconds per call, how): on the GPU the device time of a launch as a captured step runs it:
+    `reps` calls (>= GPU_SAMPLE_S of work) captured as one CUDA graph by engine.Program and its
+    replays timed with CUDA events, without the host's launch overhead (timed eagerly, with the
+    reason, if the capture fails). On the CPU: timeit."""
+    if device != "cuda":
+        return timeit(fn, device, warmup, repeats), "perf_counter per call"
+    from pyregnet.engine import Program, capture_stream
+    from pyregnet.launch import Launch
+    one = timeit(fn, device, max(warmup, 1), 1)[0]
+    reps = int(min(GPU_MAX_REPS, max(1, math.ceil(GPU_SAMPLE_S / max(one, 1e-7)))))
+    program = Program([Launch("timed", fn)] * reps, capture_stream(array_module(device)))
+    try:
+        program()   # eager: loads the kernels; the next call captures, then replays
+        with program.stream:
+            samples = timeit(program, device, 1, repeats)
+        return [s / reps for s in samples], f"CUDA graph of {reps} calls, replays timed with CUDA events"
+    except Exception as e:  # noqa: BLE001 -- the eager time stands, with the reason
+        sync(device)
+        return timeit(fn, device, 1, repeats, reps), f"eager ({reps} calls; capture failed: {type(e).__name__})"
+
+
+def time_launches(launches, device, repeats, start):
+    """([(seconds per call, how)] for each launch of a step, [seconds per whole step] or None). On
+    the CPU each launch is timed where it runs, inside the whole step, which runs `repeats` times
+    after one warm-up, each time from start(); the step's own time is kept beside. On the GPU each
+    launch alone: time_launch."""
+    if device == "cuda":
+        start()
+        return [time_launch(launch.fn, device, 1, repeats) for launch in launches], None
+    times, steps = [[] for _ in launches], []
+    for _ in range(repeats + 1):
+        start()
+        t_step = time.perf_counter()
+        for launch, samples in zip(launches, times):
+            t0 = time.perf_counter()
+            launch.fn()
+            samples.append(time.perf_counter() - t0)
+        steps.append(time.perf_counter() - t_step)
+    return [(samples[1:], "perf_counter around the launch inside the step") for samples in times], steps[1:]
+
+
+def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True):
+    """An Engine over data = (uint8 images, labels) already on the device, the model's initial
+    weights and `optimizer` with its default learning rate, penalty `reg` (its default λ) applied
+    in `mode` (optim.UPDATE_MODES): the training step as the trainer builds it."""
+    from pyregnet import model, optim
+    from pyregnet.engine import Engine
+    from pyregnet.regularizers import Penalty
+    xp = array_module(device)
+    params = xp.asarray(model.init_params(SEED))
+    return Engine(params, xp.zeros_like(params), optim.make(optimizer, params, optim.DEFAULT_LR[optimizer]),
+                  Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture)
 
 
 def stats(samples):
@@ -213,89 +211,142 @@ def stats(samples):
             "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}
 
 
+def fmt(s, scale=1e3, digits=3):
+    """'median [p10-p90]' of stats() (in ms by default)."""
+    return f"{s['median'] * scale:.{digits}f} [{s['p10'] * scale:.{digits}f}-{s['p90'] * scale:.{digits}f}]"
+
+
 # ---------------------------------------------------------------- roofline
 
-def measure_copy_bandwidth(device, nbytes=256 * 2**20, repeats=5):
-    """Practical memory bandwidth: a copy of an `nbytes` float32 array (NumPy on the CPU, CuPy on
-    the GPU); bytes read + written divided by the best time of `repeats` copies after one warm-up.
-    Returns {"bytes_per_s", "array_bytes", "method", "stats" (seconds per copy)}."""
-    n = nbytes // 4
-    if device == "cuda":
-        import cupy
-        src = cupy.ones(n, dtype=cupy.float32)
-        dst = cupy.empty_like(src)
-        samples = timeit(lambda: cupy.copyto(dst, src), warmup=1, repeats=repeats, events="cupy")
-        method = "cupy.copyto float32, device to device"
-    else:
-        src = np.ones(n, dtype=np.float32)
-        dst = np.empty_like(src)
-        samples = timeit(lambda: np.copyto(dst, src), warmup=1, repeats=repeats)
-        method = "numpy.copyto float32 (one thread)"
+def roofline(device, quick=False):
+    """The roofline's denominators, measured: copy bandwidth (a 256 MiB float32 copy, bytes read
+    + written over the best time; one NumPy thread on the CPU) and the FP32 peak (a square
+    matmul: BLAS on all cores, cuBLAS on the GPU, 2 n^3 over the best time)."""
+    xp = array_module(device)
+    src = xp.ones(64 * 2**20, dtype=np.float32)
+    dst = xp.empty_like(src)
+    copy = stats(timeit(lambda: xp.copyto(dst, src), device, 1, 3 if quick else 5))
+    n = 8192 if device == "cuda" else (512 if quick else 2048)
+    a = xp.asarray(np.random.default_rng(SEED).random((n, n), dtype=np.float32))
+    out = xp.empty_like(a)
+    mm = stats(timeit(lambda: xp.matmul(a, a, out=out), device, 1, 2 if quick else 5))
+    return {"bytes_per_s": 2 * src.nbytes / copy["min"], "peak_flops_per_s": 2.0 * n ** 3 / mm["min"],
+            "copy": {"method": f"{xp.__name__}.copyto float32, {src.nbytes} bytes", "stats_s": copy},
+            "matmul": {"method": f"{xp.__name__} float32 matmul {n}x{n}", "stats_s": mm}}
+
+
+def roofline_row(name, samples, flops, nbytes, roof, **extra):
+    """One timed kernel beside its roofline: max(FLOPs / peak, bytes that must move / bandwidth)."""
     s = stats(samples)
-    return {"bytes_per_s": 2 * n * 4 / s["min"], "array_bytes": n * 4, "method": method, "stats": s}
+    t = s["median"]
+    bound = max((flops or 0) / roof["peak_flops_per_s"], (nbytes or 0) / roof["bytes_per_s"])
+    return {"op": name, **extra, "ms": t * 1e3, "samples_s": list(samples), "stats_s": s, "flops": flops, "bytes": nbytes,
+            "gflops_per_s": flops / t / 1e9 if flops else None, "gb_per_s": nbytes / t / 1e9,
+            "fraction_of_copy_bw": nbytes / t / roof["bytes_per_s"], "roofline_ms": bound * 1e3,
+            "pct_of_roofline": 100 * bound / t if t > 0 else None}
 
 
-def measure_peak_flops(device, n=None, repeats=3):
-    """Practical peak: a float32 n x n matmul (NumPy/BLAS on all CPU cores; CuPy/cuBLAS on the
-    GPU), 2 n^3 FLOPs divided by the best time of `repeats` after one warm-up.
-    Returns {"flops_per_s", "n", "method", "stats" (seconds per matmul)}."""
-    if device == "cuda":
-        import cupy
-        n = n or 8192
-        a = cupy.random.random((n, n), dtype=cupy.float32)
-        b = cupy.random.random((n, n), dtype=cupy.float32)
-        samples = timeit(lambda: a @ b, warmup=1, repeats=repeats, events="cupy")
-        method = f"cupy float32 matmul {n}x{n} (cuBLAS; TF32 only if CUPY_TF32=1)"
-    else:
-        n = n or 2048
-        rng = np.random.default_rng(0)
-        a = rng.random((n, n), dtype=np.float32)
-        b = rng.random((n, n), dtype=np.float32)
-        out = np.empty_like(a)
-        samples = timeit(lambda: np.matmul(a, b, out=out), warmup=1, repeats=repeats)
-        method = f"numpy float32 matmul {n}x{n} (BLAS, all threads)"
-    s = stats(samples)
-    return {"flops_per_s": 2.0 * n ** 3 / s["min"], "n": n, "method": method, "stats": s}
+# ---------------------------------------------------------------- verdicts
+
+def target(key, what, value, threshold, op, device, applies_to, detail="", noise=None):
+    """One target: value `op` threshold ('<=', '<', '>=' or '>'); value None = not measured (n/a). With
+    `noise` (a '<=' target), a value above the threshold but within the noise passes 'within
+    noise'. It counts (`applies`) only on the device it is set for."""
+    ops = {"<=": lambda v: v <= threshold, "<": lambda v: v < threshold, ">=": lambda v: v >= threshold,
+           ">": lambda v: v > threshold}
+    if op not in ops:
+        raise ValueError(f"op: expected one of {', '.join(ops)} but got {op!r}")
+    ok = None if value is None else ops[op](value)
+    verdict = "n/a" if ok is None else "PASS" if ok else "FAIL"
+    if ok is False and noise is not None and value <= noise:
+        ok, verdict = True, "PASS (within noise)"
+    return {"key": key, "target": what, "value": value, "threshold": threshold, "op": op, "pass": ok,
+            "verdict": verdict, "applies": device == applies_to, "device": device, "detail": detail}
 
 
-def roofline_s(flops, nbytes, peak_flops_per_s, bytes_per_s):
-    """The roofline lower bound on a time: max(FLOPs / peak, bytes that must move / bandwidth)."""
-    return max((flops or 0) / peak_flops_per_s, (nbytes or 0) / bytes_per_s)
+def finish(name, meta, notes, targets, payload, path, check=False):
+    """A benchmark's ending: prints its targets and notes, writes its JSON (path: --json/--out, or
+    bench/results/<name>_<device>[_quick].json), returns the exit status: 1 with --check when a
+    target that applies to this device fails."""
+    print()
+    for t in targets:
+        scope = "" if t["applies"] else "  (informational: a target for the other device)"
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
+        print(f"{t['verdict']}: {t['target']} [{meta['device_description']}]: {value} ({t['detail']}){scope}")
+    for note in notes:
+        print(f"note: {note}")
+    quick = "_quick" if payload["config"]["quick"] else ""
+    write_json(path or RESULTS_DIR / f"{name}_{meta['device']}{quick}.json",
+               {"benchmark": name, "metadata": meta, **payload, "targets": targets, "notes": notes})
+    return 1 if check and any(t["applies"] and t["pass"] is False for t in targets) else 0
 
 
-# ---------------------------------------------------------------- output
+# ---------------------------------------------------------------- command line and output
 
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+class UsageError(Exception):
+    """A bad argument: one line, exit 2."""
 
 
-def _finite(o):
-    """NaN and infinities become None (JSON has neither)."""
-    if isinstance(o, np.generic):
-        o = o.item()
+class Parser(argparse.ArgumentParser):
+    """The benchmarks' options: --device, --quick, --check and the output path (`out`) first."""
+
+    def __init__(self, prog, doc, out="--json"):
+        super().__init__(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
+        self.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        self.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
+        self.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
+        self.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
+
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def count(minimum):
+    """An argparse type: an integer >= minimum."""
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} but got {text}")
+        return value
+    return parse
+
+
+def names(choices):
+    """An argparse type: a comma-separated, non-empty subset of `choices`, as a list."""
+    def parse(text):
+        got = [s.strip() for s in text.split(",") if s.strip()]
+        if not got or set(got) - set(choices):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)} but got {text!r}")
+        return got
+    return parse
+
+
+def usage_exit(name, error):  # the one line
+    print(f"{name}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _plain(o):
+    """NumPy scalars and arrays as Python, NaN and infinities as None (JSON has neither)."""
+    if isinstance(o, (np.generic, np.ndarray)):
+        o = o.tolist()
     if isinstance(o, float) and not math.isfinite(o):
         return None
     if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
+        return {k: _plain(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
+        return [_plain(v) for v in o]
+    return str(o) if isinstance(o, Path) else o
 
 
-def write_json(path, payload):
-    """Writes payload as indented JSON to path atomically, creating the folder. Returns the path."""
-    from pyregnet.files import atomic_write  # the benchmark scripts have located pyregnet by now
+def write_json(path, payload, log=True):
+    """payload as indented JSON at path, atomically (a temporary file renamed into place: no
+    pyregnet needed, the GPU suite writes before the build), creating the folder."""
     path = Path(path)
-    text = json.dumps(_finite(payload), indent=2, default=_jsonable, allow_nan=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(_plain(payload), indent=2, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+    if log:
+        print(f"wrote {path}")
     return path
-
-
-def default_results_path(name):
-    return RESULTS_DIR / f"{name}.json"

@@ -196,30 +196,37 @@ def determinism(suite, epochs=20, seeds=(0, 1, 2), device="cuda", data_args=None
 
 
 def epoch_time(suite, contenders=EPOCH_CONTENDERS, extra=("--no-compile",), device="cuda"):
-    """bench/epoch_time.py's epoch section: 50,000 training images, batch 64, augmentation on, plus
-    10,000 evaluated; 1 warm-up and 3 timed epochs per contender, bounded by the deadline.
-    (extra: more epoch_time arguments, later ones winning, by default no torch.compile; device:
-    the CPU test's.)"""
+    """bench/epoch_time.py: 50,000 training images, batch 64, augmentation on, plus 10,000
+    evaluated; 1 warm-up and 3 timed epochs per contender, bounded by the deadline. (extra: more
+    epoch_time arguments, later ones winning, by default no torch.compile; device: the CPU test's.)"""
     out = suite.out / f"epoch_time_{device}.json"
     cmd = [sys.executable, "bench/epoch_time.py", "--device", device, "--contenders", contenders, "--epochs", "3",
-           "--warmup", "1", "--no-conv", "--no-update", "--no-kernels", "--out", str(out), *extra]
+           "--warmup", "1", "--out", str(out), *extra]
     rc, seconds = suite.run(cmd, "epoch_time.log", reserve_s=5)
     if not out.exists():
         raise RuntimeError(f"epoch_time exited {rc} after {seconds} s without its JSON (see epoch_time.log)")
     return {"exit": rc, "epoch_s": epoch_seconds(json.loads(out.read_text()))}
 
 
-def kernel_tables(suite, extra=(), device="cuda"):
-    """bench/epoch_time.py's sections 2-4: conv vs cuDNN (TF32 off), the update vs the copy
-    bandwidth, every kernel of a step vs its roofline."""
-    out = suite.out / f"epoch_time_{device}.json"
-    rc, seconds = suite.run([sys.executable, "bench/epoch_time.py", "--device", device, "--no-epochs", "--out",
-                             str(out), *extra], "epoch_time.log", reserve_s=5)
-    if not out.exists():
-        raise RuntimeError(f"epoch_time exited {rc} after {seconds} s without its JSON (see epoch_time.log)")
-    payload = json.loads(out.read_text())
-    return {"exit": rc, "targets": [f"{t['verdict']}: {t['target']}: {t['value']}" for t in payload["targets"]],
-            "errors": payload["errors"]}
+KERNEL_TABLES = {"step_time": ["--repeats", "3"], "penalty_cost": ["--no-epochs", "--sizes", "315722,16M,64M"]}
+
+
+def kernel_tables(suite, extra=None, device="cuda"):
+    """bench/step_time.py (the step against PyTorch's, each launch of it against its roofline and
+    the conv passes against cuDNN) and bench/penalty_cost.py --no-epochs (the update against the
+    copy bandwidth and its peers): their targets. (extra: {benchmark: arguments} replacing
+    KERNEL_TABLES'; device: the CPU test's.)"""
+    result = {}
+    for name, args in {**KERNEL_TABLES, **(extra or {})}.items():
+        out = suite.out / f"{name}_{device}.json"
+        rc, seconds = suite.run([sys.executable, f"bench/{name}.py", "--device", device, "--json", str(out), *args],
+                                "kernel_tables.log", reserve_s=5)
+        if not out.exists():
+            raise RuntimeError(f"{name} exited {rc} after {seconds} s without its JSON (see kernel_tables.log)")
+        result[name] = {"exit": rc, "targets": [f"{t['verdict']}: {t['target']}: {t['value']}"
+                                                for t in json.loads(out.read_text())["targets"]]}
+    result["exit"] = next((r["exit"] for r in result.values() if r["exit"] != 0), 0)
+    return result
 
 
 def harnesses(suite, names=None, limit_s=None):

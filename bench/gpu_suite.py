@@ -1,23 +1,11 @@
-"""The GPU verification of pyregnet in three device-tool calls, each under one shared deadline.
-Run through bench/gpu_suite.sh (which first checks, in one line, that there is a GPU at all):
-
-    first   (420 s) the machine; the build (CUDA required, all cores, spill check); the smoke test
-            (CUDA vs CPU forward and backward of the CNN at batch 64, graph replay vs eager
-            launches); the CUDA test cases; real CIFAR-10, 2 epochs with the graph then
-            --no-graph, bit for bit; the epoch time of pyregnet graph, pyregnet eager and PyTorch
-            eager; the conv and dense dev/cuda harnesses if time remains
-    second  (420 s, on the warm machine right after first) the CUDA cases first did not reach;
-            every dev/cuda harness; compute-sanitizer memcheck on a short synthetic run, eager
-            and graph; conv vs cuDNN (TF32 off), the update vs the copy bandwidth, the kernels
-            vs their roofline (bench/epoch_time.py's sections 2-4)
-    third   (570 s, a later lease) torch.compile beside pyregnet graph; 20-epoch real runs for
-            seeds 0, 1, 2 and seed 0 again (determinism)
-
-Each step appends its result to <stage summary>.json in --out as it finishes (a deadline or a
-crash still leaves what was done); a step that cannot run records null and why. At most 8 files
-land in --out: the summary, <stage>.log and the steps' own logs and JSON.
-Without the editable install (done by the build step) this module imports neither pyregnet nor
-CuPy at module level.
+"""The GPU verification of pyregnet in three device-tool calls, each under one shared deadline, run
+through bench/gpu_suite.sh (which first checks, in one line, that there is a GPU at all). The
+stages (README, "On a GPU"): first (420 s: the machine, the build, the smoke and CUDA tests, real
+CIFAR-10 graph == eager, the epoch time); second (420 s, warm: the remaining CUDA tests, every
+dev/cuda harness, memcheck, bench/step_time.py and penalty_cost.py --no-epochs); third (570 s:
+20-epoch determinism runs, torch.compile). Each step appends its result to the stage's summary
+JSON in --out as it finishes; a step that cannot run records null and why. At most 8 files land
+in --out. Imports neither pyregnet nor CuPy at module level (the build step installs them).
 """
 
 import argparse
@@ -60,8 +48,7 @@ def third(suite):
     suite.step("machine", lambda: steps.machine(suite))
     suite.step("build", lambda: steps.build(suite))
     suite.step("determinism", lambda: steps.determinism(suite), need_s=120)
-    suite.step("torch_compile", lambda: steps.epoch_time(suite, "pyregnet-graph,torch-compile",
-                                                         ["--compile", "--compile-variants", "step,forward"]),
+    suite.step("torch_compile", lambda: steps.epoch_time(suite, "pyregnet-graph,torch-compile", ["--compile"]),
                need_s=120)
 
 

@@ -5,8 +5,8 @@
 #           epoch time beside PyTorch eager, the conv and dense harnesses if time remains;
 #           writes gpu-first-contact.json
 #   second  (<= 420 s, right after first on the warm machine) the CUDA tests first did not reach,
-#           every dev/cuda harness, compute-sanitizer memcheck, conv vs cuDNN, update vs copy
-#           bandwidth, kernels vs roofline; writes gpu-second.json
+#           every dev/cuda harness, compute-sanitizer memcheck, the step and its launches vs
+#           PyTorch and the roofline, the update vs the copy bandwidth; writes gpu-second.json
 #   third   (<= 570 s, a later lease) 20-epoch runs for 3 seeds and a same-seed repeat, then
 #           torch.compile; writes gpu-third.json
 # Results go to $OUT (at most 8 files). From the repository root, with the device tool:

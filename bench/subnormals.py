@@ -75,7 +75,7 @@ def measure(warmup, repeats, log=print):
     results = {}
     log(f"{'op':44s} {'normal ms':>10s} {'subnormal ms':>13s} {'ratio':>7s}")
     for name in runs["normal"]:
-        entry = {kind: common.stats(common.timeit(runs[kind][name], warmup, repeats)) for kind in runs}
+        entry = {kind: common.stats(common.timeit(runs[kind][name], "cpu", warmup, repeats)) for kind in runs}
         entry["ratio"] = entry["subnormal"]["median"] / entry["normal"]["median"]
         log(f"{name:44s} {entry['normal']['median'] * 1e3:10.3f} {entry['subnormal']['median'] * 1e3:13.3f} "
             f"{entry['ratio']:7.2f}")
@@ -96,11 +96,10 @@ def main(argv=None):
     meta, notes = common.start("subnormals", "cpu", quick=False)
     print(f"flush_denormals: {flushing}; {args.warmup} warm-up and {args.repeats} timed calls per op and kind")
     results = measure(args.warmup, args.repeats)
-    path = args.json or common.default_results_path("subnormals_cpu" if flushing else "subnormals_cpu_ieee")
+    path = args.json or common.RESULTS_DIR / f"subnormals_cpu{'' if flushing else '_ieee'}.json"
     common.write_json(path, {"meta": meta, "notes": notes, "flush_denormals": flushing,
                              "subnormal_scale": SUBNORMAL_SCALE, "warmup": args.warmup, "repeats": args.repeats,
                              "ops": results})
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-import common  # noqa: E402  -- git_commit; imports nothing of pyregnet at module level
+import common  # noqa: E402  -- imports nothing of pyregnet at module level
 from suite_plugin import read_records  # noqa: E402
 
 SUMMARY = {"first": "gpu-first-contact.json", "second": "gpu-second.json", "third": "gpu-third.json"}
@@ -39,15 +39,6 @@ class Stop(Exception):
 
 
 # ---------------------------------------------------------------- pure helpers (tested on the CPU)
-
-def write_json(path, payload):
-    """Indented JSON, atomically (a temporary file renamed into place). pyregnet.files is not
-    importable before the build step, so this does not use it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
 
 def spills(build_log):
     """[(kernel, store bytes, load bytes)] for every kernel ptxas -v reports with a spill."""
@@ -162,7 +153,7 @@ class Suite:
         self.summary["elapsed_s"] = round(time.monotonic() - self.t0, 1)
         if self.headline:
             self.summary.update(self.headline(self.summary))
-        write_json(self.summary_path, self.summary)
+        common.write_json(self.summary_path, self.summary, log=False)
 
     def step(self, name, fn, need_s=10):
         """Runs fn() -> dict, recorded under steps[name] with its seconds; records null and why

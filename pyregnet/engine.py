@@ -2,14 +2,14 @@
 
 Everything a step touches lives on the run's device and is allocated once: the uint8 data set,
 the epoch's sample order, the activations (model.Activations), a clock and the metric sums. A
-step is a fixed sequence of kernel launches over those buffers:
+step is a fixed list of named kernel launches (launch.Launch) over those buffers:
 
-    augment_batch (gathers batch `clock` of the order, draws from (seed, step))  -> take (labels)
-    -> model.forward -> softmax_cross_entropy (sums into `metrics`) -> model.backward
-    -> clock += (1, batch) -> the penalty + Adam update (step t read from the clock, the penalty
-    value summed into `metrics`)
+    augment (gathers batch `clock` of the order, draws from (seed, step)) -> labels
+    -> model.forward_launches -> loss (sums into `metrics`) -> model.backward_launches
+    -> clock += (1, batch) -> the optimizer's update launches in its mode (optim.UPDATE_MODES;
+    step t read from the clock, the penalty value summed into `metrics`)
 
-so on the GPU it is captured once as a CUDA graph (CuPy stream capture) and replayed: each
+Engine.step() hands out that list (a benchmark times each launch of the real step), so on the GPU it is captured once as a CUDA graph (CuPy stream capture) and replayed: each
 replay reads the clock that the previous one advanced, so it gathers the next batch with fresh
 random draws and applies the next Adam step. An epoch launches the full-batch graph
 n // batch times and a second graph for the smaller last batch, then reads the metric sums
@@ -21,73 +21,95 @@ clean-train subset: train.Run.eval_sets), built on first use and sharing their a
 """
 
 import contextlib
+from functools import partial
 
 import numpy as np
 
 from . import model, ops
+from .launch import Launch, nbytes, run
+from .optim import PENALTY_MODES, PENALTY_STEPS  # noqa: F401 -- the trainer's options name them here too
 
 # metrics: [data-loss sum, correct, bad labels, bad sample indices, penalty sum of the full-batch
 # steps, penalty sum of the last-batch steps]. Two penalty sums because a step's penalty counts
 # once per image of its batch in the epoch's mean loss, as Keras reports it.
 LOSS, CORRECT, BAD_LABELS, BAD_INDICES, PENALTY_FULL, PENALTY_LAST = range(6)
-PENALTY_MODES = ("fused", "unfused", "loss")  # how the penalty gradient is applied: the same numbers
-PENALTY_STEPS = ("gradient", "proximal")  # the penalty before the optimizer step, or after it (fused only)
 MAX_SHIFT = 3  # augmentation shifts of ±3 px, 10% of 32 (docs/design.md §1)
 
 
 class Program:
-    """A fixed sequence of launches: run eagerly, or on the GPU captured as a CUDA graph on its
-    second call and replayed from then on."""
+    """A fixed sequence of launches (launch.Launch): run eagerly, or on the GPU captured as a
+    CUDA graph on its second call and replayed from then on."""
 
-    def __init__(self, body, stream=None):
-        self.body, self.stream = body, stream  # stream: a CuPy stream to capture on; None: eager
+    def __init__(self, launches, stream=None):
+        self.launches = list(launches)
+        self.stream = stream  # a CuPy stream to capture on; None: eager
         self.calls, self.graph = 0, None
 
     def __call__(self):
         self.calls += 1
         if self.stream is None:
-            self.body()
+            run(self.launches)
             return
         with self.stream:
             if self.calls == 1:  # the first call runs eagerly: it loads every kernel
-                self.body()
+                run(self.launches)
                 return
             if self.graph is None:
                 self.stream.begin_capture()
                 try:
-                    self.body()
+                    run(self.launches)
                 finally:
                     graph = self.stream.end_capture()
                 self.graph = graph
             self.graph.launch(stream=self.stream)
 
 
-class Engine:
-    """The device-resident epochs of a train.Run (its parameters, Adam state, penalty, data)."""
+def capture_stream(xp):
+    """A CuPy stream to capture programs on, or None (NumPy: the programs run eagerly). Capture
+    needs a stream other than the legacy default one; a blocking stream keeps the implicit
+    ordering with work on the default stream (other arrays, benchmarks' events), so callers need
+    not know about it."""
+    if xp is np:
+        return None
+    import cupy
+    return cupy.cuda.Stream(non_blocking=False)
 
-    def __init__(self, run, eval_batch, capture=True):
-        cfg, xp = run.config, run.xp
-        self.run, self.xp = run, xp
-        self.stream = None  # the CuPy stream the programs capture on; None: they run eagerly
-        if capture and xp is not np:
-            import cupy
-            # Capture needs a stream other than the legacy default one; a blocking stream keeps
-            # the implicit ordering with work on the default stream (the run's other arrays,
-            # benchmarks' events), so callers need not know about it.
-            self.stream = cupy.cuda.Stream(non_blocking=False)
-        self.order = xp.zeros(len(run.y_train), dtype=np.int32)
-        self.clock = xp.zeros(2, dtype=np.int64)      # [Adam updates done, position in the order]
+
+class Engine:
+    """The device-resident epochs over `params` (the flat buffer), `grad`, an optim optimizer and a
+    regularizers.Penalty: training on train_set = (uint8 images, labels) in batches of batch_size,
+    augmented from `seed` when `augment`, the penalty applied in optim.UPDATE_MODES `mode`;
+    evaluation of eval_sets = {name: (images, labels, the indices evaluated)} in batches of
+    eval_batch. capture: on the GPU, replay each program as a CUDA graph."""
+
+    def __init__(self, params, grad, optimizer, penalty, train_set, eval_sets=None, *, batch_size, seed,
+                 augment=True, mode="fused", eval_batch=1000, capture=True):
+        xp = model.array_module(params)
+        self.xp, self.params, self.grad, self.optimizer, self.penalty = xp, params, grad, optimizer, penalty
+        self.x_train, self.y_train = train_set
+        self.batch_size, self.seed, self.augment, self.mode = batch_size, seed, augment, mode
+        self.stream = capture_stream(xp) if capture else None  # None: the programs run eagerly
+        self.order = xp.zeros(len(self.y_train), dtype=np.int32)
+        self.clock = xp.zeros(2, dtype=np.int64)      # [updates done, position in the order]
         self.metrics = xp.zeros(6, dtype=np.float64)
-        self.train_steps = self._programs(len(run.y_train), cfg.batch_size, self._train_step)
-        self.eval_batch = eval_batch
+        self.train_steps = self._programs(len(self.y_train), batch_size, self._train_step)
+        self.eval_sets, self.eval_batch = eval_sets or {}, eval_batch
         self.evals = {}       # image set name -> EvalSet, built on first use
         self._eval_acts = {}  # batch size -> Activations: the image sets' programs share them
 
+    def step(self, last=False):
+        """The training step program (its .launches: the step as named launches) of a full batch,
+        or with `last` of the smaller last batch (None when the batch divides the set)."""
+        n, batch = len(self.y_train), self.batch_size
+        if (n % batch == 0) if last else (n < batch):
+            return None
+        return self.train_steps[-1 if last else 0][0]
+
     def eval_set(self, name):
-        """The evaluation programs over the run's image set `name` (run.eval_sets[name]: images,
-        labels and the indices to evaluate), built on first use."""
+        """The evaluation programs over the image set `name` (eval_sets[name]: images, labels and
+        the indices to evaluate), built on first use."""
         if name not in self.evals:
-            images, labels, index = self.run.eval_sets[name]
+            images, labels, index = self.eval_sets[name]
             xp = self.xp
             s = EvalSet(images, labels, xp.asarray(np.asarray(index, dtype=np.int32)),
                         xp.zeros(1, dtype=np.int64), xp.zeros(6, dtype=np.float64))
@@ -106,59 +128,49 @@ class Engine:
 
     # ------------------------------------------------------------ the step programs
 
-    def _train_step(self, batch, last):
-        run, xp = self.run, self.xp
-        cfg, optimizer, penalty = run.config, run.optimizer, run.penalty
-        act = model.Activations(xp, batch, run.params.dtype)
-        tick = xp.asarray([1, cfg.batch_size], dtype=np.int64)  # kept: the captured add reads it
-        step, offset = self.clock[0:1], self.clock[1:2]
-        m = self.metrics
-        sums = m[LOSS:BAD_LABELS + 1]
-        bad_indices = m[BAD_INDICES:BAD_INDICES + 1]
-        penalty_sum = m[PENALTY_LAST:PENALTY_LAST + 1] if last else m[PENALTY_FULL:PENALTY_FULL + 1]
-        n_kernel, kernels = model.N_KERNEL, run.params[:model.N_KERNEL]
-        with_penalty = penalty.kind != "none"
-        mode = cfg.penalty_mode
-        proximal = cfg.penalty_step == "proximal"  # lives in the fused update (train refuses other modes)
-        shift = MAX_SHIFT if cfg.augment else 0
+    def _gather(self, images, labels, index, offset, act, bad_indices, **augment):
+        """Launches that gather (and augment) the batch at `offset` of `index` into act.x and its
+        labels into act.labels."""
+        batch = act.x.shape[0]
+        pixels = batch * int(np.prod(images.shape[1:])) * images.itemsize  # the images read
+        return [Launch("augment", partial(ops.augment_batch, images, index, offset=offset, out=act.x,
+                                          into=bad_indices, **augment), bytes=pixels + nbytes(act.x) + 4 * batch),
+                Launch("labels", partial(ops.take, labels, index, offset=offset, out=act.labels),
+                       bytes=batch * (labels.itemsize + 4) + nbytes(act.labels))]
 
-        def body():
-            ops.augment_batch(run.x_train, self.order, seed=cfg.seed, step=step, offset=offset, max_shift=shift,
-                              flip=cfg.augment, out=act.x, into=bad_indices)
-            ops.take(run.y_train, self.order, offset=offset, out=act.labels)
-            logits, _ = model.forward(run.params, act.x, act)
-            ops.softmax_cross_entropy(logits, act.labels, dlogits=act.dlogits, into=sums)
-            model.backward(run.params, act, act.dlogits, run.grad)
-            self.clock += tick  # the update below is step t = updates done + 1
-            l1, l2 = penalty.l1, penalty.l2
-            if with_penalty and mode == "unfused":
-                ops.penalty_gradient(run.params, run.grad, l1, l2, penalized=n_kernel, with_penalty=True,
-                                     into=penalty_sum)
-            elif with_penalty and mode == "loss":
-                ops.penalty(kernels, l1, l2, into=penalty_sum)
-                ops.penalty_gradient(run.params, run.grad, l1, l2, penalized=n_kernel)
-            fused = with_penalty and mode == "fused"
-            optimizer.update(run.params, run.grad, step=step, l1=l1 if fused else 0.0, l2=l2 if fused else 0.0,
-                             penalized=n_kernel, proximal=proximal and fused, with_penalty=fused,
-                             into=penalty_sum if fused else None)
-        return body
+    def _tick(self, clock, tick):
+        return Launch("clock", partial(clock.__iadd__, tick))  # advances the step and the position
+
+    def _train_step(self, batch, last):
+        xp, params = self.xp, self.params
+        act = model.Activations(xp, batch, params.dtype)
+        tick = xp.asarray([1, self.batch_size], dtype=np.int64)  # kept: the captured add reads it
+        step, offset, m = self.clock[0:1], self.clock[1:2], self.metrics
+        penalty_sum = m[PENALTY_LAST:PENALTY_LAST + 1] if last else m[PENALTY_FULL:PENALTY_FULL + 1]
+        shift = MAX_SHIFT if self.augment else 0
+        return [*self._gather(self.x_train, self.y_train, self.order, offset, act, m[BAD_INDICES:BAD_INDICES + 1],
+                              seed=self.seed, step=step, max_shift=shift, flip=self.augment),
+                *model.forward_launches(params, act),
+                Launch("loss", partial(ops.softmax_cross_entropy, act.logits, act.labels, dlogits=act.dlogits,
+                                       into=m[LOSS:BAD_LABELS + 1]), bytes=nbytes(act.logits, act.labels, act.dlogits)),
+                *model.backward_launches(params, act, act.dlogits, self.grad),
+                self._tick(self.clock, tick),  # the update below is step t = updates done + 1
+                *self.optimizer.launches(params, self.grad, self.penalty, self.mode, penalized=model.N_KERNEL,
+                                         step=step, into=penalty_sum)]
 
     def _eval_step(self, batch, s):
-        run, xp = self.run, self.xp
+        xp = self.xp
         if batch not in self._eval_acts:
-            self._eval_acts[batch] = model.Activations(xp, batch, run.params.dtype, backward=False)
+            self._eval_acts[batch] = model.Activations(xp, batch, self.params.dtype, backward=False)
         act = self._eval_acts[batch]
         tick = xp.asarray([batch], dtype=np.int64)
         m = s.metrics
-
-        def body():
-            ops.augment_batch(s.images, s.index, seed=0, step=0, offset=s.clock, max_shift=0,
-                              flip=False, out=act.x, into=m[BAD_INDICES:BAD_INDICES + 1])
-            ops.take(s.labels, s.index, offset=s.clock, out=act.labels)
-            logits, _ = model.forward(run.params, act.x, act)
-            ops.softmax_cross_entropy(logits, act.labels, dlogits=act.dlogits, into=m[LOSS:BAD_LABELS + 1])
-            s.clock += tick
-        return body
+        return [*self._gather(s.images, s.labels, s.index, s.clock, act, m[BAD_INDICES:BAD_INDICES + 1],
+                              seed=0, step=0, max_shift=0, flip=False),
+                *model.forward_launches(self.params, act),
+                Launch("loss", partial(ops.softmax_cross_entropy, act.logits, act.labels, dlogits=act.dlogits,
+                                       into=m[LOSS:BAD_LABELS + 1]), bytes=nbytes(act.logits, act.labels, act.dlogits)),
+                self._tick(s.clock, tick)]
 
     # ------------------------------------------------------------ epochs
 
@@ -177,19 +189,25 @@ class Engine:
     def _stream(self):
         return self.stream if self.stream is not None else contextlib.nullcontext()
 
+    def start_epoch(self, epoch_order):
+        """Positions the step programs at the start of `epoch_order` (a NumPy permutation), the
+        optimizer's step count and zero sums: what train_epoch does first (a benchmark timing the
+        step's launches one by one starts from here)."""
+        with self._stream():
+            self.order[...] = self.xp.asarray(epoch_order.astype(np.int32))
+            self.clock[...] = self.xp.asarray([self.optimizer.step, 0], dtype=np.int64)
+            self.metrics[...] = 0
+
     def train_epoch(self, epoch_order, progress=None):
         """One pass over the training set in `epoch_order` (a NumPy permutation). Returns the
         metric sums as NumPy float64 (one read, the only synchronization of the epoch) and the
         number of steps taken."""
-        run, xp = self.run, self.xp
+        self.start_epoch(epoch_order)
         with self._stream():
-            self.order[...] = xp.asarray(epoch_order.astype(np.int32))
-            self.clock[...] = xp.asarray([run.optimizer.step, 0], dtype=np.int64)
-            self.metrics[...] = 0
             self._run(self.train_steps, progress)
             sums = _to_host(self.metrics)
         steps = sum(count for _, count in self.train_steps)
-        run.optimizer.step += steps
+        self.optimizer.step += steps
         return sums, steps
 
     def evaluate(self, name="val"):

@@ -10,10 +10,12 @@ penalty + Adam update is one launch with the penalty on the leading `n_kernel` e
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from . import ops
+from .launch import Launch, nbytes
 
 # (name, shape); kernels first, biases after, in this order in the flat buffer.
 KERNELS = (("conv1.w", (32, 3, 3, 3)), ("conv2.w", (64, 32, 3, 3)),
@@ -48,6 +50,57 @@ KERNEL_NAMES = tuple(name for name, _ in KERNELS)
 assert N_PARAMS == 315_722
 
 
+@dataclass(frozen=True)
+class Layer:
+    """A conv ('valid', stride 1, then ReLU and 2x2 max-pooling) or dense layer, per image."""
+    name: str        # conv1, conv2, dense1, dense2
+    kind: str        # "conv" or "dense"
+    input: tuple     # (C, H, W) or (in,)
+    output: tuple    # (K, P, Q) with P = H - R + 1, before pooling; or (out,)
+    pooled: tuple    # (K, P // 2, Q // 2) after pooling; () for a dense layer
+    weight: tuple    # (K, C, R, S) or (out, in)
+
+    @property
+    def macs(self):
+        """Multiply-adds of the forward pass per image: K P Q C R S, or out in."""
+        return int(np.prod(self.output)) * int(np.prod(self.weight[1:]))
+
+
+def _layers():
+    """The layers, their shapes propagated from INPUT_SHAPE through KERNELS."""
+    shape, layers = INPUT_SHAPE, []
+    for name, w in KERNELS:
+        if len(w) == 4:
+            assert w[1] == shape[0], f"{name}: {w[1]} input channels after {shape}"
+            out = (w[0], shape[1] - w[2] + 1, shape[2] - w[3] + 1)
+            layers.append(Layer(name[:-2], "conv", shape, out, (w[0], out[1] // 2, out[2] // 2), w))
+            shape = layers[-1].pooled
+        else:
+            assert w[1] == int(np.prod(shape)), f"{name}: {w[1]} inputs after {shape}"
+            layers.append(Layer(name[:-2], "dense", (w[1],), (w[0],), (), w))
+            shape = (w[0],)
+    return tuple(layers)
+
+
+LAYERS = _layers()
+CONV1, CONV2, DENSE1, DENSE2 = LAYERS
+
+
+def step_flops(batch):
+    """FLOPs of one training step of `batch` images (2 per multiply-add) by layer: forward 2 macs;
+    backward 2 macs for dW and 2 macs for dX, except the first layer, whose input needs no
+    gradient (conv2d_backward(input_grad=False): the launches do exactly `total`). Biases, ReLU,
+    pooling, the loss and the update are not counted (O(activations + parameters), < 1%)."""
+    per_layer = {}
+    for i, layer in enumerate(LAYERS):
+        macs = batch * layer.macs
+        per_layer[layer.name] = {"macs": macs, "forward": 2 * macs, "backward_dw": 2 * macs,
+                                 "backward_dx": 0 if i == 0 else 2 * macs}
+    fwd = sum(f["forward"] for f in per_layer.values())
+    bwd = sum(f["backward_dw"] + f["backward_dx"] for f in per_layer.values())
+    return {"batch": batch, "per_layer": per_layer, "forward": fwd, "backward": bwd, "total": fwd + bwd}
+
+
 def views(flat):
     """{name: view of the flat buffer with the layer's shape} (no copies)."""
     return {s.name: flat[s.offset:s.offset + s.size].reshape(s.shape) for s in SLOTS}
@@ -78,49 +131,82 @@ class Activations:
         self.x = empty(*INPUT_SHAPE)
         self.input = self.x  # what the forward pass last read (backward needs it for conv1's dw)
         self.labels = xp.empty(batch, dtype=np.int32)
-        self.c1, self.p1 = empty(32, 30, 30), empty(32, 15, 15)   # conv1 + ReLU, pool
-        self.c2, self.p2 = empty(64, 13, 13), empty(64, 6, 6)     # conv2 + ReLU, pool
+        self.c1, self.p1 = empty(*CONV1.output), empty(*CONV1.pooled)   # conv1 + ReLU, pool
+        self.c2, self.p2 = empty(*CONV2.output), empty(*CONV2.pooled)   # conv2 + ReLU, pool
         # Where each pool window's maximum is: the backward pass reads 1 byte instead of 4 x 4.
-        self.a1 = xp.empty((batch, 32, 15, 15), dtype=np.uint8)
-        self.a2 = xp.empty((batch, 64, 6, 6), dtype=np.uint8)
-        self.flat = self.p2.reshape(batch, 2304)                  # a view: flatten costs nothing
-        self.h, self.logits = empty(128), empty(CLASSES)          # dense1 + ReLU, dense2
+        self.a1 = xp.empty((batch, *CONV1.pooled), dtype=np.uint8)
+        self.a2 = xp.empty((batch, *CONV2.pooled), dtype=np.uint8)
+        self.flat = self.p2.reshape(batch, *DENSE1.input)               # a view: flatten costs nothing
+        self.h, self.logits = empty(*DENSE1.output), empty(*DENSE2.output)   # dense1 + ReLU, dense2
         self.dlogits = empty(CLASSES)
         if backward:  # ReLU backward runs in place; dflat is the pool-2 gradient seen flat
-            self.dh, self.dflat = empty(128), empty(2304)
-            self.dc2, self.dp1, self.dc1 = empty(64, 13, 13), empty(32, 15, 15), empty(32, 30, 30)
+            self.dh, self.dflat = empty(*DENSE1.output), empty(*DENSE1.input)
+            self.dc2, self.dp1, self.dc1 = empty(*CONV2.output), empty(*CONV1.pooled), empty(*CONV1.output)
+
+
+def forward_launches(params, act):
+    """The forward pass over act.input into `act`, as launches. The bias and ReLU run in the
+    epilogue of each conv and dense layer that has them; each pool keeps its argmax for backward."""
+    p, n, x = views(params), act.input.shape[0], act.input
+
+    def layer(op, layer, inp, out, **kw):
+        w, b = p[f"{layer.name}.w"], p[f"{layer.name}.b"]
+        args = (inp, w, b, 0) if layer.kind == "conv" else (inp, w, b)
+        return Launch(f"{layer.name}.forward", partial(op, *args, out=out, **kw), 2 * n * layer.macs,
+                      nbytes(inp, w, b, out))
+
+    def pool(name, inp, out, argmax):
+        return Launch(f"{name}.forward", partial(ops.maxpool2d_forward, inp, out=out, argmax=argmax),
+                      bytes=nbytes(inp, out, argmax))
+
+    return [layer(ops.conv2d_forward, CONV1, x, act.c1, relu=True), pool("pool1", act.c1, act.p1, act.a1),
+            layer(ops.conv2d_forward, CONV2, act.p1, act.c2, relu=True), pool("pool2", act.c2, act.p2, act.a2),
+            layer(ops.dense_forward, DENSE1, act.flat, act.h, relu=True),
+            layer(ops.dense_forward, DENSE2, act.h, act.logits)]
+
+
+def backward_launches(params, act, dlogits, grad):
+    """dloss/dparams into the flat buffer `grad` (each layer's gradient kernel writes its slice),
+    given dlogits and the forward pass's `act`, as launches."""
+    p, g, n = views(params), views(grad), act.input.shape[0]
+
+    def layer(layer, inp, dy, dx, passes, **kw):
+        w, dw, db = p[f"{layer.name}.w"], g[f"{layer.name}.w"], g[f"{layer.name}.b"]
+        op, pad = (ops.conv2d_backward, (0,)) if layer.kind == "conv" else (ops.dense_backward, ())
+        wrote = (dw, db) if dx is None else (dx, dw, db)
+        return Launch(f"{layer.name}.backward", partial(op, inp, w, dy, *pad, dx=dx, dw=dw, db=db, **kw),
+                      2 * passes * n * layer.macs, nbytes(inp, w, dy, *wrote))
+
+    def relu(name, y, dy):  # in place
+        return Launch(f"{name}.backward", partial(ops.relu_backward, y, dy, out=dy), bytes=nbytes(y, dy, dy))
+
+    def pool(name, x, dy, out, argmax):  # x gives the shape only: the argmax, dy and dx move
+        return Launch(f"{name}.backward", partial(ops.maxpool2d_backward, x, dy, out=out, argmax=argmax),
+                      bytes=nbytes(argmax, dy, out))
+
+    return [layer(DENSE2, act.h, dlogits, act.dh, 2), relu("relu3", act.h, act.dh),
+            layer(DENSE1, act.flat, act.dh, act.dflat, 2),
+            pool("pool2", act.c2, act.dflat.reshape(act.p2.shape), act.dc2, act.a2), relu("relu2", act.c2, act.dc2),
+            layer(CONV2, act.p1, act.dc2, act.dp1, 2), pool("pool1", act.c1, act.dp1, act.dc1, act.a1),
+            relu("relu1", act.c1, act.dc1), layer(CONV1, act.input, act.dc1, None, 1, input_grad=False)]
 
 
 def forward(params, x, act=None):
     """logits (N, 10) of x (N, 3, 32, 32), written into `act` (an Activations for N images,
-    allocated here when None); returns (logits, act), act being what backward needs. The bias
-    and ReLU run in the epilogue of each conv and dense layer that has them."""
+    allocated here when None); returns (logits, act), act being what backward needs."""
     if act is None:
         act = Activations(array_module(x), x.shape[0], x.dtype)  # with the backward pass's arrays
     act.input = x
-    p = views(params)
-    ops.conv2d_forward(x, p["conv1.w"], p["conv1.b"], 0, relu=True, out=act.c1)
-    ops.maxpool2d_forward(act.c1, out=act.p1, argmax=act.a1)
-    ops.conv2d_forward(act.p1, p["conv2.w"], p["conv2.b"], 0, relu=True, out=act.c2)
-    ops.maxpool2d_forward(act.c2, out=act.p2, argmax=act.a2)
-    ops.dense_forward(act.flat, p["dense1.w"], p["dense1.b"], relu=True, out=act.h)
-    ops.dense_forward(act.h, p["dense2.w"], p["dense2.b"], out=act.logits)
+    for launch in forward_launches(params, act):
+        launch.fn()
     return act.logits, act
 
 
 def backward(params, act, dlogits, grad):
-    """Writes dloss/dparams straight into the flat buffer `grad` (each layer's gradient kernel
-    writes its slice), given dlogits and the forward pass's `act`."""
-    p, g = views(params), views(grad)
-    ops.dense_backward(act.h, p["dense2.w"], dlogits, dx=act.dh, dw=g["dense2.w"], db=g["dense2.b"])
-    ops.relu_backward(act.h, act.dh, out=act.dh)
-    ops.dense_backward(act.flat, p["dense1.w"], act.dh, dx=act.dflat, dw=g["dense1.w"], db=g["dense1.b"])
-    ops.maxpool2d_backward(act.c2, act.dflat.reshape(act.p2.shape), out=act.dc2, argmax=act.a2)
-    ops.relu_backward(act.c2, act.dc2, out=act.dc2)
-    ops.conv2d_backward(act.p1, p["conv2.w"], act.dc2, 0, dx=act.dp1, dw=g["conv2.w"], db=g["conv2.b"])
-    ops.maxpool2d_backward(act.c1, act.dp1, out=act.dc1, argmax=act.a1)
-    ops.relu_backward(act.c1, act.dc1, out=act.dc1)
-    ops.conv2d_backward(act.input, p["conv1.w"], act.dc1, 0, input_grad=False, dw=g["conv1.w"], db=g["conv1.b"])
+    """Writes dloss/dparams straight into the flat buffer `grad`, given dlogits and the forward
+    pass's `act`."""
+    for launch in backward_launches(params, act, dlogits, grad):
+        launch.fn()
 
 
 def array_module(a):

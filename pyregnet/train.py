@@ -241,7 +241,12 @@ class Run:
     def engine(self):
         """The device-resident epochs (pyregnet.engine), built on first use."""
         if self._engine is None:
-            self._engine = engine.Engine(self, EVAL_BATCH, capture=self.config.graph)
+            cfg = self.config
+            self._engine = engine.Engine(self.params, self.grad, self.optimizer, self.penalty,
+                                         (self.x_train, self.y_train), self.eval_sets, batch_size=cfg.batch_size,
+                                         seed=cfg.seed, augment=cfg.augment,
+                                         mode=optim.update_mode(cfg.penalty_mode, cfg.penalty_step),
+                                         eval_batch=EVAL_BATCH, capture=cfg.graph)
         return self._engine
 
     def train_epoch(self, progress=None):

@@ -1,6 +1,8 @@
-"""bench/step_time.py and bench/common.py: the FLOP count of a training step checked by hand, the
-statistics, the metadata, atomic JSON, and the JSON a --quick run writes (with PyTorch when it
-is installed, and with it made unimportable: the comparison is skipped, and the JSON says so)."""
+"""bench/common.py and bench/step_time.py: the statistics, timer, roofline row and verdict
+arithmetic, the metadata and atomic JSON, and the JSON of a small --quick run: with PyTorch when
+it is installed (the same network, the step against PyTorch's, the per-op table of the engine's
+real step summing to about the step), and with it made unimportable (the comparison is skipped,
+and the JSON says so)."""
 
 import datetime
 import json
@@ -11,40 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pyregnet import model
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import step_time  # noqa: E402
-
-
-# ---------------------------------------------------------------- FLOPs
-
-def test_layer_shapes_follow_the_paper_network():
-    layers = step_time.layer_shapes(64)
-    conv1, conv2, dense1, dense2 = layers
-    assert (conv1["C"], conv1["H"], conv1["K"], conv1["P"], conv1["Q"]) == (3, 32, 32, 30, 30)
-    assert (conv2["C"], conv2["H"], conv2["K"], conv2["P"], conv2["Q"]) == (32, 15, 64, 13, 13)
-    assert (dense1["IN"], dense1["OUT"]) == (64 * 6 * 6, 128)
-    assert (dense2["IN"], dense2["OUT"]) == (128, 10)
-
-
-def test_step_flops_by_hand():
-    # Multiply-adds of the forward pass, batch 64, written out from the shapes:
-    conv1 = 64 * 32 * 30 * 30 * (3 * 3 * 3)       # N K P Q (C R S) =  49,766,400
-    conv2 = 64 * 64 * 13 * 13 * (32 * 3 * 3)      #                 = 199,360,512
-    dense1 = 64 * 128 * 2304                      #                 =  18,874,368
-    dense2 = 64 * 10 * 128                        #                 =      81,920
-    macs = conv1 + conv2 + dense1 + dense2        #                 = 268,083,200
-    assert macs == 268_083_200
-    f = step_time.model_flops(64)
-    assert [f["per_layer"][k]["macs"] for k in ("conv1", "conv2", "dense1", "dense2")] == [conv1, conv2, dense1, dense2]
-    assert f["forward"] == 2 * macs == 536_166_400
-    # backward: dW for every layer, dX for every layer but the first (the input needs none)
-    assert f["backward"] == 4 * macs - 2 * conv1 == 972_800_000
-    assert f["total"] == 1_508_966_400            # "about 1.5 GFLOP" per step
-    assert f["per_layer"]["conv1"]["backward_dx"] == 0
-    # linear in the batch
-    assert step_time.model_flops(1)["total"] * 64 == f["total"]
 
 
 # ---------------------------------------------------------------- common
@@ -54,20 +28,52 @@ def test_stats_math():
     assert s["median"] == 3.0 and s["min"] == 1.0 and s["max"] == 5.0 and s["n"] == 5
     assert s["mean"] == pytest.approx(3.0)
     assert s["p10"] == pytest.approx(1.4) and s["p90"] == pytest.approx(4.6)  # linear interpolation
-    even = common.stats([4, 1, 3, 2])
-    assert even["median"] == 2.5
+    assert common.stats([4, 1, 3, 2])["median"] == 2.5
     one = common.stats([0.25])
     assert one["median"] == one["p10"] == one["p90"] == one["min"] == 0.25
     with pytest.raises(ValueError, match="at least one sample"):
         common.stats([])
 
 
-def test_timeit_warms_up_and_counts():
+def test_timers_warm_up_and_count():
     calls = []
-    samples = common.timeit(lambda: calls.append(1), warmup=2, repeats=3, sync=lambda: None)
-    assert len(calls) == 5 and len(samples) == 3 and all(t >= 0 for t in samples)
+    samples = common.timeit(lambda: calls.append(1), "cpu", warmup=2, repeats=3, calls=4)
+    assert len(calls) == 2 + 3 * 4 and len(samples) == 3 and all(t >= 0 for t in samples)
+    calls.clear()
+    samples, how = common.time_launch(lambda: calls.append(1), "cpu", warmup=1, repeats=2)
+    assert len(calls) == 3 and len(samples) == 2 and how == "perf_counter per call"
     with pytest.raises(ValueError):
-        common.timeit(lambda: None, warmup=0, repeats=0)
+        common.timeit(lambda: None, "cpu", warmup=0, repeats=0)
+
+
+def test_roofline_row_and_measurements():
+    roof = {"bytes_per_s": 1e9, "peak_flops_per_s": 1e9}
+    row = common.roofline_row("x", [2e-3, 1e-3, 4e-3], 1e6, 3e6, roof, reg="none")
+    assert row["ms"] == pytest.approx(2.0) and row["reg"] == "none"
+    assert row["roofline_ms"] == pytest.approx(3.0)              # bytes-bound: max(1 ms, 3 ms)
+    assert row["pct_of_roofline"] == pytest.approx(150.0)
+    assert row["gflops_per_s"] == pytest.approx(0.5) and row["gb_per_s"] == pytest.approx(1.5)
+    assert row["fraction_of_copy_bw"] == pytest.approx(1.5)
+    assert common.roofline_row("y", [1.0], 0, 1, roof)["gflops_per_s"] is None
+    measured = common.roofline("cpu", quick=True)
+    assert measured["bytes_per_s"] > 1e8 and measured["peak_flops_per_s"] > 1e8
+
+
+def test_target_verdicts():
+    t = common.target("k", "x <= 0.2", 0.15, 0.2, "<=", "cuda", "cuda")
+    assert (t["pass"], t["verdict"], t["applies"]) == (True, "PASS", True)
+    for value, threshold, op, verdict in ((0.2, 0.2, "<=", "PASS"), (0.21, 0.2, "<=", "FAIL"), (3.0, 3.0, ">=", "PASS"),
+                                          (2.99, 3.0, ">=", "FAIL"), (1.0, 1.0, ">", "FAIL"), (1.01, 1.0, ">", "PASS"),
+                                          (1.0, 1.0, "<", "FAIL"), (0.9, 1.0, "<", "PASS")):
+        assert common.target("k", "", value, threshold, op, "cuda", "cuda")["verdict"] == verdict, (value, op)
+    none = common.target("k", "", None, 1.0, ">", "cuda", "cuda", "did not run")
+    assert (none["pass"], none["verdict"], none["detail"]) == (None, "n/a", "did not run")
+    assert common.target("k", "", 0.1, 0.2, "<=", "cpu", "cuda")["applies"] is False   # informational
+    noisy = common.target("k", "", 0.015, 0.01, "<=", "cpu", "cpu", noise=0.03)
+    assert (noisy["pass"], noisy["verdict"]) == (True, "PASS (within noise)")
+    assert common.target("k", "", 0.05, 0.01, "<=", "cpu", "cpu", noise=0.03)["verdict"] == "FAIL"
+    with pytest.raises(ValueError, match="op"):
+        common.target("k", "", 1.0, 1.0, "==", "cuda", "cuda")
 
 
 def test_metadata_keys():
@@ -78,8 +84,7 @@ def test_metadata_keys():
     assert meta["device"] == "cpu" and meta["device_description"]
     assert meta["commit"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", meta["commit"])
     assert datetime.datetime.fromisoformat(meta["date"]).utcoffset() == datetime.timedelta(0)
-    assert meta["numpy"] == np.__version__
-    assert "cuda_compiled" in meta["pyregnet"]
+    assert meta["numpy"] == np.__version__ and "cuda_compiled" in meta["pyregnet"]
     json.dumps(meta)
 
 
@@ -92,87 +97,78 @@ def test_write_json_is_atomic_and_creates_the_folder(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temporary files left
 
 
-def test_roofline_measurements_are_plausible():
-    bw = common.measure_copy_bandwidth("cpu", nbytes=8 * 2**20, repeats=2)
-    peak = common.measure_peak_flops("cpu", n=256, repeats=2)
-    assert bw["bytes_per_s"] > 1e8 and bw["array_bytes"] == 8 * 2**20
-    assert peak["flops_per_s"] > 1e8 and peak["n"] == 256
-    assert common.roofline_s(2e9, 1e9, 1e9, 1e9) == 2.0
-    assert common.roofline_s(0, 3e9, 1e9, 1e9) == 3.0
-
-
 # ---------------------------------------------------------------- a --quick run
 
-QUICK = ["--quick", "--device", "cpu", "--steps", "2", "--repeats", "1", "--warmup", "1",
-         "--dataset-images", "512"]
+BATCH = 16
+QUICK = ["--quick", "--device", "cpu", "--batch-size", str(BATCH), "--steps", "2", "--repeats", "2", "--warmup", "0"]
 
 
-def _check_common_schema(d):
-    assert d["benchmark"] == "step_time"
-    assert d["metadata"]["device"] == "cpu" and d["metadata"]["commit"] and d["metadata"]["date"]
-    assert d["config"]["quick"] is True and d["config"]["steps"] == 2 and d["config"]["repeats"] == 1
-    assert d["flops"]["total"] == step_time.model_flops(64)["total"]
-    roof = d["roofline"]
-    assert roof["bytes_per_s"] > 0 and roof["peak_flops_per_s"] > 0
-    assert d["epoch"]["steps_per_epoch"] == 782
-    pyregnet_rows = [r for r in d["results"] if r["impl"] == "pyregnet"]
-    assert sorted(r["reg"] for r in pyregnet_rows) == ["l1l2", "none"]
+def _check_schema(d):
+    assert d["benchmark"] == "step_time" and d["metadata"]["device"] == "cpu" and d["metadata"]["commit"]
+    assert d["config"]["quick"] is True and d["config"]["steps"] == 2 and d["config"]["repeats"] == 2
+    assert d["flops"] == model.step_flops(BATCH)
+    assert d["roofline"]["bytes_per_s"] > 0 and d["roofline"]["peak_flops_per_s"] > 0
+    assert sorted(r["reg"] for r in d["results"] if r["impl"] == "pyregnet") == ["l1l2", "none"]
     for r in d["results"]:
-        assert len(r["samples_s_per_step"]) == 1 and r["samples_s_per_step"][0] > 0
+        assert len(r["samples_s_per_step"]) == 2 and min(r["samples_s_per_step"]) > 0
         s = r["stats_s_per_step"]
-        assert s["n"] == 1 and s["p10"] <= s["median"] <= s["p90"]
+        assert s["n"] == 2 and s["p10"] <= s["median"] <= s["p90"]
         assert r["ms_per_step"] == pytest.approx(1e3 * s["median"])
-        assert r["images_per_s"] == pytest.approx(64 / s["median"])
-        assert r["epoch_model_s"] == pytest.approx(782 * s["median"])
-        assert r["gflops_per_s"] > 0 and r["pct_of_peak"] > 0
-    assert set(d["comparison"]) == {"none", "l1l2"}
+        assert r["images_per_s"] == pytest.approx(BATCH / s["median"])
+        assert r["gflops_per_s"] == pytest.approx(d["flops"]["total"] / s["median"] / 1e9)
 
 
 def test_quick_run_json(tmp_path, capsys):
     out = tmp_path / "step_time.json"
-    assert step_time.main(QUICK + ["--json", str(out), "--epoch-images", "128"]) == 0
+    assert step_time.main(QUICK + ["--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    print(printed)
     d = json.loads(out.read_text())
-    _check_common_schema(d)
-    ops = {r["op"] for r in d["pyregnet_ops"]}
-    assert {"conv1 + relu fwd", "conv2 bwd", "softmax cross-entropy", "penalty + adam (none)"} <= ops
-    for r in d["pyregnet_ops"]:
-        assert r["ms"] > 0 and r["bytes"] > 0 and r["roofline_ms"] > 0
-        assert (r["pct_of_peak"] is None) == (not r["flops"])
-    assert [e["reg"] for e in d["epoch"]["measured"]] == ["none", "l1l2"]
-    assert all(e["images"] == 128 and e["steps"] == 2 and e["seconds"] > 0 for e in d["epoch"]["measured"])
+    _check_schema(d)
+    names = ["augment", "labels", "conv1.forward", "pool1.forward", "conv2.forward", "pool2.forward",
+             "dense1.forward", "dense2.forward", "loss", "dense2.backward", "relu3.backward", "dense1.backward",
+             "pool2.backward", "relu2.backward", "conv2.backward", "pool1.backward", "relu1.backward",
+             "conv1.backward", "clock", "update"]
+    for reg in ("none", "l1l2"):
+        rows = [r for r in d["ops"] if r["reg"] == reg]
+        assert [r["op"] for r in rows] == names                       # the engine's real step, launch by launch
+        assert sum(r["flops"] for r in rows) == d["flops"]["total"]
+        assert all(r["ms"] > 0 and r["roofline_ms"] >= 0 for r in rows)
+        assert next(r for r in rows if r["op"] == "update")["bytes"] == 7 * 4 * model.N_PARAMS
+        s = d["ops_sum"][reg]
+        assert s["ops_ms"] == pytest.approx(sum(r["ms"] for r in rows)) and s["ratio"] > 0
+        # the launches add up to the steps the table ran (the rest: the Python loop around them)
+        assert len(s["share_of_table_steps"]) == d["config"]["op_repeats"] and all(0.8 < x <= 1 for x in s["share_of_table_steps"]), s
+        assert f"sum of the {reg} step's launches" in printed
     if d["torch"]["available"]:
         assert {(r["impl"], r["reg"]) for r in d["results"]} == {
-            ("pyregnet", "none"), ("pyregnet", "l1l2"), ("torch", "none"), ("torch", "l1l2")}
+            (i, r) for i in ("pyregnet", "torch") for r in ("none", "l1l2")}
         assert d["same_network_check"]["ok"], d["same_network_check"]
-        for c in d["comparison"].values():
-            assert c["ratio"] > 0 and c["target"] == 2.0 and c["verdict"] in ("PASS", "FAIL")
-        assert "pyregnet/PyTorch (none)" in printed
+        steps = {t["key"]: t for t in d["targets"] if t["key"].startswith("step_")}
+        ms = {(r["impl"], r["reg"]): r["ms_per_step"] for r in d["results"]}
+        assert steps["step_none"]["value"] == pytest.approx(ms[("pyregnet", "none")] / ms[("torch", "none")])
+        assert steps["step_none"]["applies"] and steps["step_none"]["verdict"] in ("PASS", "FAIL")
     else:
         _check_torch_skipped(d)
 
 
 def _check_torch_skipped(d):
     assert d["torch"]["available"] is False and "PyTorch" in d["torch"]["skipped"]
-    assert {r["impl"] for r in d["results"]} == {"pyregnet"}
-    assert d["same_network_check"] is None
-    for c in d["comparison"].values():
-        assert c["ratio"] is None and c["verdict"] == "n/a" and c["reason"] == d["torch"]["skipped"]
+    assert {r["impl"] for r in d["results"]} == {"pyregnet"} and d["same_network_check"] is None
+    assert all(t["verdict"] == "n/a" and "did not run" in t["detail"] for t in d["targets"])
 
 
-def test_quick_run_without_torch(tmp_path, monkeypatch, capsys):
+def test_quick_run_without_torch(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     out = tmp_path / "no_torch.json"
-    assert step_time.main(QUICK + ["--json", str(out), "--no-breakdown"]) == 0
-    assert "PyTorch: skipped" in capsys.readouterr().out
+    assert step_time.main(QUICK + ["--json", str(out), "--no-ops"]) == 0
     d = json.loads(out.read_text())
-    _check_common_schema(d)
+    _check_schema(d)
     _check_torch_skipped(d)
-    assert d["pyregnet_ops"] == []
+    assert d["ops"] == [] and d["ops_sum"] == {}
 
 
 def test_bad_arguments(capsys):
     assert step_time.main(["--steps", "0"]) == 2
-    assert "--steps" in capsys.readouterr().err
-    assert step_time.main(["--device", "cpu", "--dataset-images", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps" in err and err.count("\n") == 1
+    assert step_time.main(["--device", "gpu"]) == 2

@@ -9,7 +9,8 @@
 import numpy as np
 import pytest
 
-from pyregnet import data, engine, model, ops, train
+from pyregnet import data, engine, model, ops, optim, train
+from pyregnet.launch import Launch
 from pyregnet.regularizers import Penalty
 
 from conftest import BACKENDS, CUDA_MARKS
@@ -135,7 +136,7 @@ class FakeStream:
 
 def test_program_runs_eagerly_then_captures_once_and_replays():
     stream = FakeStream()
-    program = engine.Program(lambda: stream.log.append("body"), stream)
+    program = engine.Program([Launch("body", lambda: stream.log.append("body"))], stream)
     for _ in range(4):
         program()
     # Call 1 runs eagerly (loading the kernels); call 2 captures the body (which then only
@@ -148,7 +149,7 @@ def test_program_runs_eagerly_then_captures_once_and_replays():
             raise RuntimeError("a launch failed during capture")
 
     stream.log = []
-    program = engine.Program(failing, stream)
+    program = engine.Program([Launch("body", failing)], stream)
     program()
     with pytest.raises(RuntimeError, match="during capture"):
         program()
@@ -158,7 +159,82 @@ def test_program_runs_eagerly_then_captures_once_and_replays():
 
 def test_program_without_a_stream_always_runs_the_body():
     calls = []
-    program = engine.Program(lambda: calls.append(1), None)
+    program = engine.Program([Launch("a", lambda: calls.append(1)), Launch("b", lambda: calls.append(2))], None)
     for _ in range(3):
         program()
-    assert calls == [1, 1, 1] and program.graph is None
+    assert calls == [1, 2] * 3 and program.graph is None
+
+
+# ---------------------------------------------------------------- the step as named launches
+
+def test_layers_and_step_flops_by_hand():
+    assert [(layer.name, layer.input, layer.output, layer.pooled) for layer in model.LAYERS] == [
+        ("conv1", (3, 32, 32), (32, 30, 30), (32, 15, 15)), ("conv2", (32, 15, 15), (64, 13, 13), (64, 6, 6)),
+        ("dense1", (2304,), (128,), ()), ("dense2", (128,), (10,), ())]
+    # Multiply-adds of the forward pass, batch 64, written out from the shapes:
+    conv1 = 64 * 32 * 30 * 30 * (3 * 3 * 3)       # N K P Q (C R S) =  49,766,400
+    conv2 = 64 * 64 * 13 * 13 * (32 * 3 * 3)      #                 = 199,360,512
+    dense1, dense2 = 64 * 128 * 2304, 64 * 10 * 128
+    macs = conv1 + conv2 + dense1 + dense2
+    assert macs == 268_083_200
+    f = model.step_flops(64)
+    assert [f["per_layer"][k]["macs"] for k in ("conv1", "conv2", "dense1", "dense2")] == [conv1, conv2, dense1, dense2]
+    assert f["forward"] == 2 * macs == 536_166_400
+    # backward: dW for every layer, dX for every layer but the first (the input needs none)
+    assert f["backward"] == 4 * macs - 2 * conv1 == 972_800_000
+    assert f["total"] == 1_508_966_400 and f["per_layer"]["conv1"]["backward_dx"] == 0
+    assert model.step_flops(1)["total"] * 64 == f["total"]
+
+
+FORWARD = ["conv1.forward", "pool1.forward", "conv2.forward", "pool2.forward", "dense1.forward", "dense2.forward"]
+BACKWARD = ["dense2.backward", "relu3.backward", "dense1.backward", "pool2.backward", "relu2.backward",
+            "conv2.backward", "pool1.backward", "relu1.backward", "conv1.backward"]
+UPDATE = {"fused": ["update"], "proximal": ["update"], "unfused": ["penalty_gradient", "update"],
+          "loss": ["penalty", "penalty_gradient", "update"]}
+
+
+@pytest.mark.parametrize("mode", optim.UPDATE_MODES)
+def test_the_step_is_its_named_launches(mode):
+    run = make_run("cpu", mode="fused" if mode == "proximal" else mode, penalty_step=
+                   "proximal" if mode == "proximal" else "gradient")
+    assert run.engine.mode == mode
+    full, last = run.engine.step(), run.engine.step(last=True)
+    assert [launch.name for launch in full.launches] == \
+        ["augment", "labels", *FORWARD, "loss", *BACKWARD, "clock", *UPDATE[mode]]
+    assert [launch.name for launch in last.launches] == [launch.name for launch in full.launches]
+    assert sum(launch.flops for launch in full.launches) == model.step_flops(64)["total"]
+    assert sum(launch.flops for launch in last.launches) == model.step_flops(150 % 64)["total"]
+    update = full.launches[-1]
+    assert update.bytes == 7 * 4 * model.N_PARAMS        # Adam reads w, g, m, v and writes w, m, v
+    assert all(launch.bytes > 0 for launch in full.launches if launch.name != "clock")
+    # the engine runs exactly these launches: running them by hand is a step
+    a, b = make_run("cpu"), make_run("cpu")
+    order = np.arange(150)
+    a.engine.train_epoch(order)
+    b.engine.start_epoch(order)
+    for program, count in b.engine.train_steps:
+        for _ in range(count):
+            for launch in program.launches:
+                launch.fn()
+    assert np.array_equal(a.params, b.params) and np.array_equal(a.engine.metrics, b.engine.metrics)
+
+
+def test_sgd_update_moves_five_arrays_and_no_penalty_is_the_plain_update():
+    params = np.zeros(100, np.float32)
+    opt = optim.make("sgd", params, 0.1)
+    for mode in optim.UPDATE_MODES:
+        launches = opt.launches(params, params.copy(), Penalty(), mode, penalized=60, step=1)
+        assert [x.name for x in launches] == ["update"] and launches[0].bytes == 5 * 4 * 100
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        opt.launches(params, params, Penalty(), "fast", penalized=60, step=1)
+    assert optim.update_mode("loss", "gradient") == "loss" and optim.update_mode("fused", "proximal") == "proximal"
+
+
+def test_an_engine_needs_no_trainer():
+    ds = data.load(None, dataset="synthetic", train_size=128, val_size=10, seed=0)
+    params = model.init_params(0)
+    eng = engine.Engine(params, np.zeros_like(params), optim.make("adam", params, 1e-3), Penalty(),
+                        (ds.x_train, ds.y_train), batch_size=64, seed=0)
+    sums, steps = eng.train_epoch(np.arange(128))
+    assert steps == 2 and eng.optimizer.step == 2 and eng.step(last=True) is None
+    assert 0 < sums[engine.LOSS] / 128 < 10 and sums[engine.BAD_LABELS] == sums[engine.BAD_INDICES] == 0

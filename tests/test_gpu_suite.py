@@ -306,10 +306,14 @@ def test_epoch_time_step_reads_the_benchmarks_json(suite):
 
 
 def test_kernel_tables_step_reads_the_targets(suite):
-    result = steps.kernel_tables(suite, ["--quick", "--repeats", "1", "--update-sizes", "1000", "--no-conv",
-                                      "--no-kernels"], device="cpu")
-    assert result["exit"] == 0 and result["errors"] == {}
-    assert any("copy bandwidth" in t for t in result["targets"])
+    result = steps.kernel_tables(suite, {
+        "step_time": ["--quick", "--batch-size", "8", "--steps", "1", "--repeats", "1", "--warmup", "0", "--no-ops"],
+        "penalty_cost": ["--quick", "--no-epochs", "--optimizers", "adam", "--sizes", "1000", "--repeats", "1",
+                         "--peers", "numpy"]}, device="cpu")
+    assert result["exit"] == 0 and result["step_time"]["exit"] == result["penalty_cost"]["exit"] == 0
+    assert any("PyTorch's" in t for t in result["step_time"]["targets"])
+    assert any("copy bandwidth" in t for t in result["penalty_cost"]["targets"])
+    assert {p.name for p in suite.out.iterdir()} >= {"step_time_cpu.json", "penalty_cost_cpu.json", "kernel_tables.log"}
 
 
 def test_harnesses_step_reports_a_failed_build(suite, tmp_path, monkeypatch):

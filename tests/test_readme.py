@@ -26,15 +26,14 @@ SHORTER = {
     "python -m pyregnet.sweep run": (SWEEP_SHORT, "docs/results/E1/none_s4/metrics.jsonl"),
     "python -m pyregnet.sweep report --root": ([], "docs/results/report.md"),
     "python -m pyregnet.prune": (["--levels", "0.5"], "runs/l1-seed0/prune.json"),
-    "python bench/step_time.py": (["--device", "cpu", "--quick", "--steps", "1", "--repeats", "1", "--warmup", "0",
-                                   "--no-breakdown", "--dataset-images", "256", "--json", "step.json"], "step.json"),
-    "python bench/penalty_cost.py": (["--device", "cpu", "--epoch-images", "128", "--epochs", "1",
-                                      "--warmup-epochs", "0", "--sizes", "4096", "--repeats", "1", "--warmup", "0",
-                                      "--peers", "numpy", "--no-plot", "--json", "penalty.json"], "penalty.json"),
+    "python bench/step_time.py": (["--device", "cpu", "--quick", "--batch-size", "8", "--steps", "1", "--repeats", "1",
+                                   "--warmup", "0", "--no-ops", "--json", "step.json"], "step.json"),
+    "python bench/penalty_cost.py": (["--device", "cpu", "--epoch-images", "64", "--batch-size", "32", "--epochs", "1",
+                                      "--warmup-epochs", "0", "--optimizers", "adam", "--sizes", "4096", "--repeats",
+                                      "1", "--peers", "numpy", "--json", "penalty.json"], "penalty.json"),
     "make -C dev/cuda": (["BUILD={scratch}/devcuda", "-j2"], "devcuda/adam_update"),
     "python bench/epoch_time.py": (["--device", "cpu", "--quick", "--train-size", "256", "--val-size", "128",
-                                    "--epochs", "1", "--warmup", "0", "--repeats", "2", "--update-sizes", "4096",
-                                    "--out", "epoch.json"], "epoch.json"),
+                                    "--epochs", "1", "--warmup", "0", "--out", "epoch.json"], "epoch.json"),
 }
 
 

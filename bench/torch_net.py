@@ -1,0 +1,152 @@
+"""The PyTorch baseline of every benchmark: pyregnet's network, initial weights, loss, penalty (on
+the kernels, in the loss: autograd differentiates it) and Adam (fused where this PyTorch has it,
+else foreach), eager or compiled; float32 (no TF32), cudnn.benchmark on the GPU, the uint8 data
+on the device, each batch gathered and augmented there through a (shift, flip) -> pixel table
+that reproduces pyregnet's augmentation (tests/test_bench_epoch_time.py), sums read once an epoch.
+"""
+
+import numpy as np
+
+from pyregnet import model
+from pyregnet.engine import MAX_SHIFT
+from pyregnet.extras import missing
+from pyregnet.regularizers import Penalty
+
+EVAL_BATCH = 1000
+
+
+def load(device):
+    """(torch, None) set up for timing on `device`, or (None, why it is skipped)."""
+    try:
+        import torch
+    except ImportError:
+        return None, missing("torch")
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True   # cuDNN picks its fastest algorithms
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False   # float32, as pyregnet
+    return torch, None
+
+
+def shift_flip_table(h=32, w=32, max_shift=MAX_SHIFT):
+    """(D, h*w) int64, D = (2s+1)^2 * 2: for each draw d (decode_draw) the source pixel of every
+    output pixel: row clip(i - dy), column clip(j - dx), mirrored when flip (nearest-edge fill)."""
+    span = 2 * max_shift + 1
+    table = np.empty((span * span * 2, h * w), dtype=np.int64)
+    for d in range(len(table)):
+        dy, dx, flip = decode_draw(d, max_shift)
+        rows, cols = np.clip(np.arange(h) - dy, 0, h - 1), np.clip(np.arange(w) - dx, 0, w - 1)
+        table[d] = (rows[:, None] * w + (w - 1 - cols if flip else cols)[None, :]).ravel()
+    return table
+
+
+def decode_draw(d, max_shift=MAX_SHIFT):
+    """Draw index -> (dy, dx, flip); uniform over d gives uniform shifts and a fair coin."""
+    span = 2 * max_shift + 1
+    return d % span - max_shift, (d // span) % span - max_shift, bool(d // (span * span))
+
+
+def encode_draw(dy, dx, flip, max_shift=MAX_SHIFT):
+    span = 2 * max_shift + 1
+    return (dy + max_shift) + span * (dx + max_shift) + span * span * int(bool(flip))
+
+
+def gather_augment(images_flat, index, draws, table, channels):
+    """uint8 (B, C, H*W): sample b = images_flat[index[b]] (uint8 (N, C, H*W)) through the pixel
+    map table[draws[b]]; one advanced-indexing gather, the same on NumPy and PyTorch arrays."""
+    return images_flat[index[:, None, None], channels[None, :, None], table[draws][:, None, :]]
+
+
+class TorchNet:
+    """The baseline for penalty `reg` (its default λ). step(x, y) takes one optimizer step on a
+    float batch; with data(dataset), train_epoch() and evaluate() run whole epochs."""
+
+    def __init__(self, torch, device, reg, seed=0, compile_mode=None):
+        nn, self.torch, self.dev = torch.nn, torch, torch.device(device)
+        self.net = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                                 nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2304, 128), nn.ReLU(),
+                                 nn.Linear(128, 10)).to(self.dev)
+        layers = [self.net[i] for i in (0, 3, 7, 9)]
+        v = model.views(model.init_params(seed))   # the same start as pyregnet; layouts are PyTorch's
+        with torch.no_grad():
+            for layer, spec in zip(layers, model.LAYERS):
+                layer.weight.copy_(torch.from_numpy(v[f"{spec.name}.w"]))
+                layer.bias.copy_(torch.from_numpy(v[f"{spec.name}.b"]))
+        self.kernels, self.penalty = [layer.weight for layer in layers], Penalty.with_defaults(reg)
+        try:
+            self.opt, self.adam = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7, fused=True), "fused"
+        except Exception:  # noqa: BLE001 -- no fused Adam for this device in this PyTorch
+            self.opt, self.adam = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7, foreach=True), "foreach"
+        kw = dict(mode=compile_mode, dynamic=False)   # compiled: augmentation to optimizer step, and evaluation
+        self._batch = torch.compile(self._augmented, **kw) if compile_mode else self._augmented
+        self._eval = torch.compile(self._forward_sums, **kw) if compile_mode else self._forward_sums
+        if compile_mode and device == "cuda":   # each call a new step of the compiled CUDA graphs
+            mark, batch, evaluate = torch.compiler.cudagraph_mark_step_begin, self._batch, self._eval
+            self._batch, self._eval = (lambda *a: (mark(), batch(*a))[1]), (lambda *a: (mark(), evaluate(*a))[1])
+        self.setup = {"adam": f"torch.optim.Adam(lr=1e-3, eps=1e-7, {self.adam}=True)", "compile_mode": compile_mode,
+                      "penalty": f"{self.penalty.describe()} on the kernels, added to the loss (autograd)"}
+
+    def loss(self, x, y):
+        """(data loss, loss with the penalty, logits) of a float batch."""
+        logits = self.net(x)
+        data = self.torch.nn.functional.cross_entropy(logits, y)
+        total, pen = data, self.penalty
+        if pen.l1:
+            total = total + pen.l1 * sum(w.abs().sum() for w in self.kernels)
+        if pen.l2:
+            total = total + pen.l2 * sum(w.square().sum() for w in self.kernels)
+        return data, total, logits
+
+    def _train(self, x, y):
+        data, total, logits = self.loss(x, y)
+        out = (data.detach(), total.detach(), (logits.detach().argmax(1) == y).sum())
+        total.backward()
+        self.opt.step()
+        return out
+
+    def step(self, x, y):
+        self.opt.zero_grad(set_to_none=True)   # launches nothing; outside the compiled function
+        return self._train(x, y)
+
+    def _augmented(self, idx, draws):
+        x = gather_augment(self.x_train, idx, draws, self.table, self.channels)
+        return self._train((x * (1.0 / 255.0)).view(len(idx), *self.shape), self.y_train[idx])
+
+    def data(self, dataset, batch):
+        """Puts the uint8 data set on the device: (N, C, H*W) to train on, (N, C, H, W) to evaluate."""
+        t, dev = self.torch, self.dev
+        x = t.from_numpy(dataset.x_train).to(dev)
+        n, h, w, c = x.shape
+        self.x_train, self.y_train = x.permute(0, 3, 1, 2).contiguous().view(n, c, h * w), \
+            t.from_numpy(dataset.y_train).to(dev)
+        self.x_val = t.from_numpy(dataset.x_test).to(dev).permute(0, 3, 1, 2).contiguous()
+        self.y_val = t.from_numpy(dataset.y_test).to(dev)
+        self.shape, self.batch = (c, h, w), batch
+        self.table, self.channels = t.from_numpy(shift_flip_table(h, w)).to(dev), t.arange(c, device=dev)
+        self.gen = t.Generator(device=dev)
+        self.gen.manual_seed(0)
+
+    def train_epoch(self):
+        t, n, b = self.torch, len(self.y_train), self.batch
+        order = t.randperm(n, device=self.dev, generator=self.gen)
+        draws = t.randint(0, len(self.table), (n,), device=self.dev, generator=self.gen)
+        sums = t.zeros(3, dtype=t.float64, device=self.dev)
+        for i in range(0, n, b):
+            self.opt.zero_grad(set_to_none=True)
+            data, total, hits = self._batch(order[i:i + b], draws[i:i + b])
+            sums += t.stack([data * min(b, n - i), total * min(b, n - i), hits.double()])
+        data, total, correct = (s / n for s in sums.tolist())   # the epoch's one read
+        return {"train_data_loss": data, "train_loss": total, "train_acc": correct}
+
+    def _forward_sums(self, x, y):
+        with self.torch.no_grad():
+            logits = self.net(x * (1.0 / 255.0))
+            return self.torch.nn.functional.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()
+
+    def evaluate(self):
+        t, n = self.torch, len(self.y_val)
+        sums = t.zeros(2, dtype=t.float64, device=self.dev)
+        for i in range(0, n, EVAL_BATCH):
+            loss, hits = self._eval(self.x_val[i:i + EVAL_BATCH], self.y_val[i:i + EVAL_BATCH])
+            sums += t.stack([loss.double(), hits.double()])
+        loss, correct = (s / n for s in sums.tolist())
+        return {"val_data_loss": loss, "val_acc": correct}
