@@ -85,11 +85,12 @@ def plot_prune(result, path, title=""):
     """Test accuracy against the fraction of kernel weights that are zero, after magnitude pruning
     (pyregnet.prune's result: "global" and optionally "per_layer" curves)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, style in (("global", "o-"), ("per_layer", "s--")):
+    for kind, style in (("global", "o-"), ("per_layer", "s--"), ("finetuned", "^-.")):
         points = result.get(kind)
         if points:
-            ax.plot([100 * p["sparsity"] for p in points], [100 * p["test_acc"] for p in points], style,
-                    label=kind.replace("_", " "))
+            label = kind.replace("_", " ") if kind != "finetuned" else \
+                f"global, fine-tuned {points[0]['epochs']} epochs, mask kept"
+            ax.plot([100 * p["sparsity"] for p in points], [100 * p["test_acc"] for p in points], style, label=label)
     ax.set(xlabel="kernel weights set to zero (%)", ylabel="test accuracy (%)")
     if title:
         ax.set_title(title, fontsize=11)

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pyregnet import model, prune, train
+from pyregnet import model, optim, prune, train
+from pyregnet.regularizers import Penalty
 
 
 def test_prune_zeros_the_smallest_kernel_weights():
@@ -72,3 +73,32 @@ def test_bad_input_is_one_line_and_exit_2(finished_run, tmp_path, capsys, args, 
     assert prune.main(args) == train.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("pyregnet.prune: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_finetune_keeps_the_mask_and_trains(finished_run):
+    assert prune.main([str(finished_run), "--levels", "0.5,0.9", "--finetune-epochs", "1"]) == 0
+    result = json.loads((finished_run / "prune.json").read_text())
+    tuned = result["finetuned"]
+    assert [p["level"] for p in tuned] == [0.0, 0.5, 0.9] and all(p["epochs"] == 1 for p in tuned)
+    for before, after in zip(result["global"], tuned):
+        # every pruned weight is still exactly zero after an epoch of training (a handful more may
+        # have landed on 0 by themselves; none of the pruned ones came back)
+        assert before["sparsity"] <= after["sparsity"] <= before["sparsity"] + 1e-3
+        assert after["test_acc"] != before["test_acc"] or after["test_loss"] != before["test_loss"]  # it trained
+    assert result["largest_within_1pp"]["finetuned"] in {p["sparsity"] for p in tuned}
+
+
+def test_keep_mask_zeros_the_pruned_weights_after_the_update():
+    params = model.init_params(5)
+    pruned = prune.prune(params, 0.5)
+    grad = np.ones_like(params)  # a gradient that would move every weight
+    opt = prune.KeepMask(optim.make("adam", pruned, 1e-3), pruned[:model.N_KERNEL] == 0)
+    launches = opt.launches(pruned, grad, Penalty("none", 0.0, 0.0), "fused", penalized=model.N_KERNEL, step=1)
+    assert [launch.name for launch in launches] == ["update", "mask"]
+    for launch in launches:
+        launch.fn()
+    kernels = pruned[:model.N_KERNEL]
+    assert np.count_nonzero(kernels == 0) == int(round(0.5 * model.N_KERNEL))
+    assert not np.signbit(kernels[kernels == 0]).any()  # +0.0, not -0.0
+    opt.step = 7
+    assert opt.optimizer.step == 7  # the engine's step count reaches the wrapped optimizer
