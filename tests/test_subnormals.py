@@ -105,24 +105,27 @@ def test_dense_backward(backend, dtype):
     check_ieee_caller()
 
 
+@pytest.mark.parametrize("stride", [1, 2], ids=["stride1", "stride2"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv2d_forward(backend, dtype, relu):
+def test_conv2d_forward(backend, dtype, relu, stride):
     rng = np.random.default_rng(3)
     channels = (np.arange(5) % 2 == 1)  # subnormal input channels, met by huge filter taps only
     x = mixed(rng, (9, 5, 9, 8), dtype, sub=channels[None, :, None, None])
     w = mixed(rng, (7, 5, 3, 3), dtype, huge=channels[None, :, None, None])
     b = mixed(rng, (7,), dtype)
-    y = ops.conv2d_forward(*map(backend.to_device, (x, w, b)), 1, relu=relu)
-    want = ref.conv2d_forward(as_seen(x, dtype), w, b, 1)
+    y = ops.conv2d_forward(*map(backend.to_device, (x, w, b)), 1, stride=stride, relu=relu)
+    want = ref.conv2d_forward(as_seen(x, dtype), w, b, 1, stride)
     close(backend.to_host(y), np.maximum(want, 0) if relu else want, dtype, "y")
     check_ieee_caller()
 
 
-def test_conv2d_backward(backend, dtype):
+@pytest.mark.parametrize("stride", [1, 2], ids=["stride1", "stride2"])
+def test_conv2d_backward(backend, dtype, stride):
     rng = np.random.default_rng(4)
-    x, w, dy = backward_operands(rng, dtype, (9, 5, 9, 8), (7, 5, 3, 3), (9, 7, 9, 8))
-    got = ops.conv2d_backward(*map(backend.to_device, (x, w, dy)), 1)
-    for name, g, want in zip(("dx", "dw", "db"), got, ref.conv2d_backward(x, w, as_seen(dy, dtype), 1)):
+    P, Q = (9 + 2 - 3) // stride + 1, (8 + 2 - 3) // stride + 1
+    x, w, dy = backward_operands(rng, dtype, (9, 5, 9, 8), (7, 5, 3, 3), (9, 7, P, Q))
+    got = ops.conv2d_backward(*map(backend.to_device, (x, w, dy)), 1, stride=stride)
+    for name, g, want in zip(("dx", "dw", "db"), got, ref.conv2d_backward(x, w, as_seen(dy, dtype), 1, stride)):
         close(backend.to_host(g), want, dtype, name)
     check_ieee_caller()
 
