@@ -747,8 +747,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("padding"), py::kw_only(),
         py::arg("stride") = 1, py::arg("relu") = false, py::arg("out") = py::none());
   m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("padding"),
-        py::kw_only(), py::arg("stride") = 1, py::arg("input_grad") = true, py::arg("dx") = py::none(), py::arg("dw") = py::none(),
-        py::arg("db") = py::none());
+        py::kw_only(), py::arg("stride") = 1, py::arg("input_grad") = true, py::arg("dx") = py::none(),
+        py::arg("dw") = py::none(), py::arg("db") = py::none());
   m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
         py::arg("argmax") = py::none());
   m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none(),
