@@ -90,6 +90,12 @@ ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding
   call.positive_dims(w, "(K, C, R, S)");
   call.dim_equals(w, 1, x.dim(1), "C, the input channels of x");
   if (padding > INT32_MAX) call.value_error("padding: expected an integer in [0, 2^31) but got " + std::to_string(padding));
+  // The CUDA kernels form input coordinates p*stride + r - pad and h + pad - r in 32 bits, which
+  // stay below the padded extent.
+  const int64_t padded_h = x.dim(2) + 2 * padding, padded_w = x.dim(3) + 2 * padding;
+  if (padded_h > INT32_MAX || padded_w > INT32_MAX)
+    call.value_error("padding: expected a padded input (H + 2*padding, W + 2*padding) under 2^31 but got (" +
+                     std::to_string(padded_h) + ", " + std::to_string(padded_w) + ")");
   ConvShape s{x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(2), w.dim(3), padding, stride, 0, 0};
   s.P = conv_output_size(s.H, s.R, padding, stride);
   s.Q = conv_output_size(s.W, s.S, padding, stride);

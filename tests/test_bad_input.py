@@ -805,6 +805,11 @@ REGRESSION_CASES = [
       r"(padding|x|w): expected", "padding-2**31-output-2**64"),
     p("conv2d_forward", {"x": arr(1, 1, 1, 1), "w": arr(1, 1, 1, 1), "b": arr(1), "padding": 10**6}, VE,
       r"(padding|x|w): expected", "padding-10**6-output-too-large"),
+    # a 3x3 output, but input coordinates beyond 32 bits
+    p("conv2d_forward", {"x": arr(1, 1, 1, 1), "w": arr(1, 1, 1, 1), "b": arr(1), "padding": 2**31 - 1,
+                         "stride": 2**31 - 1}, VE,
+      r"padding: expected a padded input \(H \+ 2\*padding, W \+ 2\*padding\) under 2\^31 but got \(4294967295, 4294967295\)",
+      "padded-input-2**32-stride-2**31-1"),
 ]
 
 
