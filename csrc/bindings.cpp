@@ -69,16 +69,36 @@ void same_or_separate(Call& call, const Array& out, const Array& in) {
 
 double* accumulator_ptr(const Array& a) { return static_cast<double*>(a.data); }
 
-ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding) {
+// The output extent of a filter `filter` sliding over `extent` + 2*pad in steps of `stride`:
+// floor((extent + 2*pad - filter) / stride) + 1, < 1 when the filter does not fit.
+int64_t conv_output_size(int64_t extent, int64_t filter, int64_t pad, int64_t stride) {
+  const int64_t room = extent + 2 * pad - filter;
+  return (room >= 0 ? room / stride : -((-room + stride - 1) / stride)) + 1;
+}
+
+// The op's stride: an integer in [1, 2^31).
+int64_t conv_stride(Call& call, py::handle stride_) {
+  const int64_t stride = call.integer(stride_, "stride", 1, ">= 1");
+  if (stride > INT32_MAX) call.value_error("stride: expected an integer in [1, 2^31) but got " + std::to_string(stride));
+  return stride;
+}
+
+ConvShape conv_shape(Call& call, const Array& x, const Array& w, int64_t padding, int64_t stride) {
   call.ndim(x, 4, "(N, C, H, W)");
   call.ndim(w, 4, "(K, C, R, S)");
   call.positive_dims(x, "(N, C, H, W)");
   call.positive_dims(w, "(K, C, R, S)");
   call.dim_equals(w, 1, x.dim(1), "C, the input channels of x");
   if (padding > INT32_MAX) call.value_error("padding: expected an integer in [0, 2^31) but got " + std::to_string(padding));
-  ConvShape s{x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(2), w.dim(3), padding, 0, 0};
-  s.P = s.H + 2 * padding - s.R + 1;
-  s.Q = s.W + 2 * padding - s.S + 1;
+  // The CUDA kernels form input coordinates p*stride + r - pad and h + pad - r in 32 bits, which
+  // stay below the padded extent.
+  const int64_t padded_h = x.dim(2) + 2 * padding, padded_w = x.dim(3) + 2 * padding;
+  if (padded_h > INT32_MAX || padded_w > INT32_MAX)
+    call.value_error("padding: expected a padded input (H + 2*padding, W + 2*padding) under 2^31 but got (" +
+                     std::to_string(padded_h) + ", " + std::to_string(padded_w) + ")");
+  ConvShape s{x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(2), w.dim(3), padding, stride, 0, 0};
+  s.P = conv_output_size(s.H, s.R, padding, stride);
+  s.Q = conv_output_size(s.W, s.S, padding, stride);
   if (s.P < 1 || s.Q < 1)
     call.value_error("w: expected a filter no larger than the padded input (" + std::to_string(s.H + 2 * padding) +
                      ", " + std::to_string(s.W + 2 * padding) + ") but got R, S = " + std::to_string(s.R) + ", " +
@@ -111,13 +131,13 @@ DenseShape dense_shape(Call& call, const Array& x, const Array& w) {
   return DenseShape{x.dim(0), x.dim(1), w.dim(0)};
 }
 
-py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handle padding_, py::handle relu_,
-                          py::handle out_) {
+py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handle padding_, py::handle stride_,
+                          py::handle relu_, py::handle out_) {
   Call call("conv2d_forward");
   Array x = call.array(x_, "x"), w = call.array(w_, "w"), b = call.array(b_, "b");
   call.floats({&x, &w, &b});
   const int64_t padding = call.integer(padding_, "padding", 0, ">= 0");
-  const ConvShape s = conv_shape(call, x, w, padding);
+  const ConvShape s = conv_shape(call, x, w, padding, conv_stride(call, stride_));
   call.ndim(b, 1, "(K,)");
   call.dim_equals(b, 0, s.K, "K, the output channels of w");
   const bool relu = flag(call, relu_, "relu");
@@ -130,13 +150,13 @@ py::object conv2d_forward(py::handle x_, py::handle w_, py::handle b_, py::handl
   return y.owner;
 }
 
-py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle padding_, py::handle input_grad_,
-                          py::handle dx_, py::handle dw_, py::handle db_) {
+py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, py::handle padding_, py::handle stride_,
+                          py::handle input_grad_, py::handle dx_, py::handle dw_, py::handle db_) {
   Call call("conv2d_backward");
   Array x = call.array(x_, "x"), w = call.array(w_, "w"), dy = call.array(dy_, "dy");
   call.floats({&x, &w, &dy});
   const int64_t padding = call.integer(padding_, "padding", 0, ">= 0");
-  const ConvShape s = conv_shape(call, x, w, padding);
+  const ConvShape s = conv_shape(call, x, w, padding, conv_stride(call, stride_));
   call.ndim(dy, 4, "(N, K, P, Q)");
   if (dy.shape != std::vector<int64_t>{s.N, s.K, s.P, s.Q})
     call.value_error("dy: expected the output shape (N, K, P, Q) = " + shape_str({s.N, s.K, s.P, s.Q}) + " but got " +
@@ -731,10 +751,10 @@ py::dict build_info() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyregnet's compiled kernels (CPU backend, and CUDA backend when built with nvcc)";
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("padding"), py::kw_only(),
-        py::arg("relu") = false, py::arg("out") = py::none());
+        py::arg("stride") = 1, py::arg("relu") = false, py::arg("out") = py::none());
   m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("padding"),
-        py::kw_only(), py::arg("input_grad") = true, py::arg("dx") = py::none(), py::arg("dw") = py::none(),
-        py::arg("db") = py::none());
+        py::kw_only(), py::arg("stride") = 1, py::arg("input_grad") = true, py::arg("dx") = py::none(),
+        py::arg("dw") = py::none(), py::arg("db") = py::none());
   m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
         py::arg("argmax") = py::none());
   m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none(),

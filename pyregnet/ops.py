@@ -30,17 +30,21 @@ __all__ = [
 ]
 
 
-def conv2d_forward(x, w, b, padding, *, relu=False, out=None):
-    """y = conv(x, w) + b: x (N, C, H, W), w (K, C, R, S), b (K,), stride 1, zero padding
-    ``padding`` >= 0 on every side. Returns y (N, K, H + 2p - R + 1, W + 2p - S + 1); with
-    ``relu``, max(y, 0) applied as y is written (the same values as relu_forward, one pass less)."""
-    return _core.conv2d_forward(x, w, b, padding, relu=relu, out=out)
+def conv2d_forward(x, w, b, padding, *, stride=1, relu=False, out=None):
+    """y = conv(x, w) + b: x (N, C, H, W), w (K, C, R, S), b (K,), zero padding ``padding`` >= 0
+    on every side, the filter moved by ``stride`` >= 1 pixels in both directions (any integer
+    below 2^31; ResNet-20 uses 1 and 2). Returns y (N, K, P, Q) with P = (H + 2p - R) // stride + 1,
+    Q = (W + 2p - S) // stride + 1 (rows and columns the last window does not reach are unused);
+    with ``relu``, max(y, 0) applied as y is written (the same values as relu_forward, one pass
+    less)."""
+    return _core.conv2d_forward(x, w, b, padding, stride=stride, relu=relu, out=out)
 
 
-def conv2d_backward(x, w, dy, padding, *, input_grad=True, dx=None, dw=None, db=None):
-    """Gradients of conv2d_forward given dy = dL/dy. Returns (dx, dw, db); dx is None, and not
-    computed, when ``input_grad`` is False (a first layer has no use for it)."""
-    return _core.conv2d_backward(x, w, dy, padding, input_grad=input_grad, dx=dx, dw=dw, db=db)
+def conv2d_backward(x, w, dy, padding, *, stride=1, input_grad=True, dx=None, dw=None, db=None):
+    """Gradients of conv2d_forward given dy = dL/dy, for the same padding and stride. Returns
+    (dx, dw, db); dx is None, and not computed, when ``input_grad`` is False (a first layer has
+    no use for it)."""
+    return _core.conv2d_backward(x, w, dy, padding, stride=stride, input_grad=input_grad, dx=dx, dw=dw, db=db)
 
 
 def maxpool2d_forward(x, *, out=None, argmax=None):

@@ -33,22 +33,23 @@ def _pad(x, padding):
     return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
 
 
-def conv2d_forward(x, w, b, padding):
-    """y[n,k,p,q] = b[k] + sum_{c,r,s} xpad[n,c,p+r,q+s] * w[k,c,r,s]."""
+def conv2d_forward(x, w, b, padding, stride=1):
+    """y[n,k,p,q] = b[k] + sum_{c,r,s} xpad[n,c,p*stride+r,q*stride+s] * w[k,c,r,s]."""
     x, w, b = _f64(x), _f64(w), _f64(b)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    P = H + 2 * padding - R + 1
-    Q = W + 2 * padding - S + 1
+    P = (H + 2 * padding - R) // stride + 1
+    Q = (W + 2 * padding - S) // stride + 1
     xp = _pad(x, padding)
     y = np.zeros((N, K, P, Q))
     for r in range(R):
         for s in range(S):
-            y += np.einsum("nchw,kc->nkhw", xp[:, :, r:r + P, s:s + Q], w[:, :, r, s])
+            window = xp[:, :, r:r + stride * (P - 1) + 1:stride, s:s + stride * (Q - 1) + 1:stride]
+            y += np.einsum("nchw,kc->nkhw", window, w[:, :, r, s])
     return y + b[None, :, None, None]
 
 
-def conv2d_backward(x, w, dy, padding):
+def conv2d_backward(x, w, dy, padding, stride=1):
     """Gradients (dx, dw, db) of conv2d_forward given the upstream gradient dy (N,K,P,Q)."""
     x, w, dy = _f64(x), _f64(w), _f64(dy)
     N, C, H, W = x.shape
@@ -59,9 +60,9 @@ def conv2d_backward(x, w, dy, padding):
     dw = np.zeros_like(w)
     for r in range(R):
         for s in range(S):
-            window = xp[:, :, r:r + P, s:s + Q]
-            dxp[:, :, r:r + P, s:s + Q] += np.einsum("nkpq,kc->ncpq", dy, w[:, :, r, s])
-            dw[:, :, r, s] = np.einsum("nkpq,ncpq->kc", dy, window)
+            rows, cols = slice(r, r + stride * (P - 1) + 1, stride), slice(s, s + stride * (Q - 1) + 1, stride)
+            dxp[:, :, rows, cols] += np.einsum("nkpq,kc->ncpq", dy, w[:, :, r, s])
+            dw[:, :, r, s] = np.einsum("nkpq,ncpq->kc", dy, xp[:, :, rows, cols])
     dx = dxp[:, :, padding:padding + H, padding:padding + W]
     db = dy.sum(axis=(0, 2, 3))
     return dx, dw, db

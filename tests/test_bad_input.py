@@ -249,6 +249,9 @@ def test_good_scalar_spellings_are_accepted():
     kw = good("conv2d_forward")
     assert ops.conv2d_forward(kw["x"], kw["w"], kw["b"], np.int64(1)).shape == (2, 4, 5, 6)
     assert ops.conv2d_forward(kw["x"], kw["w"], kw["b"], 0).shape == (2, 4, 3, 4)
+    assert ops.conv2d_forward(kw["x"], kw["w"], kw["b"], 1, stride=np.int64(2)).shape == (2, 4, 3, 3)
+    assert ops.conv2d_forward(kw["x"], kw["w"], kw["b"], 1, stride=3).shape == (2, 4, 2, 2)
+    assert ops.conv2d_forward(kw["x"], kw["w"], kw["b"], 1, stride=2**31 - 1).shape == (2, 4, 1, 1)
     kw = good("adam_update")
     ops.adam_update(kw["param"], kw["grad"], kw["m"], kw["v"], step=np.int32(3), lr=np.float32(1e-3),
                     beta1=0, beta2=0.5, eps=1, l1=np.float64(0.1), l2=1, penalized=np.int64(10))
@@ -470,6 +473,11 @@ SHAPE_CASES = [
     p("conv2d_backward", {"dy": arr(2, 5, 5, 6)}, VE, r"dy: expected the output shape", "dy-channels"),
     p("conv2d_backward", {"dy": arr(3, 4, 5, 6)}, VE, r"dy: expected the output shape", "dy-batch"),
     p("conv2d_backward", {"padding": 0}, VE, r"dy: expected the output shape", "dy-for-other-padding"),
+    p("conv2d_backward", {"stride": 2}, VE, r"dy: expected the output shape \(N, K, P, Q\) = \(2, 4, 3, 3\)",
+      "dy-for-other-stride"),
+    p("conv2d_forward", {"w": arr(4, 3, 8, 3), "stride": 2}, VE,
+      r"w: expected a filter no larger than the padded input \(7, 8\) but got R, S = 8, 3: the output size would be 0 x",
+      "filter-too-large-at-stride-2"),
     p("conv2d_backward", {"w": arr(4, 3, 8, 3)}, VE, r"w: expected a filter no larger", "filter-too-large"),
     p("conv2d_backward", {"x": arr(0, 3, 5, 6), "dy": arr(0, 4, 5, 6)}, VE, r"x: expected every dimension",
       "batch-0"),
@@ -667,7 +675,7 @@ SCALAR_CASES += [
     p("batchnorm_backward", {"training": None}, TE, r"training: expected True or False", "training-None"),
     p("residual_add_forward", {"relu": "yes"}, TE, r"relu: expected True or False", "relu-str"),
 ]
-for _op in ("residual_add_forward", "residual_add_backward"):
+for _op in ("residual_add_forward", "residual_add_backward", "conv2d_forward", "conv2d_backward"):
     SCALAR_CASES += [
         p(_op, {"stride": 0}, VE, r"stride: expected an integer >= 1 but got 0", "stride-0"),
         p(_op, {"stride": -2}, VE, r"stride: expected an integer >= 1", "stride-negative"),
@@ -675,6 +683,13 @@ for _op in ("residual_add_forward", "residual_add_backward"):
         p(_op, {"stride": 2.0}, TE, r"stride: expected an integer >= 1 but got float", "stride-2.0"),
         p(_op, {"stride": True}, TE, r"stride: expected an integer >= 1 but got bool", "stride-True"),
         p(_op, {"stride": None}, TE, r"stride: expected an integer", "stride-None"),
+    ]
+for _op in ("conv2d_forward", "conv2d_backward"):
+    SCALAR_CASES += [
+        p(_op, {"stride": 2**31}, VE, r"stride: expected an integer in \[1, 2\^31\) but got 2147483648", "stride-2**31"),
+        p(_op, {"stride": "2"}, TE, r"stride: expected an integer >= 1 but got str", "stride-str"),
+        p(_op, {"stride": np.float32(2)}, TE, r"stride: expected an integer", "stride-np.float32"),
+        p(_op, {"stride": [2]}, TE, r"stride: expected an integer", "stride-list"),
     ]
 
 SCALAR_CASES += [
@@ -790,6 +805,11 @@ REGRESSION_CASES = [
       r"(padding|x|w): expected", "padding-2**31-output-2**64"),
     p("conv2d_forward", {"x": arr(1, 1, 1, 1), "w": arr(1, 1, 1, 1), "b": arr(1), "padding": 10**6}, VE,
       r"(padding|x|w): expected", "padding-10**6-output-too-large"),
+    # a 3x3 output, but input coordinates beyond 32 bits
+    p("conv2d_forward", {"x": arr(1, 1, 1, 1), "w": arr(1, 1, 1, 1), "b": arr(1), "padding": 2**31 - 1,
+                         "stride": 2**31 - 1}, VE,
+      r"padding: expected a padded input \(H \+ 2\*padding, W \+ 2\*padding\) under 2\^31 but got \(4294967295, 4294967295\)",
+      "padded-input-2**32-stride-2**31-1"),
 ]
 
 
@@ -799,6 +819,7 @@ def test_regressions(op, overrides, exc, pattern):
 
 
 RAISING_INDEX = [("conv2d_forward", "padding"), ("conv2d_backward", "padding"),
+                 ("conv2d_forward", "stride"), ("conv2d_backward", "stride"),
                  ("adam_update", "step"), ("adam_update", "penalized"),
                  ("residual_add_forward", "stride"), ("residual_add_backward", "stride")]
 

@@ -100,19 +100,22 @@ def test_failed_scratch_allocation_outside_the_region_is_memory_error(tmp_path):
 
 
 def test_tiled_conv_is_the_same_bits_for_any_thread_count():
-    # Shapes that need every kind of tile (see test_ops.CONV_CASES); both dtypes.
+    # Shapes that need every kind of tile (see test_ops.CONV_CASES and test_conv2d_stride.CASES),
+    # at stride 1 and 2; both dtypes.
     code = """
         import hashlib, numpy as np
         from pyregnet import ops
         h = hashlib.sha256()
-        for case in [(2, 300, 12, 12, 5, 5, 5, 2), (1, 2, 400, 400, 2, 3, 3, 1), (1, 1, 520, 520, 1, 3, 3, 1),
-                     (9, 3, 40, 40, 33, 3, 3, 1)]:
-            N, C, H, W, K, R, S, pad = case
+        for case in [(2, 300, 12, 12, 5, 5, 5, 2, 1), (1, 2, 400, 400, 2, 3, 3, 1, 1), (1, 1, 520, 520, 1, 3, 3, 1, 1),
+                     (9, 3, 40, 40, 33, 3, 3, 1, 1), (2, 300, 12, 12, 5, 5, 5, 2, 2), (1, 2, 801, 800, 2, 3, 3, 1, 2),
+                     (1, 1, 1041, 1040, 1, 3, 3, 1, 2), (9, 3, 41, 40, 33, 3, 3, 1, 2)]:
+            N, C, H, W, K, R, S, pad, stride = case
             for dtype in (np.float32, np.float64):
                 rng = np.random.default_rng(1)
                 x, w = rng.standard_normal((N, C, H, W)).astype(dtype), rng.standard_normal((K, C, R, S)).astype(dtype)
-                y = ops.conv2d_forward(x, w, rng.standard_normal(K).astype(dtype), pad, relu=True)
-                for a in (y, *ops.conv2d_backward(x, w, rng.standard_normal(y.shape).astype(dtype), pad)):
+                y = ops.conv2d_forward(x, w, rng.standard_normal(K).astype(dtype), pad, stride=stride, relu=True)
+                dy = rng.standard_normal(y.shape).astype(dtype)
+                for a in (y, *ops.conv2d_backward(x, w, dy, pad, stride=stride)):
                     h.update(a.tobytes())
         print(h.hexdigest())
     """

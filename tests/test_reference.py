@@ -22,29 +22,33 @@ EXACT_ATOL = 1e-12
 # Gradient checks
 # --------------------------------------------------------------------------
 
-# (N, C, H, W, K, R, S, padding)
+# (N, C, H, W, K, R, S, padding, stride)
 CONV_CASES = [
-    (1, 1, 5, 7, 1, 1, 1, 0),
-    (2, 3, 5, 7, 5, 3, 3, 1),
-    (2, 3, 5, 7, 2, 3, 3, 0),
-    (1, 5, 5, 7, 3, 2, 3, 2),
-    (2, 1, 4, 3, 3, 2, 3, 0),
-    (1, 3, 5, 7, 1, 1, 1, 2),   # 1x1 with padding: border outputs are bias only
-    (2, 2, 2, 3, 3, 3, 3, 1),   # filter taller than the input
+    (1, 1, 5, 7, 1, 1, 1, 0, 1),
+    (2, 3, 5, 7, 5, 3, 3, 1, 1),
+    (2, 3, 5, 7, 2, 3, 3, 0, 1),
+    (1, 5, 5, 7, 3, 2, 3, 2, 1),
+    (2, 1, 4, 3, 3, 2, 3, 0, 1),
+    (1, 3, 5, 7, 1, 1, 1, 2, 1),   # 1x1 with padding: border outputs are bias only
+    (2, 2, 2, 3, 3, 3, 3, 1, 1),   # filter taller than the input
+    (2, 3, 5, 7, 4, 3, 3, 1, 2),   # stride 2 dividing H + 2p - R evenly
+    (1, 2, 6, 8, 3, 3, 3, 1, 2),   # stride 2 leaving the last row and column unread
+    (2, 2, 7, 5, 2, 2, 3, 0, 3),   # stride 3, non-square filter
+    (1, 3, 5, 6, 2, 1, 1, 0, 2),   # 1x1 filter, stride 2: pixels no window reads
 ]
 
 
-@pytest.mark.parametrize("N,C,H,W,K,R,S,pad", CONV_CASES)
-def test_conv2d_gradients(N, C, H, W, K, R, S, pad):
+@pytest.mark.parametrize("N,C,H,W,K,R,S,pad,stride", CONV_CASES)
+def test_conv2d_gradients(N, C, H, W, K, R, S, pad, stride):
     rng = np.random.default_rng(N * 1000 + C * 100 + R * 10 + S + pad)
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((K, C, R, S))
     b = rng.standard_normal(K)
-    y = ref.conv2d_forward(x, w, b, pad)
-    assert y.shape == (N, K, H + 2 * pad - R + 1, W + 2 * pad - S + 1)
+    y = ref.conv2d_forward(x, w, b, pad, stride)
+    assert y.shape == (N, K, (H + 2 * pad - R) // stride + 1, (W + 2 * pad - S) // stride + 1)
     check_backward(
-        lambda x, w, b: ref.conv2d_forward(x, w, b, pad),
-        lambda x, w, b, dy: ref.conv2d_backward(x, w, dy, pad),
+        lambda x, w, b: ref.conv2d_forward(x, w, b, pad, stride),
+        lambda x, w, b, dy: ref.conv2d_backward(x, w, dy, pad, stride),
         [x, w, b], wrt=[0, 1, 2], rtol=GRAD_RTOL, atol=GRAD_ATOL)
 
 
@@ -141,10 +145,10 @@ def test_penalty_values_and_sign_of_zero():
 # Independent checks of the forwards and of the non-differentiated ops
 # --------------------------------------------------------------------------
 
-def naive_conv2d(x, w, b, padding):
+def naive_conv2d(x, w, b, padding, stride=1):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    P, Q = H + 2 * padding - R + 1, W + 2 * padding - S + 1
+    P, Q = (H + 2 * padding - R) // stride + 1, (W + 2 * padding - S) // stride + 1
     y = np.zeros((N, K, P, Q))
     for n in range(N):
         for k in range(K):
@@ -154,24 +158,26 @@ def naive_conv2d(x, w, b, padding):
                     for c in range(C):
                         for r in range(R):
                             for s in range(S):
-                                h, ww = p + r - padding, q + s - padding
+                                h, ww = p * stride + r - padding, q * stride + s - padding
                                 if 0 <= h < H and 0 <= ww < W:
                                     acc += x[n, c, h, ww] * w[k, c, r, s]
                     y[n, k, p, q] = acc
     return y
 
 
-@pytest.mark.parametrize("N,C,H,W,K,R,S,pad", [
-    (2, 2, 4, 5, 3, 3, 3, 1),
-    (1, 3, 5, 3, 2, 2, 3, 0),
-    (1, 1, 3, 4, 2, 1, 1, 2),
+@pytest.mark.parametrize("N,C,H,W,K,R,S,pad,stride", [
+    (2, 2, 4, 5, 3, 3, 3, 1, 1),
+    (1, 3, 5, 3, 2, 2, 3, 0, 1),
+    (1, 1, 3, 4, 2, 1, 1, 2, 1),
+    (2, 2, 8, 7, 3, 3, 3, 1, 2),
+    (1, 2, 7, 9, 2, 2, 3, 2, 3),
 ])
-def test_conv2d_forward_matches_naive(N, C, H, W, K, R, S, pad):
+def test_conv2d_forward_matches_naive(N, C, H, W, K, R, S, pad, stride):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((K, C, R, S))
     b = rng.standard_normal(K)
-    np.testing.assert_allclose(ref.conv2d_forward(x, w, b, pad), naive_conv2d(x, w, b, pad),
+    np.testing.assert_allclose(ref.conv2d_forward(x, w, b, pad, stride), naive_conv2d(x, w, b, pad, stride),
                                rtol=EXACT_RTOL, atol=EXACT_ATOL)
 
 
@@ -182,6 +188,17 @@ def test_conv2d_is_cross_correlation():
     w[0, 0, 0, 1] = 1.0
     y = ref.conv2d_forward(x, w, np.array([0.5]), 0)
     np.testing.assert_array_equal(y, x[:, :, :2, 1:] + 0.5)
+
+
+def test_conv2d_stride_subsamples():
+    # A 1x1 identity filter with stride 2 keeps every other row and column, starting at the first.
+    x = np.arange(35.0).reshape(1, 1, 5, 7)
+    y = ref.conv2d_forward(x, np.ones((1, 1, 1, 1)), np.zeros(1), 0, 2)
+    np.testing.assert_array_equal(y, x[:, :, ::2, ::2])
+    dx, _, _ = ref.conv2d_backward(x, np.ones((1, 1, 1, 1)), np.ones_like(y), 0, 2)
+    want = np.zeros_like(x)
+    want[:, :, ::2, ::2] = 1.0
+    np.testing.assert_array_equal(dx, want)
 
 
 def test_maxpool2d_forward_hand_example():

@@ -105,24 +105,27 @@ def test_dense_backward(backend, dtype):
     check_ieee_caller()
 
 
+@pytest.mark.parametrize("stride", [1, 2], ids=["stride1", "stride2"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_conv2d_forward(backend, dtype, relu):
+def test_conv2d_forward(backend, dtype, relu, stride):
     rng = np.random.default_rng(3)
     channels = (np.arange(5) % 2 == 1)  # subnormal input channels, met by huge filter taps only
     x = mixed(rng, (9, 5, 9, 8), dtype, sub=channels[None, :, None, None])
     w = mixed(rng, (7, 5, 3, 3), dtype, huge=channels[None, :, None, None])
     b = mixed(rng, (7,), dtype)
-    y = ops.conv2d_forward(*map(backend.to_device, (x, w, b)), 1, relu=relu)
-    want = ref.conv2d_forward(as_seen(x, dtype), w, b, 1)
+    y = ops.conv2d_forward(*map(backend.to_device, (x, w, b)), 1, stride=stride, relu=relu)
+    want = ref.conv2d_forward(as_seen(x, dtype), w, b, 1, stride)
     close(backend.to_host(y), np.maximum(want, 0) if relu else want, dtype, "y")
     check_ieee_caller()
 
 
-def test_conv2d_backward(backend, dtype):
+@pytest.mark.parametrize("stride", [1, 2], ids=["stride1", "stride2"])
+def test_conv2d_backward(backend, dtype, stride):
     rng = np.random.default_rng(4)
-    x, w, dy = backward_operands(rng, dtype, (9, 5, 9, 8), (7, 5, 3, 3), (9, 7, 9, 8))
-    got = ops.conv2d_backward(*map(backend.to_device, (x, w, dy)), 1)
-    for name, g, want in zip(("dx", "dw", "db"), got, ref.conv2d_backward(x, w, as_seen(dy, dtype), 1)):
+    P, Q = (9 + 2 - 3) // stride + 1, (8 + 2 - 3) // stride + 1
+    x, w, dy = backward_operands(rng, dtype, (9, 5, 9, 8), (7, 5, 3, 3), (9, 7, P, Q))
+    got = ops.conv2d_backward(*map(backend.to_device, (x, w, dy)), 1, stride=stride)
+    for name, g, want in zip(("dx", "dw", "db"), got, ref.conv2d_backward(x, w, as_seen(dy, dtype), 1, stride)):
         close(backend.to_host(g), want, dtype, name)
     check_ieee_caller()
 
@@ -254,6 +257,111 @@ def test_sparsity_count(backend, dtype):
     # ... and a threshold at the smallest normal float counts the same in either mode.
     tiny = float(np.finfo(dtype).tiny)
     assert ops.sparsity_count(w_dev, tiny) == ref.sparsity_count(w, tiny)
+    check_ieee_caller()
+
+
+# ------------------------------------------------------------------ the ResNet ops
+
+def close_in_parts(got, want, dtype, what):
+    """close() on the results below the smallest normal and on the rest separately: a tolerance
+    scaled by the normal results would not see the subnormal ones, which an IEEE build must keep
+    (and a flushing one must not turn into normal values). Subnormals have a fixed absolute
+    spacing, so each of those results may be off by a rounding or two: 2 units of the last place."""
+    got, want = np.asarray(got), np.asarray(want)
+    small = np.abs(want) < np.finfo(dtype).tiny
+    got_small, want_small = as_seen(got[small], dtype).astype(np.float64), as_seen(want[small], dtype)
+    err = float(np.max(np.abs(got_small - want_small), initial=0.0))
+    ulp = float(np.finfo(dtype).smallest_subnormal)
+    print(f"{what} (results below the smallest normal): max abs error {err / ulp:.1f} units ({np.dtype(dtype).name})")
+    np.testing.assert_allclose(got_small, want_small, rtol=0, atol=2 * ulp, err_msg=what)
+    close(got[~small], want[~small], dtype, what)
+
+
+# batch norm's gamma on channels of subnormals in training mode (see test_batchnorm_forward)
+GAMMA_TRAINING = {np.float32: 2.0 ** 118, np.float64: 2.0 ** 1014}
+
+
+def channel_mask(C):
+    return np.arange(C) % 2 == 1
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["evaluation", "training"])
+def test_batchnorm_forward(backend, dtype, training):
+    rng = np.random.default_rng(20)
+    N, C, H, W = 6, 8, 5, 7
+    sub = channel_mask(C)
+    x = mixed(rng, (N, C, H, W), dtype, sub=sub[None, :, None, None])
+    if training:
+        # Whole channels of subnormals: flushed, the channel is constant and y = beta; else
+        # (x - mean) * invstd * gamma with invstd = 1 / sqrt(eps) ~ 2^8.3 and gamma ~ 2^118 (2^1014
+        # in float64), so that an unflushed x moves y by about 1/13 and invstd * gamma stays finite.
+        gamma = np.where(sub, GAMMA_TRAINING[dtype] * rng.uniform(0.5, 1.0, C), 1 + rng.standard_normal(C)).astype(dtype)
+    else:
+        gamma = mixed(rng, (C,), dtype, huge=sub)  # meets the subnormal x through invstd ~ 1
+    beta = mixed(rng, (C,), dtype)
+    running_mean = np.where(sub, 0, rng.standard_normal(C)).astype(dtype)
+    running_var = (0.5 + rng.random(C)).astype(dtype)
+    stats = [backend.to_device(a.copy()) for a in (running_mean, running_var)]
+    got = ops.batchnorm_forward(*map(backend.to_device, (x, gamma, beta)), *stats, training=training)
+    want = ref.batchnorm_forward(as_seen(x, dtype), gamma, beta, running_mean, running_var, training=training)
+    for name, g, w in zip(("y", "mean", "invstd", "running_mean", "running_var"), (*got, *stats), want):
+        close_in_parts(backend.to_host(g), w, dtype, name)
+    check_ieee_caller()
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["evaluation", "training"])
+def test_batchnorm_backward(backend, dtype, training):
+    rng = np.random.default_rng(21)
+    N, C, H, W = 6, 8, 5, 7
+    sub = channel_mask(C)
+    # Subnormal dy on some channels, met by a huge gamma (dx) and, in evaluation mode, by a huge
+    # x (dgamma); in training mode x stays normal there, as a huge x would overflow the term of dx
+    # that carries sum(dy * (x - mean)).
+    dy = mixed(rng, (N, C, H, W), dtype, sub=sub[None, :, None, None])
+    x = mixed(rng, (N, C, H, W), dtype, huge=(sub[None, :, None, None] & (not training)))
+    gamma = mixed(rng, (C,), dtype, huge=sub)
+    mean = np.where(sub, 0, rng.standard_normal(C)).astype(dtype)
+    invstd = np.where(sub, 1, 0.5 + rng.random(C)).astype(dtype)
+    got = ops.batchnorm_backward(*map(backend.to_device, (x, gamma, dy, mean, invstd)), training=training)
+    want = ref.batchnorm_backward(x, gamma, as_seen(dy, dtype), mean, invstd, training=training)
+    for name, g, w in zip(("dx", "dgamma", "dbeta"), got, want):
+        close_in_parts(backend.to_host(g), w, dtype, name)
+    check_ieee_caller()
+
+
+def test_global_avgpool(backend, dtype):
+    rng = np.random.default_rng(22)
+    N, C, H, W = 3, 4, 5, 7
+    planes = (np.arange(N)[:, None] + np.arange(C)[None, :]) % 3 == 0  # whole planes of subnormals
+    x = mixed(rng, (N, C, H, W), dtype, sub=planes[:, :, None, None])
+    y = ops.global_avgpool_forward(backend.to_device(x))
+    close_in_parts(backend.to_host(y), ref.global_avgpool_forward(as_seen(x, dtype)), dtype, "y")
+    # dy: subnormal, or normal but small enough that dy / (H * W) is not.
+    dy = mixed(rng, (N, C), dtype, sub=planes)
+    small = (np.arange(N)[:, None] + np.arange(C)[None, :]) % 3 == 1
+    dy[small] = (np.finfo(dtype).tiny * rng.uniform(2, 8, int(small.sum()))).astype(dtype)
+    dx = ops.global_avgpool_backward(backend.to_device(x), backend.to_device(dy))
+    close_in_parts(backend.to_host(dx), ref.global_avgpool_backward(x, as_seen(dy, dtype)), dtype, "dx")
+    check_ieee_caller()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_residual_add(backend, dtype, relu):
+    rng = np.random.default_rng(23)
+    N, C, H, W, K, stride = 2, 3, 5, 7, 6, 2
+    P, Q = -(-H // stride), -(-W // stride)
+    # Subnormals on both sides of the add, and in the appended channels: sums of two subnormals
+    # and the ReLU's comparison decided by one.
+    main = mixed(rng, (N, K, P, Q), dtype, sub=rng.random((N, K, P, Q)) < 0.5)
+    x = mixed(rng, (N, C, H, W), dtype, sub=rng.random((N, C, H, W)) < 0.5)
+    y = ops.residual_add_forward(backend.to_device(main), backend.to_device(x), stride, relu=relu)
+    want = ref.residual_add_forward(as_seen(main, dtype), as_seen(x, dtype), stride, relu=relu)
+    close_in_parts(backend.to_host(y), want, dtype, "y")
+    dy = mixed(rng, (N, K, P, Q), dtype, sub=rng.random((N, K, P, Q)) < 0.5)
+    grad = mixed(rng, (N, C, H, W), dtype, sub=rng.random((N, C, H, W)) < 0.5)
+    out = ops.residual_add_backward(backend.to_device(dy), backend.to_device(grad), stride)
+    want = ref.residual_add_backward(as_seen(dy, dtype), as_seen(grad, dtype), stride)
+    close_in_parts(backend.to_host(out), want, dtype, "grad + dx")
     check_ieee_caller()
 
 

@@ -1,4 +1,4 @@
-// conv2d on the CPU: stride 1, zero padding, PyTorch layouts, through im2col + packed GEMM.
+// conv2d on the CPU: any stride, zero padding, PyTorch layouts, through im2col + packed GEMM.
 // Shape letters: N, C, H, W (input), K (output channels), R, S (filter), P, Q (output H, W).
 //   forward:   y[n] (K x PQ)   = w (K x CRS) . col(x[n]) (CRS x PQ) + b
 //   backward:  dw   (K x CRS)  = sum_n dy[n] (K x PQ) . col(x[n])^T
@@ -36,13 +36,16 @@ struct Tile {
   int64_t row0, rows, col0, cols;
 };
 
-// Valid output columns q with 0 <= q + s - pad < W: [q_begin, q_end).
+// ceil(a / d) for d > 0 and a of either sign (C++ division truncates toward zero).
+inline int64_t ceil_div(int64_t a, int64_t d) { return a >= 0 ? (a + d - 1) / d : -(-a / d); }
+
+// Valid output columns q with 0 <= q*stride + s - pad < W: [q_begin, q_end).
 inline void valid_range(int64_t s, const ConvShape& sh, int64_t* begin, int64_t* end) {
-  *begin = std::clamp<int64_t>(sh.pad - s, 0, sh.Q);
-  *end = std::clamp<int64_t>(sh.W + sh.pad - s, 0, sh.Q);
+  *begin = std::clamp<int64_t>(ceil_div(sh.pad - s, sh.stride), 0, sh.Q);
+  *end = std::clamp<int64_t>(ceil_div(sh.W + sh.pad - s, sh.stride), 0, sh.Q);
 }
 
-// Row (c, r, s) of col, and its columns q whose input column q + s - pad is inside x: [q0, q1).
+// Row (c, r, s) of col, and its columns q whose input column q*stride + s - pad is inside x: [q0, q1).
 struct ColRow {
   int64_t c, r, s, q0, q1;
 };
@@ -65,32 +68,39 @@ void for_each_segment(const ConvShape& sh, const Tile& t, E* tile, Segment&& seg
   }
 }
 
-// The tile of col(x): element ((c, r, s), (p, q)) is x[c, p + r - pad, q + s - pad], or 0 outside x.
+// The tile of col(x): element ((c, r, s), (p, q)) is x[c, p*stride + r - pad, q*stride + s - pad],
+// or 0 outside x.
 template <class T>
 void im2col(const T* x, const ConvShape& sh, const Tile& t, T* tile) {
   for_each_segment(sh, t, tile, [&](const ColRow& row, int64_t p, int64_t qa, int64_t qb, T* out) {
-    const int64_t h = p + row.r - sh.pad;
+    const int64_t h = p * sh.stride + row.r - sh.pad;
     const int64_t q0 = std::clamp(row.q0, qa, qb), q1 = std::clamp(row.q1, qa, qb);
     if (h < 0 || h >= sh.H || q0 >= q1) {
       std::fill(out, out + (qb - qa), T(0));
       return;
     }
-    const T* in = x + (row.c * sh.H + h) * sh.W + (q0 + row.s - sh.pad);
+    const T* in = x + (row.c * sh.H + h) * sh.W + (q0 * sh.stride + row.s - sh.pad);
     std::fill(out, out + (q0 - qa), T(0));
-    std::memcpy(out + (q0 - qa), in, sizeof(T) * (q1 - q0));
+    if (sh.stride == 1) {
+      std::memcpy(out + (q0 - qa), in, sizeof(T) * (q1 - q0));
+    } else {
+      for (int64_t q = q0; q < q1; ++q) out[q - qa] = in[(q - q0) * sh.stride];
+    }
     std::fill(out + (q1 - qa), out + (qb - qa), T(0));
   });
 }
 
-// The adjoint of im2col on a tile: dx[c, p + r - pad, q + s - pad] += tile[(c, r, s), (p, q)].
+// The adjoint of im2col on a tile: dx[c, p*stride + r - pad, q*stride + s - pad] += tile[(c, r, s), (p, q)].
+// Within one row (r, s) distinct (p, q) reach distinct dx elements, so each dx element receives
+// its additions in the order of the rows, whatever the stride.
 template <class T>
 void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
   for_each_segment(sh, t, tile, [&](const ColRow& row, int64_t p, int64_t qa, int64_t qb, const T* in) {
-    const int64_t h = p + row.r - sh.pad;
+    const int64_t h = p * sh.stride + row.r - sh.pad;
     if (h < 0 || h >= sh.H) return;
     const int64_t q0 = std::clamp(row.q0, qa, qb), q1 = std::clamp(row.q1, qa, qb);
     T* out = dx + (row.c * sh.H + h) * sh.W;
-    for (int64_t q = q0; q < q1; ++q) out[q + row.s - sh.pad] += in[q - qa];
+    for (int64_t q = q0; q < q1; ++q) out[q * sh.stride + row.s - sh.pad] += in[q - qa];
   });
 }
 

@@ -1,15 +1,17 @@
-// conv2d, stride 1, zero padding `pad` on every side, cross-correlation (no filter flip), as
+// conv2d, stride `st`, zero padding `pad` on every side, cross-correlation (no filter flip), as
 // implicit GEMMs on the tiled kernel of gemm.cuh: the operand functors below read x, w and dy
 // in place, with the im2col gather (and the zeros of the padding) done per element.
 //
 // Shape letters: N, C, H, W input (NCHW); K output channels; R, S filter (w is K x C x R x S);
 // P, Q output height and width (y and dy are N x K x P x Q).
 //
-//   forward  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p+r-pad, q+s-pad]
+//   forward  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*st+r-pad, q*st+s-pad]
 //            GEMM M = K, N = N*P*Q, Kdim = C*R*S
-//   dx       dx[n,c,h,w] = sum_{k,r,s} w[k,c,r,s] * dy[n, k, h+pad-r, w+pad-s]
-//            GEMM M = C, N = N*H*W, Kdim = K*R*S
-//   dw       dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p+r-pad, q+s-pad]
+//   dx       dx[n,c,h,w] = sum_{k,r,s} w[k,c,r,s] * dy[n, k, (h+pad-r)/st, (w+pad-s)/st]
+//            GEMM M = C, N = N*H*W, Kdim = K*R*S; a term is 0 unless st divides both
+//            h+pad-r and w+pad-s (a gather: each dx element is one GEMM output, summed in a
+//            fixed order, no atomics; at stride 2 three in four of its terms are such zeros)
+//   dw       dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*st+r-pad, q*st+s-pad]
 //            GEMM M = K, N = C*R*S, Kdim = N*P*Q (long k over few tiles: split-K)
 //   db       db[k] = sum_{n,p,q} dy[n,k,p,q]
 //
@@ -27,19 +29,19 @@ namespace {
 // ConvShape as int extents (the bindings keep every tensor under 2^31 elements), with the
 // divisors of the index maps precomputed.
 struct ConvGeometry {
-  int C, H, W, K, pad, P, Q;
+  int C, H, W, K, pad, stride, P, Q;
   int RS, CRS, HW, PQ;
-  DivMod by_S, by_RS, by_W, by_HW, by_Q, by_PQ;
+  DivMod by_S, by_RS, by_W, by_HW, by_Q, by_PQ, by_stride;
 
   explicit ConvGeometry(const ConvShape& s)
-      : C(int(s.C)), H(int(s.H)), W(int(s.W)), K(int(s.K)), pad(int(s.pad)), P(int(s.P)),
-        Q(int(s.Q)), RS(int(s.R * s.S)), CRS(int(s.C * s.R * s.S)), HW(int(s.H * s.W)),
+      : C(int(s.C)), H(int(s.H)), W(int(s.W)), K(int(s.K)), pad(int(s.pad)), stride(int(s.stride)),
+        P(int(s.P)), Q(int(s.Q)), RS(int(s.R * s.S)), CRS(int(s.C * s.R * s.S)), HW(int(s.H * s.W)),
         PQ(int(s.P * s.Q)), by_S(int(s.S)), by_RS(RS), by_W(int(s.W)), by_HW(HW), by_Q(int(s.Q)),
-        by_PQ(PQ) {}
+        by_PQ(PQ), by_stride(int(s.stride)) {}
 };
 
 // Element (crs, npq) of the implicit im2col matrix of x: crs = (c, r, s) a filter tap,
-// npq = (n, p, q) an output pixel; x[n, c, p+r-pad, q+s-pad], 0 in the padding.
+// npq = (n, p, q) an output pixel; x[n, c, p*stride+r-pad, q*stride+s-pad], 0 in the padding.
 template <class T>
 __device__ __forceinline__ T im2col(const T* x, const ConvGeometry& g, int crs, int npq) {
   int c, rs, r, s, n, pq, p, q;
@@ -47,7 +49,7 @@ __device__ __forceinline__ T im2col(const T* x, const ConvGeometry& g, int crs, 
   g.by_S.divmod(rs, r, s);
   g.by_PQ.divmod(npq, n, pq);
   g.by_Q.divmod(pq, p, q);
-  const int h = p + r - g.pad, w = q + s - g.pad;
+  const int h = p * g.stride + r - g.pad, w = q * g.stride + s - g.pad;
   return (h >= 0 && h < g.H && w >= 0 && w < g.W) ? x[((n * g.C + c) * g.H + h) * g.W + w] : T(0);
 }
 
@@ -101,8 +103,9 @@ struct FilterColumns {
   }
 };
 
-// B(krs, nhw) = dy[n, k, h+pad-r, w+pad-s], 0 outside [0, P) x [0, Q): the output pixels whose
-// window put input pixel (h, w) under filter tap (r, s).
+// B(krs, nhw) = dy[n, k, (h+pad-r)/stride, (w+pad-s)/stride], 0 where stride does not divide
+// both or the pixel is outside [0, P) x [0, Q): the output pixel whose window put input pixel
+// (h, w) under filter tap (r, s), if any.
 template <class T>
 struct OutputGradWindows {
   static constexpr bool k_contiguous = false;  // consecutive input pixels read consecutive q
@@ -114,8 +117,12 @@ struct OutputGradWindows {
     g.by_S.divmod(rs, r, s);
     g.by_HW.divmod(nhw, n, hw);
     g.by_W.divmod(hw, h, w);
-    const int p = h + g.pad - r, q = w + g.pad - s;
-    return (p >= 0 && p < g.P && q >= 0 && q < g.Q) ? dy[((n * g.K + k) * g.P + p) * g.Q + q] : T(0);
+    const int hp = h + g.pad - r, wq = w + g.pad - s;
+    if (hp < 0 || wq < 0) return T(0);  // DivMod takes non-negative numerators only
+    int p, p_rest, q, q_rest;
+    g.by_stride.divmod(hp, p, p_rest);
+    g.by_stride.divmod(wq, q, q_rest);
+    return (p_rest == 0 && q_rest == 0 && p < g.P && q < g.Q) ? dy[((n * g.K + k) * g.P + p) * g.Q + q] : T(0);
   }
 };
 

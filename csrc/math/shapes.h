@@ -11,8 +11,9 @@ enum class DType : int { f32, f64, i8, i16, i32, i64, u8, u16, u32, u64, other }
 struct ConvShape {
   int64_t N, C, H, W;  // input
   int64_t K, R, S;     // filter
-  int64_t pad;         // zero padding on every side; stride is 1
-  int64_t P, Q;        // output: P = H + 2*pad - R + 1, Q = W + 2*pad - S + 1
+  int64_t pad;         // zero padding on every side
+  int64_t stride;      // the same in both directions
+  int64_t P, Q;        // output: P = (H + 2*pad - R) / stride + 1 (floor), Q likewise
 };
 
 // 2x2 window, stride 2, floor: P = H / 2, Q = W / 2.

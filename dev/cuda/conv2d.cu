@@ -40,7 +40,7 @@ namespace {
 constexpr int kThreads = 256;
 
 ConvShape make_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t pad) {
-  return ConvShape{N, C, H, W, K, R, S, pad, H + 2 * pad - R + 1, W + 2 * pad - S + 1};
+  return ConvShape{N, C, H, W, K, R, S, pad, 1, H + 2 * pad - R + 1, W + 2 * pad - S + 1};  // stride 1
 }
 
 int64_t x_size(const ConvShape& s) { return s.N * s.C * s.H * s.W; }
