@@ -11,8 +11,8 @@
    baseline's (p90 - p10) / median.
 2. The update alone, float32, every parameter penalized, at each --sizes: each optimizer's own
    launches in each mode, against the bytes the fused update must move over the measured copy
-   bandwidth; beside peers of the fused Adam update (PyTorch fused and foreach, NumPy). Every implementation is first checked against
-   pyregnet.reference, or skipped with the reason.
+   bandwidth; beside peers of the fused Adam update (PyTorch fused and foreach, NumPy, numba).
+   Every implementation is first checked against pyregnet.reference, or skipped with the reason.
 Targets: GPU: the fused Adam update moves >= 90% of the copy bandwidth at >= 16M parameters and
 beats every peer; fused l1l2 adds <= 1% to Adam's epoch (within noise). CPU: the fused penalty adds
 <= 1% to Adam's epoch (l1, l2, l1l2). Results: bench/results/penalty_cost_<device>[_quick].json.
@@ -100,12 +100,31 @@ def numpy_build(w, g, state, pen, step0, into):
     return update
 
 
+def numba_build(w, g, state, pen, step0, into):
+    """The same fused update as a numba @njit(parallel=True) loop: what a Python user would write
+    for one pass over memory on the CPU (compiled on the first call, in the warm-up)."""
+    import numba
+    (m, v), steps, h = state, itertools.count(step0 + 1), HYPER["adam"]
+    b1, b2, eps, l1, l2 = h["beta1"], h["beta2"], h["eps"], pen.l1, pen.l2
+
+    @numba.njit(parallel=True, cache=False)
+    def kernel(w, g, m, v, alpha):
+        for i in numba.prange(w.size):
+            gi = g[i] + l1 * np.sign(w[i]) + 2.0 * l2 * w[i]
+            m[i] = b1 * m[i] + (1.0 - b1) * gi
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi
+            w[i] -= alpha * m[i] / (np.sqrt(v[i]) + eps)
+
+    return lambda: kernel(w, g, m, v, _alpha(next(steps)))
+
+
 def implementations(optimizers):
     """[(name, optimizer, mode, build, device or None, module needed or None)]."""
     ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m), None, None) for o in optimizers for m in optim.UPDATE_MODES]
     peers = [("torch-fused", "adam", "fused", torch_build("fused"), None, "torch"),
              ("torch-foreach", "adam", "fused", torch_build("foreach"), None, "torch"),
-             ("numpy", "adam", "fused", numpy_build, "cpu", None)]
+             ("numpy", "adam", "fused", numpy_build, "cpu", None),
+             ("numba", "adam", "fused", numba_build, "cpu", "numba")]
     return ours + (peers if "adam" in optimizers else [])
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pyregnet import optim
+from pyregnet.extras import missing
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -92,7 +93,7 @@ def test_a_peer_that_computes_something_else_is_refused(monkeypatch):
 
 
 def test_missing_peers_are_skipped_with_a_reason(monkeypatch, capsys):
-    for module in ("torch",):
+    for module in ("torch", "numba"):
         monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     runnable, report = pc.prepare("cpu", ["adam"], set(pc.PEERS) - {"torch-foreach"})
     assert [r[0] for r in runnable] == [f"pyregnet-adam-{m}" for m in optim.UPDATE_MODES] + ["numpy"]
@@ -155,3 +156,9 @@ def test_bad_arguments(capsys):
         assert pc.main(["--device", "cpu", *argv]) == 2
         err = capsys.readouterr().err
         assert word in err and err.count("\n") == 1, err
+
+
+def test_numba_peer_computes_the_reference_update():
+    pytest.importorskip("numba", reason=missing("numba"))
+    runnable, report = pc.prepare("cpu", ["adam"], {"numba"})
+    assert "numba" in [r[0] for r in runnable] and report["numba"]["available"], report["numba"]

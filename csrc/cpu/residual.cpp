@@ -49,10 +49,12 @@ void residual_add_backward(const T* dy, const T* grad, T* out, const ShortcutSha
           for (int64_t w = 0; w < s.W; ++w) o[w] = g[w] + d[w];
           continue;
         }
-        for (int64_t w = 0; w < s.W; ++w) o[w] = g[w];
-        if (dst < 0) continue;  // a row the subsampling skips
-        const T* d = dy + dst;
-        for (int64_t q = 0; q < s.Q; ++q) o[q * s.stride] = g[q * s.stride] + d[q];
+        // grad + the shortcut's gradient, which is 0 where the subsampling skips a pixel: added,
+        // not copied, as on the GPU, so that a subnormal grad is flushed alike (and -0 becomes +0),
+        // and each element read before it is written (out may be grad itself).
+        const T* d = dst < 0 ? nullptr : dy + dst;
+        for (int64_t w = 0; w < s.W; ++w)
+          o[w] = g[w] + ((d != nullptr && w % s.stride == 0) ? d[w / s.stride] : T(0));
       }
     }
   });
