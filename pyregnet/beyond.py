@@ -3,7 +3,6 @@ proximal penalty step against the paper's coupled penalty, SGD's sparsity order 
 and what each regularizer's sparsity is worth once weights are pruned. Same statistics as the
 claims table: paired by seed, 95% paired-t intervals, Holm across one table's comparisons."""
 
-import json
 from pathlib import Path
 
 from . import report
@@ -126,15 +125,13 @@ def e6_section(root):
 
 def e7_section(root):
     """What sparsity is worth in E3: the largest sparsity within 1 pp, penalty − none, paired."""
-    from .prune import largest_within
     groups = report.load_regime(root, "E3")
     numbers = {}
     for method, runs in groups.items():
         for r in runs:
-            path = Path(r["dir"]) / report.PRUNE_FILE
-            if path.is_file():
-                curve = json.loads(path.read_text())["global"]
-                numbers.setdefault(method, {})[r["config"]["seed"]] = {"within_1pp": largest_within(curve)}
+            curve = tables.prune_curve(r)
+            if curve is not None:
+                numbers.setdefault(method, {})[r["config"]["seed"]] = {"within_1pp": tables.largest_within(curve)}
     results = report.paired_tests(numbers, [("within_1pp", m, "none", 1) for m in ("l1", "l2", "l1l2")])
     if not results:
         return ["E7: fewer than 2 seeds of E3 pruned for any penalty and the baseline."]

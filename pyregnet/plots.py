@@ -9,6 +9,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def finish(fig, ax, path, title="", legend_size=8):
+    """The common ending of a one-axes figure: title, grid, legend, saved to `path` and closed."""
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_curves(history, path, title=""):
     """Accuracy and loss per epoch, train vs validation, side by side, saved to `path`."""
     epochs = [h["epoch"] for h in history]
@@ -72,13 +83,7 @@ def plot_weight_hists(series, edges, path, title=""):
     ax.axvline(math.log10(2.0 ** -126), color="k", linestyle=":", linewidth=1)  # the smallest normal float32
     ax.set(xlabel="log10 |w| (dotted: smallest normal float32; left of it: subnormal)",
            ylabel="fraction of kernel weights per half decade", yscale="log")
-    if title:
-        ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    finish(fig, ax, path, title)
 
 
 def plot_prune(result, path, title=""):
@@ -92,13 +97,7 @@ def plot_prune(result, path, title=""):
                 f"global, fine-tuned {points[0]['epochs']} epochs, mask kept"
             ax.plot([100 * p["sparsity"] for p in points], [100 * p["test_acc"] for p in points], style, label=label)
     ax.set(xlabel="kernel weights set to zero (%)", ylabel="test accuracy (%)")
-    if title:
-        ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    finish(fig, ax, path, title, legend_size=None)
 
 
 def plot_prune_methods(series, path, title=""):
@@ -110,10 +109,4 @@ def plot_prune_methods(series, path, title=""):
         ax.plot([100 * x for x in s["sparsity"]], [100 * a for a in s["test_acc"]], "o-",
                 color=s.get("color") or f"C{i}", label=s["label"], markersize=4)
     ax.set(xlabel="kernel weights set to zero (%)", ylabel="test accuracy (%)")
-    if title:
-        ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    finish(fig, ax, path, title)

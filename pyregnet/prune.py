@@ -26,10 +26,10 @@ from . import model
 from .files import atomic_write
 from .launch import Launch
 from .options import DEVICES, Parser, UsageError, count
+from .tables import WITHIN_PP, largest_within
 from .train import EXIT_USAGE, Config, Diverged, Run, load_checkpoint, resolve_device
 
 LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
-WITHIN_PP = 1.0  # "worth": the largest sparsity whose test accuracy is within this many pp of unpruned
 
 
 def prune(params, fraction, per_layer=False):
@@ -45,13 +45,6 @@ def prune(params, fraction, per_layer=False):
         if k:
             w[np.argsort(np.abs(w), kind="stable")[:k]] = 0
     return out
-
-
-def largest_within(curve, pp=WITHIN_PP):
-    """The largest sparsity on the curve whose test accuracy is at most `pp` points below the
-    unpruned (first) point's."""
-    base = curve[0]["test_acc"]
-    return max(p["sparsity"] for p in curve if p["test_acc"] >= base - pp / 100)
 
 
 def curve(run, params, levels, per_layer):

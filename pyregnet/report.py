@@ -227,7 +227,6 @@ def claims_table(rows):
 
 # ---------------------------------------------------------------- what sparsity is worth (pyregnet.prune)
 
-PRUNE_FILE = "prune.json"
 PRUNE_SHOWN = (0.9, 0.99)  # the pruning levels whose accuracy the table shows beside the unpruned one
 
 
@@ -237,11 +236,7 @@ def pruned_curves(groups):
     would mix levels)."""
     out = {}
     for method, runs in groups.items():
-        curves = []
-        for r in runs:
-            path = Path(r["dir"]) / PRUNE_FILE
-            if path.is_file():
-                curves.append(json.loads(path.read_text())["global"])
+        curves = [c for c in map(tables.prune_curve, runs) if c is not None]
         if curves and len({tuple(p["level"] for p in c) for c in curves}) == 1:
             out[method] = curves
     return out
@@ -250,7 +245,7 @@ def pruned_curves(groups):
 def pruning_table(groups, curves):
     """Per method: the pruned seeds, the unpruned test accuracy, the accuracy at PRUNE_SHOWN, and
     the largest sparsity whose accuracy stays within prune.WITHIN_PP of the unpruned one."""
-    from .prune import WITHIN_PP, largest_within
+    from .tables import WITHIN_PP, largest_within
     head = ["method", "λ", "seeds pruned", "unpruned test acc (%)",
             *(f"test acc at {100 * lv:g}% zeros (%)" for lv in PRUNE_SHOWN),
             f"largest sparsity within {WITHIN_PP:g} pp (%)"]

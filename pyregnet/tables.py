@@ -1,9 +1,11 @@
 """The tables and figures of a sweep's runs: per penalty and λ, mean ± std over seeds of the final
 accuracies, the train−val gap, sparsity and speed (summarize), the λ a grid chooses (choose), as
-markdown and CSV, and the paper's Figures 10-11."""
+markdown and CSV, the paper's Figures 10-11, and for pruned runs (python -m pyregnet.prune) the
+largest sparsity within 1 pp of the unpruned accuracy and accuracy against sparsity."""
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections import namedtuple
@@ -33,6 +35,23 @@ def _stat(values):
     return Stat(mean, statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
+PRUNE_FILE = "prune.json"  # python -m pyregnet.prune's result in a run directory
+WITHIN_PP = 1.0  # "worth": the largest sparsity whose test accuracy is within this many pp of unpruned
+
+
+def largest_within(curve, pp=WITHIN_PP):
+    """The largest sparsity on a pruning curve whose test accuracy is at most `pp` points below the
+    unpruned (first) point's."""
+    base = curve[0]["test_acc"]
+    return max(p["sparsity"] for p in curve if p["test_acc"] >= base - pp / 100)
+
+
+def prune_curve(run):
+    """The run's global magnitude-pruning curve from its prune.json, or None when not pruned."""
+    path = Path(run["dir"]) / PRUNE_FILE
+    return json.loads(path.read_text())["global"] if path.is_file() else None
+
+
 def run_metrics(run):
     """The numbers of one run: its final epoch, its best validation accuracy, and the median over
     its epochs of the training time per epoch and of images/s."""
@@ -46,11 +65,15 @@ def run_metrics(run):
         "sparsity_1e-3": total["0.001"], "sparsity_1e-4": total["0.0001"], "sparsity_0": total["0"],
         "epoch_time_s": statistics.median(h["epoch_time_s"] for h in history),
         "images_per_s": statistics.median(h["images_per_s"] for h in history),
+        **({"within_1pp": largest_within(curve)} if (curve := prune_curve(run)) else {}),
     }
 
 
 METRICS = ("final_train_acc", "final_val_acc", "gap", "best_val_acc", "final_train_loss", "final_val_loss",
            "sparsity_1e-3", "sparsity_1e-4", "sparsity_0", "epoch_time_s", "images_per_s")
+
+
+OPTIONAL_METRICS = ("within_1pp",)  # only where every run of a row has it (pruned runs)
 
 
 def group_key(run):
@@ -73,8 +96,9 @@ def summarize(runs):
                "seeds": [r["config"]["seed"] for r in members], "names": [r["name"] for r in members],
                "epochs": min(len(r["history"]) for r in members),
                "device": ",".join(sorted({str(r["config"].get("device")) for r in members}))}
-        for key in METRICS:
-            row[key] = _stat(m[key] for m in per_run)
+        for key in METRICS + OPTIONAL_METRICS:
+            if all(key in m for m in per_run):
+                row[key] = _stat(m[key] for m in per_run)
         rows.append(row)
     return rows
 
@@ -146,6 +170,9 @@ COMPARE_COLUMNS = [("final train acc (%)", "final_train_acc", 100, 2), ("final v
                    ("images/s", "images_per_s", 1, 0)]
 
 
+PRUNE_COLUMN = ("largest sparsity within 1 pp after pruning (%)", "within_1pp", 100, 1)
+
+
 def _settings_line(s):
     def show(v, fmt=str):
         return "mixed: " + ", ".join(fmt(x) for x in v) if isinstance(v, list) else fmt(v)
@@ -157,6 +184,8 @@ def _settings_line(s):
 def format_markdown(rows, kind="compare", runs=None):
     """The table of `rows` (from summarize) as markdown; kind "grid" adds the chosen λ per penalty."""
     columns = GRID_COLUMNS if kind == "grid" else COMPARE_COLUMNS
+    if kind != "grid" and any("within_1pp" in row for row in rows):
+        columns = columns + [PRUNE_COLUMN]
     lines = ["# λ grid search" if kind == "grid" else "# Comparison of penalties: none, L1, L2, L1L2", ""]
     if runs:
         lines += [_settings_line(settings(runs)), ""]
@@ -171,7 +200,7 @@ def format_markdown(rows, kind="compare", runs=None):
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in rows:
         cells = [METHOD_NAMES[row["method"]], lambda_text(row["method"], row["l1"], row["l2"]), str(row["runs"])]
-        cells += [_pm(row[key], scale, digits) for _, key, scale, digits in columns]
+        cells += [_pm(row[key], scale, digits) if key in row else "not pruned" for _, key, scale, digits in columns]
         if kind == "grid":
             cells.append("**chosen**" if chosen.get(row["method"]) is row else "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -213,6 +242,22 @@ def write_csv(rows, path, kind="compare"):
     Path(path).write_text(csv_text(rows, kind))
 
 
+def pruning_series(runs):
+    """Per (penalty, λ) whose runs were all pruned at the same levels: label, colour, and the mean
+    over seeds of sparsity and test accuracy at each level (plots.plot_prune_methods' series)."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(group_key(run), []).append(prune_curve(run))
+    series = []
+    for (reg, l1, l2), curves in sorted(groups.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1:])):
+        if None in curves or len({tuple(p["level"] for p in c) for c in curves}) != 1:
+            continue
+        series.append({"label": method_label(reg, l1, l2), "color": METHOD_COLORS[reg],
+                       **{key: [statistics.fmean(p[key] for p in points) for points in zip(*curves)]
+                          for key in ("sparsity", "test_acc")}})
+    return series
+
+
 def write_report(directory, runs, kind, log=print):
     """Writes <kind>.md and <kind>.csv (and for compare the Figures 10-11) from complete runs."""
     directory = Path(directory)
@@ -230,6 +275,12 @@ def write_report(directory, runs, kind, log=print):
         plot_methods(series, directory / "fig11_loss.png", "loss", "loss (with penalty)",
                      "Figure 11: training vs validation loss by method")
         written += [directory / "fig10_accuracy.png", directory / "fig11_loss.png"]
+        pruned = pruning_series(runs)
+        if pruned:
+            from .plots import plot_prune_methods
+            plot_prune_methods(pruned, directory / "pruning.png",
+                               "test accuracy after global magnitude pruning (mean over seeds)")
+            written.append(directory / "pruning.png")
     mixed = mixed_settings(runs)
     if mixed:
         log(f"pyregnet.sweep: warning: the runs in the {kind} table differ in {', '.join(mixed)}")

@@ -3,16 +3,10 @@ present: against the NumPy float64 reference in float32 and float64 on awkward s
 gradient checks, preallocated outputs, results repeated bit for bit (on the CPU whatever the
 number of threads), and a captured CUDA graph that replays to the eager bits."""
 
-import hashlib
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from bits import assert_thread_count_independent, digest
 from conftest import CUDA_SKIP, TOLERANCES, assert_close
 from gradcheck import check_backward
 from pyregnet import ops
@@ -175,10 +169,6 @@ def run_all(to_device, to_host, dtype):
     return [to_host(a) for a in (y, *ops.conv2d_backward(x, w, dy, 1, stride=2))]
 
 
-def digest(arrays):
-    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
-
-
 def test_repeatable_bit_for_bit(backend, dtype):
     first = run_all(backend.to_device, backend.to_host, dtype)
     assert digest(run_all(backend.to_device, backend.to_host, dtype)) == digest(first)
@@ -186,18 +176,7 @@ def test_repeatable_bit_for_bit(backend, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_cpu_bits_do_not_depend_on_the_thread_count(dtype):
-    here = digest(run_all(np.ascontiguousarray, np.asarray, dtype))
-    script = textwrap.dedent(f"""
-        import numpy as np
-        import test_conv2d_stride as t
-        print(t.digest(t.run_all(np.ascontiguousarray, np.asarray, np.{np.dtype(dtype).name})))
-    """)
-    for threads in ("1", "3"):
-        env = dict(os.environ, OMP_NUM_THREADS=threads)
-        run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert run.stdout.strip() == here, f"{threads} thread(s) gave other bits"
+    assert_thread_count_independent("test_conv2d_stride", dtype)
 
 
 # ------------------------------------------------------------------ CUDA graph capture

@@ -5,16 +5,10 @@ multiple of any tile, more values per channel than one reduction block (and than
 preallocated outputs give the same bits, results repeat bit for bit, and on the CPU they do not
 depend on the number of threads."""
 
-import hashlib
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from bits import assert_thread_count_independent, digest
 from conftest import CUDA_SKIP, TOLERANCES, assert_close
 from pyregnet import ops
 from pyregnet import reference as ref
@@ -252,10 +246,6 @@ def run_all(to_device, to_host, dtype):
     return [to_host(a) for a in (y, mean, invstd, rmean, rvar, *grads, pooled)]
 
 
-def digest(arrays):
-    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
-
-
 def test_repeatable_bit_for_bit(backend, dtype):
     first = run_all(backend.to_device, backend.to_host, dtype)
     assert digest(run_all(backend.to_device, backend.to_host, dtype)) == digest(first)
@@ -263,18 +253,7 @@ def test_repeatable_bit_for_bit(backend, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_cpu_bits_do_not_depend_on_the_thread_count(dtype):
-    here = digest(run_all(np.ascontiguousarray, np.asarray, dtype))
-    script = textwrap.dedent(f"""
-        import numpy as np
-        import test_resnet_ops as t
-        print(t.digest(t.run_all(np.ascontiguousarray, np.asarray, np.{np.dtype(dtype).name})))
-    """)
-    for threads in ("1", "3"):
-        env = dict(os.environ, OMP_NUM_THREADS=threads)
-        run = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert run.stdout.strip() == here, f"{threads} thread(s) gave other bits"
+    assert_thread_count_independent("test_resnet_ops", dtype)
 
 
 # ------------------------------------------------------------------ CUDA graph capture

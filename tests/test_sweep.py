@@ -381,3 +381,28 @@ def test_command_line_usage_error_is_one_line(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, env=sweep.child_env())
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--seeds" in result.stderr
+
+
+def test_compare_report_with_pruned_runs(tmp_path, capsys):
+    two_seed_dir(tmp_path)
+
+    def pruned(name, accs):
+        points = [{"level": lv, "sparsity": lv, "test_acc": a, "test_loss": 1.0}
+                  for lv, a in zip((0.0, 0.5, 0.9), accs)]
+        (tmp_path / name / "prune.json").write_text(json.dumps({"global": points}))
+    pruned("none_s0", [0.60, 0.595, 0.50])   # within 1 pp up to 50%
+    pruned("none_s1", [0.70, 0.60, 0.50])    # only unpruned
+    pruned("l1_0.0001_s0", [0.65, 0.65, 0.645])
+    assert sweep.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "compare.md").read_text()
+    assert "largest sparsity within 1 pp after pruning (%)" in md
+    assert "| 25.0 ± 35.4 |" in md  # none: 50% and 0%
+    assert "| not pruned |" in md    # l1's seed 1 has no prune.json: no mean over a part of the seeds
+    assert (tmp_path / "pruning.png").stat().st_size > 1000  # none's curve already
+    series = tables.pruning_series(load_runs(tmp_path))
+    assert [s["label"] for s in series] == ["none"]  # l1 is left out until all its runs are pruned
+    assert series[0]["test_acc"] == pytest.approx([0.65, 0.5975, 0.50])
+    pruned("l1_0.0001_s1", [0.66, 0.66, 0.60])
+    assert sweep.main(["report", str(tmp_path)]) == 0
+    assert "| 70.0 ± 28.3 |" in (tmp_path / "compare.md").read_text()  # l1: 90% and 50%
+    assert (tmp_path / "pruning.png").stat().st_size > 1000
