@@ -6,6 +6,7 @@ gradient check of the whole network's loss at parameters of every kind and at th
 import numpy as np
 import pytest
 
+from bits import assert_thread_count_independent
 from conftest import TOLERANCES
 from pyregnet import ops, resnet
 from pyregnet import reference as ref
@@ -85,7 +86,7 @@ def trained_looking(seed, dtype):
         s = resnet.state_views(state)
         s[f"{c.bn}.mean"][...] = rng.normal(0, 0.3, c.output[0])
         s[f"{c.bn}.var"][...] = rng.uniform(0.5, 2.0, c.output[0])
-    x = rng.random((3, *resnet.INPUT_SHAPE))
+    x = rng.random((4, *resnet.INPUT_SHAPE))
     return params.astype(dtype), state.astype(dtype), x.astype(dtype)
 
 
@@ -135,14 +136,14 @@ def test_running_statistics_move_in_training_and_normalize_in_evaluation():
 
 def test_launches_are_named_and_count_the_step_flops():
     params, state, x = trained_looking(2, np.float64)
-    act = resnet.Activations(np, 3, np.float64)
+    act = resnet.Activations(np, 4, np.float64)
     act.input = x
     fwd = resnet.forward_launches(params, state, act, True)
     bwd = resnet.backward_launches(params, act, act.dlogits, np.zeros_like(params))
     names = [launch.name for launch in fwd + bwd]
     assert len(set(names)) == len(names)
     assert {"stage2.block1.conv1.forward", "stage3.block3.add.backward", "stem.conv.backward"} <= set(names)
-    assert sum(launch.flops for launch in fwd + bwd) == resnet.step_flops(3)["total"]
+    assert sum(launch.flops for launch in fwd + bwd) == resnet.step_flops(4)["total"]
 
 
 def whole_network(seed, input_grad=False):
@@ -208,3 +209,20 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradient():
     resnet.backward(params, plain, act.dlogits, again)
     assert plain.dinput is None
     np.testing.assert_array_equal(again, grad)
+
+
+def run_all(to_device, to_host, dtype):
+    """One training-mode forward and backward of 4 images, and an evaluation-mode forward: the
+    logits, the parameter gradient and the running statistics (for the thread-count check)."""
+    params, state, x = (to_device(a) for a in trained_looking(5, dtype))
+    logits, act = resnet.forward(params, state, x, True)
+    act.dlogits[...] = ops.softmax_cross_entropy(logits, np.array([0, 4, 9, 2]))[1]
+    grad = to_device(np.zeros(resnet.N_PARAMS, dtype=dtype))
+    resnet.backward(params, act, act.dlogits, grad)
+    return [to_host(a) for a in (logits, grad, state, resnet.forward(params, state, x, False)[0])]
+
+
+def test_cpu_bits_do_not_depend_on_the_thread_count():
+    """BN's batch sums run in a fixed order: a training step gives the same bits on 1 or 3 threads
+    as here (what resume and same-seed runs rely on)."""
+    assert_thread_count_independent("test_resnet_model", np.float32)
