@@ -198,9 +198,9 @@ class Activations:
             self._backward_buffers(empty, xp, dtype)
 
     def _backward_buffers(self, empty, xp, dtype):
-        # The gradient of the stem's and each block's output: two per stage shape, used in turn
-        # along the chain, so a block reads its output's gradient from one and writes its
-        # input's into the other (or into the previous stage's). dz and dh: the gradient of a
+        # dout[stem conv's or block's name]: the gradient of the stem's or the block's output. Two
+        # arrays per stage shape, used in turn along the chain, so a block reads its output's
+        # gradient from one and writes its input's into the other (or into the previous stage's). dz and dh: the gradient of a
         # block's conv output and of its first ReLU's output, consumed within the block.
         shapes = {blk.output for blk in BLOCKS}
         pairs = {s: (empty(*s), empty(*s)) for s in shapes}
