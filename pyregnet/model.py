@@ -36,15 +36,16 @@ class Slot:
         return int(np.prod(self.shape))
 
 
-def _layout():
+def layout(entries):
+    """(slots, total size) of a flat buffer holding the (name, shape) entries one after another."""
     slots, offset = [], 0
-    for name, shape in KERNELS + BIASES:
+    for name, shape in entries:
         slots.append(Slot(name, shape, offset))
         offset += slots[-1].size
     return tuple(slots), offset
 
 
-SLOTS, N_PARAMS = _layout()
+SLOTS, N_PARAMS = layout(KERNELS + BIASES)
 N_KERNEL = sum(s.size for s in SLOTS if s.name.endswith(".w"))  # 315,488 penalized weights
 KERNEL_NAMES = tuple(name for name, _ in KERNELS)
 assert N_PARAMS == 315_722
@@ -101,9 +102,9 @@ def step_flops(batch):
     return {"batch": batch, "per_layer": per_layer, "forward": fwd, "backward": bwd, "total": fwd + bwd}
 
 
-def views(flat):
-    """{name: view of the flat buffer with the layer's shape} (no copies)."""
-    return {s.name: flat[s.offset:s.offset + s.size].reshape(s.shape) for s in SLOTS}
+def views(flat, slots=SLOTS):
+    """{name: view of the flat buffer with the layer's shape} (no copies); `slots` from layout()."""
+    return {s.name: flat[s.offset:s.offset + s.size].reshape(s.shape) for s in slots}
 
 
 def init_params(seed, dtype=np.float32):
