@@ -38,6 +38,9 @@ E5_GRID = {"l1": (1e-4, 1e-3, 1e-2), "l2": (1e-3, 1e-2, 1e-1)}  # the proximal s
 E6_RUNS = (("none", 0.0, 0.0, (0, 1, 2)), ("l1", 1e-3, 0.0, (0, 1, 2)), ("l2", 0.0, 1e-3, (0, 1, 2)),
            ("l1", 1e-4, 0.0, (0,)), ("l2", 0.0, 1e-4, (0,)))
 PRUNED = ("E1", "E3", "E5", "E6")  # E7 prunes the finished runs of these experiments
+# E7's pruning levels: pyregnet.prune's default grid (50, 70, 80, ... 99%) with 10-40% and 60% added,
+# since the largest sparsity within 1 pp of a baseline run fell at 0 or 50% on that grid.
+E7_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 @dataclass(frozen=True)
@@ -279,9 +282,18 @@ def e6_entries(args, root):
                                        for seed in seeds])
 
 
+def _pruned_at(run_dir, levels):
+    """Whether run_dir/prune.json holds a global curve at exactly these levels."""
+    try:
+        curve = json.loads((Path(run_dir) / "prune.json").read_text())["global"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+    return [p.get("level") for p in curve] == list(levels)
+
+
 def run_e7(args, root, log=print):
-    """Prunes (python -m pyregnet.prune --per-layer) every finished run of PRUNED that has its
-    checkpoint on this machine and no prune.json yet. Checkpoints are not committed, so a run
+    """Prunes (python -m pyregnet.prune --per-layer at E7_LEVELS) every finished run of PRUNED that
+    has its checkpoint on this machine and no prune.json at those levels yet. Checkpoints are not committed, so a run
     whose checkpoint is gone is named and left out. Returns {run: (exit code, last line)} of the
     failures."""
     jobs, gone = [], []
@@ -289,13 +301,14 @@ def run_e7(args, root, log=print):
         d = root / name
         for run in (runs.load_runs(d) if d.is_dir() else []):
             run_dir = Path(run["dir"])
-            if not runs.is_complete(run) or (run_dir / "prune.json").exists():
+            if not runs.is_complete(run) or _pruned_at(run_dir, (0.0, *E7_LEVELS)):
                 continue
             if not (run_dir / "checkpoint.npz").exists():
                 gone.append(f"{name}/{run_dir.name}")
                 continue
             command = ["python" if args.dry_run else sys.executable, "-m", "pyregnet.prune", str(run_dir),
-                       "--per-layer", *(["--data", str(Path(args.data).expanduser().resolve())] if args.data else []),
+                       "--per-layer", "--levels", ",".join(f"{lv:g}" for lv in E7_LEVELS),
+                       *(["--data", str(Path(args.data).expanduser().resolve())] if args.data else []),
                        *(["--device", args.device] if args.device else [])]
             jobs.append(sweep.Job(argparse.Namespace(name=f"{name}/{run_dir.name}"), run_dir, command))
     for run in gone:

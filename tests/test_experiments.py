@@ -191,10 +191,14 @@ def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     for seed in range(5):
         result = json.loads((root / "E1" / f"none_s{seed}" / "prune.json").read_text())
-        assert [p["level"] for p in result["global"]][:2] == [0.0, 0.5] and "per_layer" in result
+        assert [p["level"] for p in result["global"]] == [0.0, *ex.E7_LEVELS] and "per_layer" in result
     assert main("run", "E7", "--root", str(root), "--dry-run") == 0 and capsys.readouterr().out == ""
+    # a run pruned at other levels (pyregnet.prune's default grid) is pruned again at E7's
+    (root / "E1" / "none_s2" / "prune.json").write_text(json.dumps({"global": [{"level": 0.0}, {"level": 0.5}]}))
+    assert main("run", "E7", "--root", str(root), "--dry-run") == 0
+    assert "none_s2 --per-layer --levels 0.1,0.2," in capsys.readouterr().out
     (root / "E1" / "none_s4" / "prune.json").unlink()
     (root / "E1" / "none_s4" / "checkpoint.npz").unlink()
     assert main("run", "E7", "--root", str(root), "--dry-run") == 0
     out, err = capsys.readouterr()
-    assert out == "" and "E1/none_s4: no checkpoint.npz on this machine" in err
+    assert "none_s4" not in out and "E1/none_s4: no checkpoint.npz on this machine" in err
