@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pyregnet import data, optim, resnet, train
+from pyregnet import data, optim, prune, resnet, train
 from pyregnet.regularizers import Penalty
 
 TINY = ["--model", "resnet20", "--dataset", "synthetic", "--train-size", "80", "--val-size", "32",
@@ -139,6 +139,25 @@ def test_a_checkpoint_from_before_the_option_resumes_as_the_cnn(tmp_path):
     np.savez(tmp_path / "old" / "checkpoint.npz", **state)
     assert train.main([*args, "--epochs", "2", "--out", str(tmp_path / "old"), "--resume"]) == 0
     assert len(history(tmp_path / "old")) == 2
+
+
+def test_prune_reads_the_resnet_layout(runs, tmp_path):
+    whole, _ = runs
+    pruned = prune.prune(checkpoint(whole)["params"], 0.5, per_layer=True, kernels=resnet.KERNEL_SLOTS)
+    views = resnet.param_views(pruned)
+    for name in resnet.KERNEL_NAMES:
+        assert np.count_nonzero(views[name] == 0) == int(round(0.5 * views[name].size)), name
+    np.testing.assert_array_equal(pruned[resnet.N_KERNEL:], checkpoint(whole)["params"][resnet.N_KERNEL:])
+
+    assert prune.main([str(whole), "--levels", "0.5", "--per-layer", "--finetune-epochs", "1"]) == 0
+    result = json.loads((whole / "prune.json").read_text())
+    last = history(whole)[-1]
+    # level 0 is the run's own test evaluation: the BN state came back with the parameters
+    assert (result["global"][0]["test_acc"], result["global"][0]["test_loss"]) == (last["test_acc"],
+                                                                                  last["test_loss"])
+    assert result["global"][1]["sparsity"] == pytest.approx(0.5, abs=1e-5)
+    assert result["per_layer"][1]["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert 0.5 - 1e-5 <= result["finetuned"][1]["sparsity"] <= 0.5 + 1e-3
 
 
 def test_update_modes_train_the_resnet_alike(tmp_path):
