@@ -1,11 +1,12 @@
 """Training and evaluation epochs with no host in the loop (docs/design.md §2).
 
 Everything a step touches lives on the run's device and is allocated once: the uint8 data set,
-the epoch's sample order, the activations (model.Activations), a clock and the metric sums. A
-step is a fixed list of named kernel launches (launch.Launch) over those buffers:
+the epoch's sample order, the activations (the network's Activations), the network's state (BN's
+running statistics; none for the CNN), a clock and the metric sums. A step is a fixed list of
+named kernel launches (launch.Launch) over those buffers:
 
     augment (gathers batch `clock` of the order, draws from (seed, step)) -> labels
-    -> model.forward_launches -> loss (sums into `metrics`) -> model.backward_launches
+    -> net.forward_launches (training mode) -> loss (sums into `metrics`) -> net.backward_launches
     -> clock += (1, batch) -> the optimizer's update launches in its mode (optim.UPDATE_MODES;
     step t read from the clock, the penalty value summed into `metrics`)
 
@@ -16,8 +17,13 @@ n // batch times and a second graph for the smaller last batch, then reads the m
 once. The first call of each program runs eagerly (it loads the kernels), later calls replay
 the capture: the results are the same bits either way (tests/test_engine.py). On the CPU the
 same programs simply run, so one code path trains on both devices. Evaluation programs run the
-forward pass and the loss over one image set each (the validation set, the test set, the fixed
-clean-train subset: train.Run.eval_sets), built on first use and sharing their activations.
+forward pass (evaluation mode: BN reads the running statistics) and the loss over one image set
+each (the validation set, the test set, the fixed clean-train subset: train.Run.eval_sets), built
+on first use and sharing their activations.
+
+The network is a module with pyregnet.model's interface (MODELS: the CNN, pyregnet.resnet's
+ResNet-20): N_PARAMS, N_KERNEL (the leading, penalized range), N_STATE and init_state,
+Activations, forward_launches(params, state, act, training) and backward_launches.
 """
 
 import contextlib
@@ -25,7 +31,7 @@ from functools import partial
 
 import numpy as np
 
-from . import model, ops
+from . import model, ops, resnet
 from .launch import Launch, nbytes, run
 from .optim import PENALTY_MODES, PENALTY_STEPS  # noqa: F401 -- the trainer's options name them here too
 
@@ -34,6 +40,7 @@ from .optim import PENALTY_MODES, PENALTY_STEPS  # noqa: F401 -- the trainer's o
 # once per image of its batch in the epoch's mean loss, as Keras reports it.
 LOSS, CORRECT, BAD_LABELS, BAD_INDICES, PENALTY_FULL, PENALTY_LAST = range(6)
 MAX_SHIFT = 3  # augmentation shifts of ±3 px, 10% of 32 (docs/design.md §1)
+MODELS = {"cnn": model, "resnet20": resnet}  # --model: the networks the engine can run
 
 
 class Program:
@@ -80,12 +87,16 @@ class Engine:
     regularizers.Penalty: training on train_set = (uint8 images, labels) in batches of batch_size,
     augmented from `seed` when `augment`, the penalty applied in optim.UPDATE_MODES `mode`;
     evaluation of eval_sets = {name: (images, labels, the indices evaluated)} in batches of
-    eval_batch. capture: on the GPU, replay each program as a CUDA graph."""
+    eval_batch. capture: on the GPU, replay each program as a CUDA graph. net: the network (a
+    module of MODELS); state: its state buffer on the device (net.init_state's when None), which
+    the training step updates and evaluation reads."""
 
     def __init__(self, params, grad, optimizer, penalty, train_set, eval_sets=None, *, batch_size, seed,
-                 augment=True, mode="fused", eval_batch=1000, capture=True):
+                 augment=True, mode="fused", eval_batch=1000, capture=True, net=model, state=None):
         xp = model.array_module(params)
         self.xp, self.params, self.grad, self.optimizer, self.penalty = xp, params, grad, optimizer, penalty
+        self.net = net
+        self.state = xp.asarray(net.init_state(params.dtype)) if state is None else state
         self.x_train, self.y_train = train_set
         self.batch_size, self.seed, self.augment, self.mode = batch_size, seed, augment, mode
         self.stream = capture_stream(xp) if capture else None  # None: the programs run eagerly
@@ -142,32 +153,32 @@ class Engine:
         return Launch("clock", partial(clock.__iadd__, tick))  # advances the step and the position
 
     def _train_step(self, batch, last):
-        xp, params = self.xp, self.params
-        act = model.Activations(xp, batch, params.dtype)
+        xp, params, net = self.xp, self.params, self.net
+        act = net.Activations(xp, batch, params.dtype)
         tick = xp.asarray([1, self.batch_size], dtype=np.int64)  # kept: the captured add reads it
         step, offset, m = self.clock[0:1], self.clock[1:2], self.metrics
         penalty_sum = m[PENALTY_LAST:PENALTY_LAST + 1] if last else m[PENALTY_FULL:PENALTY_FULL + 1]
         shift = MAX_SHIFT if self.augment else 0
         return [*self._gather(self.x_train, self.y_train, self.order, offset, act, m[BAD_INDICES:BAD_INDICES + 1],
                               seed=self.seed, step=step, max_shift=shift, flip=self.augment),
-                *model.forward_launches(params, act),
+                *net.forward_launches(params, self.state, act, training=True),
                 Launch("loss", partial(ops.softmax_cross_entropy, act.logits, act.labels, dlogits=act.dlogits,
                                        into=m[LOSS:BAD_LABELS + 1]), bytes=nbytes(act.logits, act.labels, act.dlogits)),
-                *model.backward_launches(params, act, act.dlogits, self.grad),
+                *net.backward_launches(params, act, act.dlogits, self.grad),
                 self._tick(self.clock, tick),  # the update below is step t = updates done + 1
-                *self.optimizer.launches(params, self.grad, self.penalty, self.mode, penalized=model.N_KERNEL,
+                *self.optimizer.launches(params, self.grad, self.penalty, self.mode, penalized=net.N_KERNEL,
                                          step=step, into=penalty_sum)]
 
     def _eval_step(self, batch, s):
         xp = self.xp
         if batch not in self._eval_acts:
-            self._eval_acts[batch] = model.Activations(xp, batch, self.params.dtype, backward=False)
+            self._eval_acts[batch] = self.net.Activations(xp, batch, self.params.dtype, backward=False)
         act = self._eval_acts[batch]
         tick = xp.asarray([batch], dtype=np.int64)
         m = s.metrics
         return [*self._gather(s.images, s.labels, s.index, s.clock, act, m[BAD_INDICES:BAD_INDICES + 1],
                               seed=0, step=0, max_shift=0, flip=False),
-                *model.forward_launches(self.params, act),
+                *self.net.forward_launches(self.params, self.state, act, training=False),
                 Launch("loss", partial(ops.softmax_cross_entropy, act.logits, act.labels, dlogits=act.dlogits,
                                        into=m[LOSS:BAD_LABELS + 1]), bytes=nbytes(act.logits, act.labels, act.dlogits)),
                 self._tick(s.clock, tick)]

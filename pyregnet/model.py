@@ -48,7 +48,11 @@ def layout(entries):
 SLOTS, N_PARAMS = layout(KERNELS + BIASES)
 N_KERNEL = sum(s.size for s in SLOTS if s.name.endswith(".w"))  # 315,488 penalized weights
 KERNEL_NAMES = tuple(name for name, _ in KERNELS)
+KERNEL_SLOTS = tuple(s for s in SLOTS if s.name in KERNEL_NAMES)  # what sparsity and pruning see
 assert N_PARAMS == 315_722
+# No batch normalization, so no state: the empty buffer lets the engine and the checkpoint treat
+# this network as they treat one with running statistics (pyregnet.resnet).
+N_STATE = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,11 @@ def init_params(seed, dtype=np.float32):
     return flat
 
 
+def init_state(dtype=np.float32):
+    """The network's state (none: a NumPy buffer of size 0)."""
+    return np.zeros(N_STATE, dtype=dtype)
+
+
 class Activations:
     """The arrays one forward and backward pass over a batch of `batch` images writes, allocated
     once: a captured CUDA graph replays into the same memory, and no step allocates. With
@@ -145,9 +154,11 @@ class Activations:
             self.dc2, self.dp1, self.dc1 = empty(*CONV2.output), empty(*CONV1.pooled), empty(*CONV1.output)
 
 
-def forward_launches(params, act):
+def forward_launches(params, state, act, training):
     """The forward pass over act.input into `act`, as launches. The bias and ReLU run in the
-    epilogue of each conv and dense layer that has them; each pool keeps its argmax for backward."""
+    epilogue of each conv and dense layer that has them; each pool keeps its argmax for backward.
+    `state` and `training` are taken as pyregnet.resnet takes them and not used: without batch
+    normalization the pass is the same in training and evaluation."""
     p, n, x = views(params), act.input.shape[0], act.input
 
     def layer(op, layer, inp, out, **kw):
@@ -198,7 +209,7 @@ def forward(params, x, act=None):
     if act is None:
         act = Activations(array_module(x), x.shape[0], x.dtype)  # with the backward pass's arrays
     act.input = x
-    for launch in forward_launches(params, act):
+    for launch in forward_launches(params, None, act, training=False):
         launch.fn()
     return act.logits, act
 
@@ -229,21 +240,22 @@ SPARSITY_THRESHOLDS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, SUBNORMAL_MAX, 0.0)
 HIST_LOG10_EDGES = tuple(k / 2 for k in range(-90, 3))
 
 
-def sparsity(params, thresholds=SPARSITY_THRESHOLDS):
+def sparsity(params, thresholds=SPARSITY_THRESHOLDS, kernels=KERNEL_SLOTS):
     """Fraction of kernel weights with |w| <= t, per layer and in total, for each threshold:
     {layer or "total": {str(t): fraction}}."""
-    return weight_stats(params, thresholds)[0]
+    return weight_stats(params, thresholds, kernels)[0]
 
 
-def weight_stats(params, thresholds=SPARSITY_THRESHOLDS):
-    """(sparsity, histograms) of the kernel weights, from one host copy of `params`.
+def weight_stats(params, thresholds=SPARSITY_THRESHOLDS, kernels=KERNEL_SLOTS):
+    """(sparsity, histograms) of the kernel weights, from one host copy of `params`; `kernels`:
+    the slots of the network's kernels (this CNN's, or another network's KERNEL_SLOTS).
 
     sparsity as :func:`sparsity` returns it; histograms {layer: {"zeros": n, "counts": [...]}}
     over HIST_LOG10_EDGES. Magnitudes are compared as bit patterns (for non-negative IEEE floats
     the integer order is the numeric order), so no floating-point mode (flush-to-zero,
     denormals-are-zero) can turn a subnormal weight into a zero here."""
     host = params.get() if hasattr(params, "get") else np.asarray(params)
-    mags = {name: _magnitude_bits(w) for name, w in views(host).items() if name in KERNEL_NAMES}
+    mags = {name: _magnitude_bits(w) for name, w in views(host, kernels).items()}
     dtype = host.dtype
     limits = {t: _bits_at_most(t, dtype) for t in thresholds}
     edges = np.array([_bits_nearest(10.0 ** e, dtype) for e in HIST_LOG10_EDGES])
@@ -259,7 +271,8 @@ def weight_stats(params, thresholds=SPARSITY_THRESHOLDS):
         within = np.diff(np.append(below, ordered.size - zeros))
         within[0] += below[0]  # none in float32; float64 has smaller subnormals
         hists[name] = {"zeros": zeros, "counts": [int(c) for c in within[:-2]] + [int(within[-2] + within[-1])]}
-    spars["total"] = {threshold_key(t): totals[t] / N_KERNEL for t in thresholds}
+    n_kernel = sum(s.size for s in kernels)
+    spars["total"] = {threshold_key(t): totals[t] / n_kernel for t in thresholds}
     return spars, hists
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import decimal
 import math
 
-from .engine import PENALTY_MODES, PENALTY_STEPS
+from .engine import MODELS, PENALTY_MODES, PENALTY_STEPS
 from .optim import DEFAULT_LR, DEFAULT_MOMENTUM, OPTIMIZERS
 from .regularizers import KINDS
 
@@ -177,6 +177,11 @@ class Option:
 
 
 TRAIN_OPTIONS = (
+    Option("--model", dict(choices=tuple(MODELS), default="cnn", help=f"cnn: the paper's CNN ({MODELS['cnn'].N_PARAMS:,} "
+                           f"parameters); resnet20: He et al.'s CIFAR-10 ResNet-20 with batch normalization "
+                           f"({MODELS['resnet20'].N_PARAMS:,} parameters; the penalty on its conv and dense kernels, "
+                           f"not on BN's γ and β)"),
+           passed=True, defines_run=True, added_later=True),
     Option("--reg", dict(default="none", choices=KINDS, help="weight penalty on the conv and dense kernels: none, "
                          "L1 (λ1 Σ|w|), L2 (λ2 Σw²) or both"), defines_run=True),
     Option("--l1", dict(type=lam, default=None, help="λ1 (default: the grid-search choice for --reg)"),

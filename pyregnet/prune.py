@@ -5,7 +5,9 @@ dense, not biases) to exactly zero at each level, and evaluates the test set wit
 evaluation program the trainer uses. Global magnitude pruning ranks all kernel weights together;
 --per-layer prunes each layer to the same fraction. Writes RUN_DIR/prune.json and
 RUN_DIR/prune.png. Weights that were already exact zeros count towards the level (the reported
-sparsity is the fraction of kernel weights that are exactly zero after pruning).
+sparsity is the fraction of kernel weights that are exactly zero after pruning). The kernels are
+those of the run's --model; a network with batch normalization (resnet20) is evaluated with the
+running statistics of its checkpoint, the unpruned network's (not recalibrated after pruning).
 
 --finetune-epochs N then trains each globally pruned network N more epochs with the run's own
 settings and optimizer state, the pruned weights held at exactly zero after every step (the data
@@ -32,15 +34,15 @@ from .train import EXIT_USAGE, Config, Diverged, Run, load_checkpoint, resolve_d
 LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
-def prune(params, fraction, per_layer=False):
+def prune(params, fraction, per_layer=False, kernels=model.KERNEL_SLOTS):
     """A copy of the flat parameters with round(fraction * n) of the smallest-|w| kernel weights set
-    to 0 (n: all kernel weights, or each layer's with per_layer). Ties go to the lower index."""
+    to 0 (n: all kernel weights, or each layer's with per_layer). `kernels`: the network's kernel
+    slots (KERNEL_SLOTS), which lead the flat buffer. Ties go to the lower index."""
     out = params.copy()
-    kernels = out[:model.N_KERNEL]
-    groups = ([s for s in model.SLOTS if s.name in model.KERNEL_NAMES] if per_layer
-              else [model.Slot("kernels", (model.N_KERNEL,), 0)])
+    n_kernel = sum(s.size for s in kernels)
+    groups = kernels if per_layer else [model.Slot("kernels", (n_kernel,), 0)]
     for slot in groups:
-        w = kernels[slot.offset:slot.offset + slot.size]
+        w = out[slot.offset:slot.offset + slot.size]
         k = int(round(fraction * slot.size))
         if k:
             w[np.argsort(np.abs(w), kind="stable")[:k]] = 0
@@ -48,12 +50,14 @@ def prune(params, fraction, per_layer=False):
 
 
 def curve(run, params, levels, per_layer):
-    points = []
+    """The test set per level, the run's parameters pruned from `params` (its network's state, BN's
+    running statistics, left as the run has them: the unpruned network's)."""
+    points, net = [], run.net
     for level in levels:
-        pruned = prune(params, level, per_layer)
+        pruned = prune(params, level, per_layer, net.KERNEL_SLOTS)
         run.params[...] = run.xp.asarray(pruned)
         loss, acc = run.evaluate("test")
-        sparsity = float(np.count_nonzero(pruned[:model.N_KERNEL] == 0)) / model.N_KERNEL
+        sparsity = float(np.count_nonzero(pruned[:net.N_KERNEL] == 0)) / net.N_KERNEL
         points.append({"level": level, "sparsity": sparsity, "test_acc": float(acc), "test_loss": float(loss)})
     return points
 
@@ -63,7 +67,7 @@ class KeepMask:
     more launch inside the (captured) step; everything else is the wrapped optimizer's."""
 
     def __init__(self, optimizer, pruned):
-        self.__dict__.update(optimizer=optimizer, pruned=pruned)  # pruned: bool (N_KERNEL,), on the device
+        self.__dict__.update(optimizer=optimizer, pruned=pruned)  # pruned: bool (the network's N_KERNEL,), on the device
 
     def __getattr__(self, name):
         return getattr(self.optimizer, name)
@@ -72,7 +76,7 @@ class KeepMask:
         setattr(self.optimizer, name, value)
 
     def launches(self, params, grad, penalty, mode, **kwargs):
-        kernels = params[:model.N_KERNEL]
+        kernels = params[:self.pruned.size]
         xp = model.array_module(params)
         return [*self.optimizer.launches(params, grad, penalty, mode, **kwargs),
                 Launch("mask", partial(xp.copyto, kernels, 0, where=self.pruned),
@@ -86,9 +90,10 @@ def finetuned(config, dataset, state, params, levels, epochs):
     for level in levels:
         run = Run(config, dataset)
         run.restore(state)
-        pruned = prune(params, level)
+        net = run.net
+        pruned = prune(params, level, kernels=net.KERNEL_SLOTS)
         run.params[...] = run.xp.asarray(pruned)
-        run.optimizer = KeepMask(run.optimizer, run.xp.asarray(pruned[:model.N_KERNEL] == 0))
+        run.optimizer = KeepMask(run.optimizer, run.xp.asarray(pruned[:net.N_KERNEL] == 0))
         point = {"level": level, "epochs": epochs}
         try:
             for _ in range(epochs):
@@ -97,8 +102,8 @@ def finetuned(config, dataset, state, params, levels, epochs):
             loss, acc = run.evaluate("test")
         except Diverged as e:
             loss, acc, point["diverged"] = float("nan"), float("nan"), str(e)
-        kernels = np.asarray(run.to_host(run.params[:model.N_KERNEL]))
-        point.update(sparsity=float(np.count_nonzero(kernels == 0)) / model.N_KERNEL, test_acc=float(acc),
+        kernels = np.asarray(run.to_host(run.params[:net.N_KERNEL]))
+        point.update(sparsity=float(np.count_nonzero(kernels == 0)) / net.N_KERNEL, test_acc=float(acc),
                      test_loss=float(loss))
         points.append(point)
     return points
@@ -156,6 +161,7 @@ def main(argv=None):
         run_dir = Path(args.run_dir)
         state, config, dataset = load(args)
         run = Run(config, dataset)
+        run.restore(state)  # the parameters, and the network's state that evaluation reads
         params = np.asarray(state["params"])
         result = {"run": run_dir.name, "epoch": int(state["epoch"]), "within_pp": WITHIN_PP,
                   "global": curve(run, params, args.levels, per_layer=False)}

@@ -1,6 +1,6 @@
 """He et al. 2016's CIFAR-10 ResNet-20 over one flat parameter buffer, forward and backward through
-the pyregnet.ops kernels, with the interface of pyregnet.model where it applies (docs/design.md §2).
-Not yet selectable in the trainer.
+the pyregnet.ops kernels, with the interface of pyregnet.model where it applies (docs/design.md §2):
+python -m pyregnet.train --model resnet20.
 
     stem:   conv 3->16 3x3 pad 1, BN, ReLU                          -> (16, 32, 32)
     stage1: 3 basic blocks, 16 channels                              -> (16, 32, 32)
@@ -116,6 +116,7 @@ REST = (*((f"{c.bn}.{p}", (c.output[0],)) for c in CONVS for p in ("gamma", "bet
 SLOTS, N_PARAMS = layout(KERNELS + REST)
 N_KERNEL = sum(s.size for s in SLOTS[:len(KERNELS)])  # 268,336 penalized weights
 KERNEL_NAMES = tuple(name for name, _ in KERNELS)
+KERNEL_SLOTS = SLOTS[:len(KERNELS)]  # what sparsity and pruning see (model.weight_stats, pyregnet.prune)
 assert N_PARAMS == 269_722 and N_KERNEL == 268_336
 STATE_SLOTS, N_STATE = layout(tuple((f"{c.bn}.{s}", (c.output[0],)) for c in CONVS for s in ("mean", "var")))
 

@@ -1,4 +1,4 @@
-"""python -m pyregnet.train: train the paper's CNN on CIFAR-10 with no penalty, L1, L2 or L1L2.
+"""python -m pyregnet.train: train the paper's CNN (or ResNet-20) on CIFAR-10 with no penalty, L1, L2 or L1L2.
 
 One command runs the paper's experiment (docs/design.md §1) on the CPU or the GPU and writes, under
 --out: metrics.jsonl (one JSON line per epoch), checkpoint.npz (every epoch, atomically),
@@ -60,6 +60,7 @@ class Config:
     optimizer: str = "adam"
     momentum: float = DEFAULT_MOMENTUM  # SGD's (unused by Adam)
     penalty_step: str = "gradient"  # gradient: before the optimizer step (the paper's); proximal: after it
+    model: str = "cnn"  # a key of engine.MODELS
 
     def same_run(self, other):
         """Everything but the number of epochs and how the steps are launched must match to
@@ -111,7 +112,7 @@ def settings(args):
                 dataset=args.dataset, train_size=args.train_size, val_size=args.val_size, augment=args.augment,
                 penalty_mode=args.penalty_mode, graph=args.graph, holdout=args.holdout, optimizer=args.optimizer,
                 momentum=DEFAULT_MOMENTUM if args.momentum is None else args.momentum,
-                penalty_step=args.penalty_step)
+                penalty_step=args.penalty_step, model=args.model)
 
 
 def config_from_args(args):
@@ -134,8 +135,13 @@ def save_checkpoint(path, state):
 
 
 def checkpoint_arrays(config):
-    """The arrays a checkpoint holds: the parameters and the optimizer's state."""
-    return ("params", *{"adam": optim.Adam, "sgd": optim.SGD}[config.optimizer].STATE)  # KeyError: unknown
+    """{name: size} of the arrays a checkpoint holds: the parameters, the network's state when it
+    has one (BN's running statistics) and the optimizer's state. KeyError: an unknown model or
+    optimizer."""
+    net = engine.MODELS[config.model]
+    opt = {"adam": optim.Adam, "sgd": optim.SGD}[config.optimizer]
+    return {"params": net.N_PARAMS, **({"state": net.N_STATE} if net.N_STATE else {}),
+            **dict.fromkeys(opt.STATE, net.N_PARAMS)}
 
 
 CHECKPOINT_SCALARS = ("step", "epoch")
@@ -166,10 +172,10 @@ def _checkpoint_problem(state):
     missing = [k for k in arrays if k not in state]
     if missing:
         return f"it lacks {', '.join(missing)}"
-    for key in arrays:
+    for key, size in arrays.items():
         a = state[key]
-        if a.shape != (model.N_PARAMS,) or a.dtype.kind != "f":
-            return f"{key} is {a.dtype} {a.shape}, expected {model.N_PARAMS} floats"
+        if a.shape != (size,) or a.dtype.kind != "f":
+            return f"{key} is {a.dtype} {a.shape}, expected {size} floats ({config.model})"
     for key in CHECKPOINT_SCALARS:
         a = state[key]
         if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
@@ -211,7 +217,9 @@ class Run:
         self.eval_sets = {"val": (self.x_val, self.y_val, np.arange(len(self.y_val))),
                           "test": (self.x_test, self.y_test, np.arange(len(self.y_test))),
                           "train_clean": (self.x_train, self.y_train, clean)}
-        self.params = xp.asarray(model.init_params(config.seed))
+        self.net = engine.MODELS[config.model]
+        self.params = xp.asarray(self.net.init_params(config.seed))
+        self.net_state = xp.asarray(self.net.init_state(self.params.dtype))  # BN's running statistics
         self.grad = xp.zeros_like(self.params)
         self.optimizer = optim.make(config.optimizer, self.params, config.lr, config.momentum)
         self.epoch = 0
@@ -221,18 +229,22 @@ class Run:
     def to_host(self, a):
         return a.get() if self.xp is not np else a
 
+    def buffers(self):
+        """{checkpoint name: device array} of what a checkpoint saves (checkpoint_arrays)."""
+        names = checkpoint_arrays(self.config)
+        found = {"params": self.params, "state": self.net_state,
+                 **{k: getattr(self.optimizer, k) for k in self.optimizer.STATE}}
+        return {k: found[k] for k in names}
+
     def state(self):
-        opt = self.optimizer
-        return {"params": self.to_host(self.params), **{k: self.to_host(getattr(opt, k)) for k in opt.STATE},
-                "step": np.int64(opt.step), "epoch": np.int64(self.epoch),
+        return {**{k: self.to_host(a) for k, a in self.buffers().items()},
+                "step": np.int64(self.optimizer.step), "epoch": np.int64(self.epoch),
                 "config": np.array(json.dumps(dataclasses.asdict(self.config))),
                 "history": np.array(json.dumps(self.history))}
 
     def restore(self, state):
-        xp = self.xp
-        self.params[...] = xp.asarray(state["params"])
-        for key in self.optimizer.STATE:
-            getattr(self.optimizer, key)[...] = xp.asarray(state[key])
+        for key, a in self.buffers().items():
+            a[...] = self.xp.asarray(state[key])
         self.optimizer.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(str(state["history"]))
@@ -246,7 +258,8 @@ class Run:
                                          (self.x_train, self.y_train), self.eval_sets, batch_size=cfg.batch_size,
                                          seed=cfg.seed, augment=cfg.augment,
                                          mode=optim.update_mode(cfg.penalty_mode, cfg.penalty_step),
-                                         eval_batch=EVAL_BATCH, capture=cfg.graph)
+                                         eval_batch=EVAL_BATCH, capture=cfg.graph, net=self.net,
+                                         state=self.net_state)
         return self._engine
 
     def train_epoch(self, progress=None):
@@ -282,7 +295,7 @@ class Run:
 
     def _check(self, sums, what):
         if sums[engine.BAD_LABELS] or sums[engine.BAD_INDICES]:
-            raise RuntimeError(f"{what}: {int(sums[engine.BAD_LABELS])} labels outside [0, {model.CLASSES}) and "
+            raise RuntimeError(f"{what}: {int(sums[engine.BAD_LABELS])} labels outside [0, {self.net.CLASSES}) and "
                                f"{int(sums[engine.BAD_INDICES])} sample indices out of range (a bug: the data were "
                                f"checked when loaded)")
         for key, name in ((engine.LOSS, "loss"), (engine.PENALTY_FULL, "penalty"), (engine.PENALTY_LAST, "penalty")):
@@ -300,10 +313,10 @@ class Run:
         t3 = time.perf_counter()
         clean_loss, clean_acc = self.evaluate("train_clean")
         t4 = time.perf_counter()
-        sparsity, hist = model.weight_stats(self.params)
+        sparsity, hist = model.weight_stats(self.params, kernels=self.net.KERNEL_SLOTS)
         t5 = time.perf_counter()
         self.epoch += 1
-        penalty = self.penalty.value(self.params[:model.N_KERNEL])
+        penalty = self.penalty.value(self.params[:self.net.N_KERNEL])
         metrics = {
             "epoch": self.epoch, "train_loss": train_loss, "train_data_loss": train_data_loss, "train_acc": train_acc,
             # Keras adds the regularization losses to the validation loss too.
@@ -394,7 +407,7 @@ def _train(config, out, resume, log, progress, run_dir):
 
     try:
         dataset = datasets.load(config.data, dataset=config.dataset, train_size=config.train_size,
-                                val_size=config.val_size, seed=0, n_classes=model.CLASSES)
+                                val_size=config.val_size, seed=0, n_classes=engine.MODELS[config.model].CLASSES)
     except datasets.DataError as e:
         raise UsageError(str(e)) from None
     if config.holdout >= len(dataset.y_train):
@@ -412,7 +425,7 @@ def _train(config, out, resume, log, progress, run_dir):
     optimizer = "Adam" if config.optimizer == "adam" else f"SGD momentum {config.momentum:g}"
     step = ", proximal penalty step" if config.penalty_step == "proximal" and config.reg != "none" else ""
     log(f"pyregnet.train: {run.penalty.describe()}{step}, {dataset.source}, device {config.device}, "
-        f"{model.N_PARAMS:,} parameters, {optimizer}, batch {config.batch_size}, lr {config.lr:g}, "
+        f"{config.model} ({run.net.N_PARAMS:,} parameters), {optimizer}, batch {config.batch_size}, lr {config.lr:g}, "
         f"augmentation {'on' if config.augment else 'off'}")
     while run.epoch < config.epochs:
         bar = _progress_bar(run.epoch + 1, config.epochs) if progress else None
@@ -445,7 +458,7 @@ def run_record(config, dataset, run):
             source = source.replace(path, name)
         record["data"] = name
     return {**record, "data_source": source, "data_file": datasets.source_identity(config.data, config.dataset),
-            "params": model.N_PARAMS, "train_images": len(run.y_train), "val_images": len(run.y_val),
+            "params": run.net.N_PARAMS, "train_images": len(run.y_train), "val_images": len(run.y_val),
             "test_images": len(run.y_test), "train_clean_images": len(run.eval_sets["train_clean"][2]),
             "sparsity_thresholds": [model.threshold_key(t) for t in model.SPARSITY_THRESHOLDS],
             "weight_hist_log10_edges": list(model.HIST_LOG10_EDGES), **provenance(config.device)}

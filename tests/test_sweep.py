@@ -225,7 +225,7 @@ def test_every_passed_option_reaches_train_and_the_expected_config(tmp_path):
     sweep expects is what train makes of it."""
     given = {"--epochs": "3", "--batch-size": "32", "--optimizer": "sgd", "--lr": "0.05", "--momentum": "0.5",
              "--penalty-step": "proximal", "--data": "d.tar.gz", "--train-size": "100", "--val-size": "50",
-             "--holdout": "10", "--device": "cpu"}
+             "--holdout": "10", "--device": "cpu", "--model": "resnet20"}
     args = sweep.parser().parse_args(["compare", "--out", str(tmp_path), *sum(given.items(), ()), "--no-augment"])
     passed = train.parser().parse_args(run_args(args))
     unset = [o.flag for o in options.PASSED if o.flag not in given and o.flag not in ("--no-augment", "--dataset")]
@@ -239,9 +239,11 @@ def test_every_passed_option_reaches_train_and_the_expected_config(tmp_path):
     config = expected_config(Spec("l1", 1e-4, 0.0, 7), args)
     assert config == {"reg": "l1", "l1": 1e-4, "l2": 0.0, "batch_size": 32, "optimizer": "sgd", "lr": 0.05,
                       "momentum": 0.5, "penalty_step": "proximal", "seed": 7, "data": "d.tar.gz", "dataset": "cifar10",
-                      "train_size": 100, "val_size": 50, "holdout": 10, "augment": False}
+                      "train_size": 100, "val_size": 50, "holdout": 10, "augment": False,
+                      "model": "resnet20"}
     defaults = expected_config(Spec("none", 0.0, 0.0, 0), sweep.parser().parse_args(["grid", "--out", "x"]))
-    assert (defaults["lr"], defaults["momentum"], defaults["holdout"], defaults["augment"]) == (1e-3, 0.9, 0, True)
+    assert (defaults["lr"], defaults["momentum"], defaults["holdout"], defaults["augment"], defaults["model"]) == (
+        1e-3, 0.9, 0, True, "cnn")
 
 
 def test_child_env_sets_gpu_and_threads_and_leaves_the_import_path(monkeypatch):
