@@ -80,34 +80,34 @@ def lr(text):
     return value
 
 
-def lams(text):
-    """Comma-separated λ, each once, in order."""
+def _unique_list(text, item, expected):
+    """The comma-separated items of text parsed by `item`, each once, in order."""
     values = []
     for part in text.split(","):
         if part.strip():
-            value = lam(part.strip())
+            value = item(part.strip())
             if value not in values:
                 values.append(value)
     if not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers but got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected} but got {text!r}")
     return values
+
+
+def _pair(part):
+    halves = part.split(":")
+    if len(halves) != 2:
+        raise argparse.ArgumentTypeError(f"expected λ1:λ2 pairs such as 1e-5:1e-4 but got {part!r}")
+    return lam(halves[0].strip()), lam(halves[1].strip())
+
+
+def lams(text):
+    """Comma-separated λ, each once, in order."""
+    return _unique_list(text, lam, "a comma-separated list of numbers")
 
 
 def lam_pairs(text):
     """Comma-separated λ1:λ2 pairs, each once, in order."""
-    values = []
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        halves = part.split(":")
-        if len(halves) != 2:
-            raise argparse.ArgumentTypeError(f"expected λ1:λ2 pairs such as 1e-5:1e-4 but got {part!r}")
-        pair = (lam(halves[0].strip()), lam(halves[1].strip()))
-        if pair not in values:
-            values.append(pair)
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated λ1:λ2 pairs but got {text!r}")
-    return values
+    return _unique_list(text, _pair, "comma-separated λ1:λ2 pairs")
 
 
 def lam_pair(text):
