@@ -1,11 +1,17 @@
 """Epoch time, side by side in one run: pyregnet (CUDA graph and eager) against PyTorch (eager and
 torch.compile).
 
-    python bench/epoch_time.py [--device auto|cuda|cpu] [--train-size N] [--val-size N] [--batch-size 64] [--reg KIND] [--epochs N] [--warmup N]
-        [--contenders LIST] [--compile | --no-compile] [--compile-mode MODE] [--quick] [--out PATH] [--check]
+    python bench/epoch_time.py [--device auto|cuda|cpu] [--data PATH] [--train-size N] [--val-size N] [--batch-size 64] [--reg KIND]
+        [--epochs N] [--warmup N] [--contenders LIST] [--compile | --no-compile] [--compile-mode MODE]
+        [--torch-flush-denormal | --no-torch-flush-denormal] [--quick] [--out PATH] [--check]
 
-One epoch: the training images (50,000 synthetic) in batches of 64, augmented, with the --reg penalty
-(default l1l2), then the evaluation of the validation images (10,000). pyregnet-graph and
+One epoch: the training images (50,000 synthetic, or CIFAR-10's with --data) in batches of 64,
+augmented, with the --reg penalty (default l1l2), then the evaluation of the validation images
+(10,000). Synthetic pixels time the same as real ones, but weights evolve differently: to see what
+subnormal weights cost over a long run (docs/results.md, "Subnormal floats"), train on CIFAR-10.
+PyTorch flushes subnormals (torch.set_flush_denormal) when this pyregnet build does, so both run
+the same arithmetic; the record ends with a census of each contender's kernel weights (exact
+zeros, subnormals). pyregnet-graph and
 pyregnet-eager: pyregnet.train.Run(Config(graph=True or False)).train_epoch() + .evaluate(), as
 the trainer runs them (the graph needs the GPU); torch-eager and torch-compile: bench/torch_net.py's
 baseline, eager or under torch.compile(mode=--compile-mode), compiled in the warm-up (what the
@@ -24,7 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 import torch_net  # noqa: E402
+from pyregnet import build_info  # noqa: E402
 from pyregnet import data as datasets  # noqa: E402
 from pyregnet.regularizers import KINDS, Penalty  # noqa: E402
 from pyregnet.train import Config, Run  # noqa: E402
@@ -37,6 +45,8 @@ FULL, QUICK = dict(epochs=5, warmup=1), dict(epochs=1, warmup=0)
 
 def parser():
     p = common.Parser("epoch_time", __doc__, out="--out")
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10 (any source the trainer's --data takes) instead of "
+                   "synthetic images")
     p.add_argument("--train-size", type=common.count(1), help=f"training images (default {TRAIN_IMAGES:,})")
     p.add_argument("--val-size", type=common.count(1), help=f"evaluated images (default {VAL_IMAGES:,})")
     p.add_argument("--batch-size", type=common.count(1), default=64)
@@ -46,6 +56,9 @@ def parser():
     p.add_argument("--contenders", type=common.names(CONTENDERS), default=list(CONTENDERS), help=",".join(CONTENDERS))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="run torch-compile (default: on the GPU)")
     p.add_argument("--compile-mode", default="max-autotune")
+    p.add_argument("--torch-flush-denormal", action=argparse.BooleanOptionalAction,
+                   help="PyTorch flushes float32 subnormals to zero (default: as this pyregnet build does, "
+                   "build_info()['flush_denormals'])")
     return p
 
 
@@ -70,6 +83,22 @@ class Pyregnet:
     def evaluate(self):
         loss, acc = self.run.evaluate()
         return {"val_data_loss": loss, "val_acc": acc}
+
+    def kernel_weights(self):
+        p = self.run.params[:self.run.net.N_KERNEL]
+        return p.get() if hasattr(p, "get") else p
+
+
+def kernel_weights_torch(net):
+    return np.concatenate([w.detach().cpu().numpy().ravel() for w in net.kernels])
+
+
+def census(weights):
+    """{"weights", "exact_zeros", "subnormal"} of float32 weights, read as bit patterns (no
+    floating-point mode can turn a subnormal into a zero here)."""
+    bits = np.ascontiguousarray(weights, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
+    return {"weights": int(bits.size), "exact_zeros": int(np.count_nonzero(bits == 0)),
+            "subnormal": int(np.count_nonzero((bits > 0) & (bits < 0x00800000)))}
 
 
 def build(name, args, device, dataset, torch, why_no_torch):
@@ -132,8 +161,10 @@ def run_epochs(args, device, dataset, torch, why_no_torch):
             rec["samples"]["train_s"].append(t)
             rec["samples"]["eval_s"].append(e)
             print(f"  epoch {r + 1}/{args.epochs} {name}: train {t:.3f} s, eval {e:.3f} s", file=sys.stderr, flush=True)
-    for name in live:
+    for name, obj in live.items():
         records[name].update(ran=True, **summary(records[name], len(dataset.y_train), len(dataset.y_test)))
+        records[name]["kernel_weights_at_end"] = census(
+            obj.kernel_weights() if isinstance(obj, Pyregnet) else kernel_weights_torch(obj))
     return records
 
 
@@ -190,14 +221,22 @@ def main(argv=None):
         d = QUICK if args.quick else FULL
         args.epochs, args.warmup = args.epochs or d["epochs"], d["warmup"] if args.warmup is None else args.warmup
         args.compile = device == "cuda" if args.compile is None else args.compile
-        dataset = datasets.synthetic(n_train=args.train_size or TRAIN_IMAGES, n_test=args.val_size or VAL_IMAGES,
-                                     seed=common.SEED)   # timing does not depend on the pixels
+        if args.data:
+            dataset = datasets.load(args.data, train_size=args.train_size, val_size=args.val_size, seed=common.SEED)
+        else:
+            dataset = datasets.synthetic(n_train=args.train_size or TRAIN_IMAGES, n_test=args.val_size or VAL_IMAGES,
+                                         seed=common.SEED)
         if len(dataset.y_train) < args.batch_size:
             raise common.UsageError(f"--train-size: {len(dataset.y_train)} is less than one batch ({args.batch_size})")
     except common.UsageError as e:
         return common.usage_exit("epoch_time", e)
+    except datasets.DataError as e:
+        return common.usage_exit("epoch_time", f"--data: {e}")
     meta, notes = common.start("epoch_time", device, args.quick)
     torch, why_no_torch = torch_net.load(device)
+    flush = build_info()["flush_denormals"] if args.torch_flush_denormal is None else args.torch_flush_denormal
+    if torch is not None and not torch.set_flush_denormal(flush) and flush:
+        notes.append("torch.set_flush_denormal(True) is not supported on this CPU: PyTorch keeps IEEE subnormals")
     records = run_epochs(args, device, dataset, torch, why_no_torch)
     mine, ratios, targets = epoch_targets(records, device)
     n_train, n_val = len(dataset.y_train), len(dataset.y_test)
@@ -206,7 +245,9 @@ def main(argv=None):
     return common.finish("epoch_time", meta, notes, targets, {
         "config": {"device": device, "batch_size": args.batch_size, "epochs": args.epochs, "warmup": args.warmup,
                    "reg": pen.kind, "quick": args.quick, "contenders": args.contenders, "compile": args.compile,
-                   "compile_mode": args.compile_mode, "timer": "time.perf_counter between device synchronizations"},
+                   "compile_mode": args.compile_mode, "timer": "time.perf_counter between device synchronizations",
+                   "data": dataset.source, "pyregnet_flush_denormals": build_info()["flush_denormals"],
+                   "torch_flush_denormal": flush},
         "torch": {"available": torch is not None, "skipped": why_no_torch,
                   "version": torch.__version__ if torch is not None else None},
         "epoch": {"train_images": n_train, "val_images": n_val, "batch": args.batch_size,

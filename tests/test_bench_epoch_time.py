@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pyregnet
 from pyregnet import data as datasets
 from pyregnet import model, reference
 from pyregnet.regularizers import Penalty
@@ -193,6 +194,8 @@ def _check_epoch(d, torch_ran):
         assert r["images_per_s"]["train"] == pytest.approx(N_TRAIN / r["median_s"]["train_s"])
         assert r["scaled_total_s"] == pytest.approx(r["median_s"]["train_s"] * 50_000 / N_TRAIN
                                                     + r["median_s"]["eval_s"] * 10_000 / N_VAL)
+        w = r["kernel_weights_at_end"]
+        assert w["weights"] == model.N_KERNEL and 0 <= w["exact_zeros"] + w["subnormal"] <= w["weights"]
         m = r["metrics_last_epoch"]
         assert 0 <= m["train_acc"] <= 1 and 0 <= m["val_acc"] <= 1
         assert math.isfinite(m["train_loss"]) and m["train_loss"] >= m["train_data_loss"] > 0   # + the penalty
@@ -202,6 +205,13 @@ def _check_epoch(d, torch_ran):
         assert e["ratios"]["torch-eager"] == pytest.approx(c["torch-eager"]["median_s"]["total_s"] / mine)
     else:
         assert not c["torch-eager"]["ran"] and "PyTorch" in c["torch-eager"]["skipped"]
+
+
+def test_census_reads_bits_whatever_the_floating_point_mode():
+    tiny = np.finfo(np.float32).tiny
+    w = np.array([0.0, -0.0, tiny, -tiny, np.nextafter(tiny, np.float32(0)), -1.4e-45, 1e-30, 0.5],
+                 dtype=np.float32)
+    assert et.census(w) == {"weights": 8, "exact_zeros": 2, "subnormal": 2}
 
 
 def _check_targets(d, stdout):
@@ -217,6 +227,9 @@ def test_tiny_cpu_run(tmp_path):
     assert d["benchmark"] == "epoch_time" and d["metadata"]["device"] == "cpu" and d["metadata"]["commit"]
     assert d["config"]["quick"] is True and d["config"]["compile"] is False
     assert d["torch"]["available"] == (torch is not None)
+    flush = pyregnet.build_info()["flush_denormals"]   # PyTorch follows the build unless told otherwise
+    assert d["config"]["pyregnet_flush_denormals"] == d["config"]["torch_flush_denormal"] == flush
+    assert d["config"]["data"].startswith("synthetic")
     _check_epoch(d, d["torch"]["available"])
     _check_targets(d, stdout)
 
@@ -231,7 +244,8 @@ def test_tiny_cpu_run_without_torch(tmp_path):
 
 def test_bad_arguments(capsys):
     for argv, word in ((["--contenders", "pyregnet-eager,nope"], "--contenders"), (["--epochs", "0"], "--epochs"),
-                       (["--train-size", "10", "--val-size", "10"], "less than one batch")):
+                       (["--train-size", "10", "--val-size", "10"], "less than one batch"),
+                       (["--data", "/no/such/cifar"], "--data: no CIFAR-10 data at /no/such/cifar")):
         assert et.main(["--device", "cpu", *argv]) == 2
         err = capsys.readouterr().err
         assert word in err and err.count("\n") == 1, err
