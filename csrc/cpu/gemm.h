@@ -12,10 +12,24 @@
 
 namespace pyregnet::cpu {
 
+// The widest vector register of the instruction set this file is compiled for, in bytes.
+#if defined(__AVX512F__)
+inline constexpr int64_t kVectorBytes = 64;
+#elif defined(__AVX__)
+inline constexpr int64_t kVectorBytes = 32;
+#else
+inline constexpr int64_t kVectorBytes = 16;
+#endif
+
+// The micro-kernel keeps MR x NR accumulators in registers: MR rows of two vectors each, 12 of
+// the 16 AVX2 (or 32 AVX-512) vector registers, leaving room for the two B vectors and the A
+// broadcast. A wider tile than the register file spills every accumulator on every k: with
+// 6 x 32 floats on AVX2 (sized for AVX-512) a Zen 3 core ran conv2's forward GEMM at 41 GFLOP/s,
+// with 6 x 16 at 66 (docs/results.md, CPU speed work). Tile sizes change no sum's order.
 template <class T>
 struct GemmTiles {
-  static constexpr int64_t MR = 6;                  // rows of C per micro-kernel
-  static constexpr int64_t NR = 128 / sizeof(T);    // columns: two 64-byte vectors
+  static constexpr int64_t MR = 6;                              // rows of C per micro-kernel
+  static constexpr int64_t NR = 2 * kVectorBytes / sizeof(T);   // columns: two vectors
   static constexpr int64_t KC = 256;                // k slice kept in cache while packed
   static constexpr int64_t NC = 3072;               // columns of B packed at once
 };
