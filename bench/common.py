@@ -188,17 +188,18 @@ def time_launches(launches, device, repeats, start):
     return [(samples[1:], "perf_counter around the launch inside the step") for samples in times], steps[1:]
 
 
-def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True):
-    """An Engine over data = (uint8 images, labels) already on the device, the model's initial
-    weights and `optimizer` with its default learning rate, penalty `reg` (its default λ) applied
-    in `mode` (optim.UPDATE_MODES): the training step as the trainer builds it."""
-    from pyregnet import model, optim
-    from pyregnet.engine import Engine
+def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True, net="cnn"):
+    """An Engine over data = (uint8 images, labels) already on the device, the network `net` (a key
+    of engine.MODELS) at its initial weights and `optimizer` with its default learning rate,
+    penalty `reg` (its default λ) applied in `mode` (optim.UPDATE_MODES): the training step as the
+    trainer builds it."""
+    from pyregnet import optim
+    from pyregnet.engine import MODELS, Engine
     from pyregnet.regularizers import Penalty
-    xp = array_module(device)
-    params = xp.asarray(model.init_params(SEED))
+    xp, net = array_module(device), MODELS[net]
+    params = xp.asarray(net.init_params(SEED))
     return Engine(params, xp.zeros_like(params), optim.make(optimizer, params, optim.DEFAULT_LR[optimizer]),
-                  Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture)
+                  Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture, net=net)
 
 
 def stats(samples):
@@ -264,10 +265,10 @@ def target(key, what, value, threshold, op, device, applies_to, detail="", noise
             "verdict": verdict, "applies": device == applies_to, "device": device, "detail": detail}
 
 
-def finish(name, meta, notes, targets, payload, path, check=False):
+def finish(name, meta, notes, targets, payload, path, check=False, tag=""):
     """A benchmark's ending: prints its targets and notes, writes its JSON (path: --json/--out, or
-    bench/results/<name>_<device>[_quick].json), returns the exit status: 1 with --check when a
-    target that applies to this device fails."""
+    bench/results/<name>_<device><tag>[_quick].json), returns the exit status: 1 with --check when
+    a target that applies to this device fails."""
     print()
     for t in targets:
         scope = "" if t["applies"] else "  (informational: a target for the other device)"
@@ -276,7 +277,7 @@ def finish(name, meta, notes, targets, payload, path, check=False):
     for note in notes:
         print(f"note: {note}")
     quick = "_quick" if payload["config"]["quick"] else ""
-    write_json(path or RESULTS_DIR / f"{name}_{meta['device']}{quick}.json",
+    write_json(path or RESULTS_DIR / f"{name}_{meta['device']}{tag}{quick}.json",
                {"benchmark": name, "metadata": meta, **payload, "targets": targets, "notes": notes})
     return 1 if check and any(t["applies"] and t["pass"] is False for t in targets) else 0
 
