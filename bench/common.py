@@ -2,8 +2,8 @@
 measured; one sync and one timer (perf_counter on the CPU, CUDA events on the GPU, or the replay
 of a CUDA graph captured through pyregnet.engine.Program); statistics and the roofline; one
 PASS/FAIL verdict; one line and exit 2 for a bad argument; atomic JSON under bench/results/.
-Nothing here imports pyregnet, CuPy or PyTorch at module level: bench/suite_record.py uses it
-before pyregnet is built.
+Nothing here imports pyregnet, CuPy or PyTorch at module level: the GPU suite uses it before
+pyregnet is built.
 """
 
 import argparse
@@ -62,7 +62,7 @@ def git_commit(root=ROOT):
     return head + ("-dirty" if changed else "")
 
 
-def _version(dist):
+def version(dist):
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -77,22 +77,22 @@ def metadata(device):
             "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "torch": _version("torch"),
-            "cupy": next((v for d in ("cupy", "cupy-cuda13x", "cupy-cuda12x") if (v := _version(d))), None),
+            "numpy": np.__version__, "torch": version("torch"),
+            "cupy": next((v for d in ("cupy", "cupy-cuda13x", "cupy-cuda12x") if (v := version(d))), None),
             "pyregnet": pyregnet.build_info(), "pyregnet_path": str(Path(pyregnet.__file__).parent)}
 
 
-def start(name, device, quick, log=print):
+def start(name, device, quick):
     """A benchmark's opening: (metadata, notes). Notes a busy machine and a --quick run, which the
     results must carry."""
     meta = metadata(device)
-    log(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
+    print(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
     load, cores = meta["load_average"][0], meta["cpu_count"]
     notes = [f"load average {load:.1f} on {cores} cores: another job is running, these timings are not "
              f"representative"] if load > cores else []
     notes += ["--quick: a smoke run with few samples, not a measurement"] if quick else []
     for note in notes:
-        log(f"note: {note}")
+        print(f"note: {note}")
     return meta, notes
 
 
@@ -143,6 +143,21 @@ def timeit(fn, device, warmup=1, repeats=5, calls=1):
             end.synchronize()
         seconds = cupy.cuda.get_elapsed_time(start, end) / 1e3 if device == "cuda" else time.perf_counter() - t0
         samples.append(seconds / calls)
+    return samples
+
+
+def take_turns(cases, rounds, time_one, warmup=0, log=False):
+    """{case: [time_one(case), one per round]} after `warmup` untimed rounds: every case once a
+    round, each round starting one case later, so that none always runs first."""
+    samples = {case: [] for case in cases}
+    for r in range(-warmup, rounds):
+        k = r % len(cases)
+        for case in cases[k:] + cases[:k]:
+            t = time_one(case)
+            if r >= 0:
+                samples[case].append(t)
+        if log and r >= 0:
+            print(f"  round {r + 1}/{rounds} done", flush=True)
     return samples
 
 
@@ -289,27 +304,19 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """The benchmarks' options: --device, --quick, --check and the output path (`out`) first."""
+    """The benchmarks' options: --device, --batch-size, --quick, --check and the output path (`out`) first."""
 
     def __init__(self, prog, doc, out="--json"):
+        from pyregnet.options import positive_int
         super().__init__(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
         self.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        self.add_argument("--batch-size", type=positive_int, default=64)
         self.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
         self.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
         self.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
 
     def error(self, message):  # one line, exit 2, no usage dump
         raise UsageError(message)
-
-
-def count(minimum):
-    """An argparse type: an integer >= minimum."""
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} but got {text}")
-        return value
-    return parse
 
 
 def names(choices):

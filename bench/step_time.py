@@ -28,6 +28,7 @@ from pyregnet import data as datasets  # noqa: E402
 from pyregnet import ops  # noqa: E402
 from pyregnet.engine import MAX_SHIFT, MODELS  # noqa: E402
 from pyregnet.launch import run  # noqa: E402
+from pyregnet.options import count, positive_int  # noqa: E402
 
 REGS = ("none", "l1l2")     # none is the main number
 # the CPU backend's goals: a step at most this many times PyTorch CPU's (docs/results.md, CPU speed)
@@ -39,10 +40,9 @@ QUICK = dict(steps=3, repeats=3, warmup=1, op_repeats=3)
 def parser():
     p = common.Parser("step_time", __doc__)
     p.add_argument("--model", choices=MODELS, default="cnn", help="the network (default cnn, the paper's)")
-    p.add_argument("--batch-size", type=common.count(1), default=64)
-    p.add_argument("--steps", type=common.count(1), help="steps per timed sample (default 20, --quick 3)")
-    p.add_argument("--repeats", type=common.count(1), help="timed samples per case (default 7, --quick 3)")
-    p.add_argument("--warmup", type=common.count(0), help="untimed steps per case first (default 5, --quick 1)")
+    p.add_argument("--steps", type=positive_int, help="steps per timed sample (default 20, --quick 3)")
+    p.add_argument("--repeats", type=positive_int, help="timed samples per case (default 7, --quick 3)")
+    p.add_argument("--warmup", type=count, help="untimed steps per case first (default 5, --quick 1)")
     p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the per-op table")
     return p
 
@@ -64,58 +64,38 @@ def net_batch(torch, x, labels):
     return torch.as_tensor(x, device=dev).clone(), torch.as_tensor(labels, device=dev).long().clone()
 
 
-def time_steps(cases, device, repeats):
-    """{key: [seconds per step]}: cases {key: (run `steps` steps, steps)} take turns each repeat."""
-    samples = {key: [] for key in cases}
-    for _ in range(repeats):
-        for key, (fn, steps) in cases.items():
-            samples[key].append(common.timeit(fn, device, 0, 1)[0] / steps)
-    return samples
-
-
-def op_table(eng, order, device, repeats, roof, reg):
-    """(rows, [seconds per step run by the table]): each launch of the engine's full-batch step
-    beside its roofline, from the start of an epoch."""
-    launches = eng.step().launches
-    timed, steps = common.time_launches(launches, device, repeats, lambda: eng.start_epoch(order))
-    return [common.roofline_row(launch.name, samples, launch.flops, launch.bytes, roof, reg=reg, method=how)
-            for launch, (samples, how) in zip(launches, timed)], steps
-
-
-def measure(args, device, d, notes):
-    """(results, ops, check, torch info) of the run."""
-    xp, batch, steps = common.array_module(device), args.batch_size, args.steps or d["steps"]
+def measure(args, device, notes):
+    """(samples, (op rows, seconds of the steps the table ran), check, torch info, roofline)."""
+    xp, batch, steps = common.array_module(device), args.batch_size, args.steps
     dataset = datasets.synthetic(n_train=steps * batch, n_test=1, seed=common.SEED)
     images, labels = xp.asarray(dataset.x_train), xp.asarray(dataset.y_train)
     order = np.random.default_rng(common.SEED).permutation(len(labels))
     torch, skipped = torch_net.load(device)
     info, check, cases = {"available": torch is not None, "skipped": skipped}, None, {}
-    warm_epochs = max(1, -(-(d["warmup"] if args.warmup is None else args.warmup) // steps))
     engines = {reg: common.pyregnet_engine(device, (images, labels), reg, batch, net=args.model) for reg in REGS}
     x = ops.augment_batch(images, xp.asarray(order[:batch]), seed=common.SEED, step=0, max_shift=MAX_SHIFT)
     y = labels[xp.asarray(order[:batch])]
     tx, ty = net_batch(torch, x, y) if torch is not None else (None, None)
     for reg, eng in engines.items():
-        cases[("pyregnet", reg)] = ((lambda e=eng: e.train_epoch(order)), steps)
+        cases[("pyregnet", reg)] = lambda e=eng: e.train_epoch(order)
         if torch is not None:
             net = torch_net.TorchNet(torch, device, reg, net=args.model)
             check = check or first_loss_check(eng, net, x, y)
-            cases[("torch", reg)] = ((lambda n=net: [n.step(tx, ty) for _ in range(steps)]), steps)
+            cases[("torch", reg)] = lambda n=net: [n.step(tx, ty) for _ in range(steps)]
             info.update(version=torch.__version__, threads=torch.get_num_threads(), **net.setup)
     if check and not check["ok"]:
         notes.append(f"first-batch losses differ: pyregnet {check['pyregnet']:.6f}, PyTorch {check['torch']:.6f}")
-    for fn, _ in cases.values():
-        for _ in range(warm_epochs):
-            fn()
-    print(f"timing {len(cases)} cases x {args.repeats or d['repeats']} samples of {steps} steps ...", flush=True)
-    samples = time_steps(cases, device, args.repeats or d["repeats"])
+    print(f"timing {len(cases)} cases x {args.repeats} samples of {steps} steps ...", flush=True)
+    samples = common.take_turns(list(cases), args.repeats, lambda k: common.timeit(cases[k], device, 0, 1)[0] / steps,
+                                warmup=max(1, -(-args.warmup // steps)))   # warm-up steps, in whole samples
     roof = common.roofline(device, args.quick)
     ops_rows, inline = [], {}
-    if args.ops:
-        print("per-op table ...", flush=True)
-        for reg, eng in engines.items():
-            rows, inline[reg] = op_table(eng, order, device, d["op_repeats"], roof, reg)
-            ops_rows += rows
+    for reg, eng in engines.items():   # the engine's full-batch step, launch by launch, from an epoch's start
+        if args.ops:
+            launches = eng.step().launches
+            timed, inline[reg] = common.time_launches(launches, device, args.op_repeats, lambda: eng.start_epoch(order))
+            ops_rows += [common.roofline_row(launch.name, times, launch.flops, launch.bytes, roof, reg=reg, method=how)
+                         for launch, (times, how) in zip(launches, timed)]
     return samples, (ops_rows, inline), check, info, roof
 
 
@@ -138,8 +118,7 @@ def summarize(samples, ops, roof, batch, device, net):
         s = sums[reg] = {"ops_ms": sum(r["ms"] for r in rows), "step_ms": ms[("pyregnet", reg)]}
         s["ratio"] = s["ops_ms"] / s["step_ms"]
         if inline.get(reg):   # the launches' share of each step the table ran: the rest is the loop
-            s["share_of_table_steps"] = [sum(r["samples_s"][k] for r in rows) / t
-                                         for k, t in enumerate(inline[reg])]
+            s["share_of_table_steps"] = [sum(r["samples_s"][k] for r in rows) / t for k, t in enumerate(inline[reg])]
     targets = []
     for reg in REGS:
         ratio = ms[("pyregnet", reg)] / ms[("torch", reg)] if ("torch", reg) in ms else None
@@ -175,17 +154,18 @@ def main(argv=None):
     except common.UsageError as e:
         return common.usage_exit("step_time", e)
     d = QUICK if args.quick else FULL
+    args.steps, args.repeats = args.steps or d["steps"], args.repeats or d["repeats"]
+    args.warmup, args.op_repeats = d["warmup"] if args.warmup is None else args.warmup, d["op_repeats"]
     meta, notes = common.start("step_time", device, args.quick)
-    samples, ops, check, info, roof = measure(args, device, d, notes)
+    samples, ops, check, info, roof = measure(args, device, notes)
     results, sums, targets = summarize(samples, ops, roof, args.batch_size, device, args.model)
-    ops_rows = ops[0]
-    report(results, ops_rows, sums, check)
+    report(results, ops[0], sums, check)
     return common.finish("step_time", meta, notes, targets, {
-        "config": {"device": device, "model": args.model, "batch_size": args.batch_size, "steps": args.steps or d["steps"],
-                   "repeats": args.repeats or d["repeats"], "op_repeats": d["op_repeats"], "quick": args.quick,
-                   "regs": list(REGS), "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
+        "config": {"device": device, "model": args.model, "batch_size": args.batch_size, "steps": args.steps,
+                   "repeats": args.repeats, "op_repeats": args.op_repeats, "quick": args.quick, "regs": list(REGS),
+                   "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
         "flops": MODELS[args.model].step_flops(args.batch_size), "roofline": roof, "torch": info,
-        "same_network_check": check, "results": results, "ops": ops_rows, "ops_sum": sums},
+        "same_network_check": check, "results": results, "ops": ops[0], "ops_sum": sums},
         args.json, args.check, tag="" if args.model == "cnn" else f"_{args.model}")
 
 

@@ -46,11 +46,6 @@ def decode_draw(d, max_shift=MAX_SHIFT):
     return d % span - max_shift, (d // span) % span - max_shift, bool(d // (span * span))
 
 
-def encode_draw(dy, dx, flip, max_shift=MAX_SHIFT):
-    span = 2 * max_shift + 1
-    return (dy + max_shift) + span * (dx + max_shift) + span * span * int(bool(flip))
-
-
 def gather_augment(images_flat, index, draws, table, channels):
     """uint8 (B, C, H*W): sample b = images_flat[index[b]] (uint8 (N, C, H*W)) through the pixel
     map table[draws[b]]; one advanced-indexing gather, the same on NumPy and PyTorch arrays."""
@@ -180,6 +175,9 @@ class TorchNet:
             sums += t.stack([data * min(b, n - i), total * min(b, n - i), hits.double()])
         data, total, correct = (s / n for s in sums.tolist())   # the epoch's one read
         return {"train_data_loss": data, "train_loss": total, "train_acc": correct}
+
+    def kernel_weights(self):
+        return np.concatenate([w.detach().cpu().numpy().ravel() for w in self.kernels])
 
     def _forward_sums(self, x, y):
         with self.torch.no_grad():
