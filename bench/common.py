@@ -11,6 +11,7 @@ import datetime
 import importlib.metadata
 import json
 import math
+import operator
 import os
 import platform
 import subprocess
@@ -161,36 +162,34 @@ def take_turns(cases, rounds, time_one, warmup=0, log=False):
     return samples
 
 
-def time_launch(fn, device, warmup=1, repeats=5):
-    """(seconds per call, how): on the GPU the device time of a launch as a captured step runs it:
-    `reps` calls (>= GPU_SAMPLE_S of work) captured as one CUDA graph by engine.Program and its
-    replays timed with CUDA events, without the host's launch overhead (timed eagerly, with the
-    reason, if the capture fails). On the CPU: timeit."""
-    if device != "cuda":
-        return timeit(fn, device, warmup, repeats), "perf_counter per call"
+def graph_time(fn, repeats):
+    """(seconds per call, how): the GPU time of a launch as a captured step runs it: `reps` calls
+    (>= GPU_SAMPLE_S of work) captured as one CUDA graph by engine.Program and its replays timed
+    with CUDA events, without the host's launch overhead (timed eagerly, with the reason, if the
+    capture fails)."""
     from pyregnet.engine import Program, capture_stream
     from pyregnet.launch import Launch
-    one = timeit(fn, device, max(warmup, 1), 1)[0]
+    one = timeit(fn, "cuda", 1, 1)[0]
     reps = int(min(GPU_MAX_REPS, max(1, math.ceil(GPU_SAMPLE_S / max(one, 1e-7)))))
-    program = Program([Launch("timed", fn)] * reps, capture_stream(array_module(device)))
+    program = Program([Launch("timed", fn)] * reps, capture_stream(array_module("cuda")))
     try:
         program()   # eager: loads the kernels; the next call captures, then replays
         with program.stream:
-            samples = timeit(program, device, 1, repeats)
+            samples = timeit(program, "cuda", 1, repeats)
         return [s / reps for s in samples], f"CUDA graph of {reps} calls, replays timed with CUDA events"
     except Exception as e:  # noqa: BLE001 -- the eager time stands, with the reason
-        sync(device)
-        return timeit(fn, device, 1, repeats, reps), f"eager ({reps} calls; capture failed: {type(e).__name__})"
+        sync("cuda")
+        return timeit(fn, "cuda", 1, repeats, reps), f"eager ({reps} calls; capture failed: {type(e).__name__})"
 
 
 def time_launches(launches, device, repeats, start):
     """([(seconds per call, how)] for each launch of a step, [seconds per whole step] or None). On
     the CPU each launch is timed where it runs, inside the whole step, which runs `repeats` times
     after one warm-up, each time from start(); the step's own time is kept beside. On the GPU each
-    launch alone: time_launch."""
+    launch alone: graph_time."""
     if device == "cuda":
         start()
-        return [time_launch(launch.fn, device, 1, repeats) for launch in launches], None
+        return [graph_time(launch.fn, repeats) for launch in launches], None
     times, steps = [[] for _ in launches], []
     for _ in range(repeats + 1):
         start()
@@ -268,11 +267,10 @@ def target(key, what, value, threshold, op, device, applies_to, detail="", noise
     """One target: value `op` threshold ('<=', '<', '>=' or '>'); value None = not measured (n/a). With
     `noise` (a '<=' target), a value above the threshold but within the noise passes 'within
     noise'. It counts (`applies`) only on the device it is set for."""
-    ops = {"<=": lambda v: v <= threshold, "<": lambda v: v < threshold, ">=": lambda v: v >= threshold,
-           ">": lambda v: v > threshold}
+    ops = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
     if op not in ops:
         raise ValueError(f"op: expected one of {', '.join(ops)} but got {op!r}")
-    ok = None if value is None else ops[op](value)
+    ok = None if value is None else ops[op](value, threshold)
     verdict = "n/a" if ok is None else "PASS" if ok else "FAIL"
     if ok is False and noise is not None and value <= noise:
         ok, verdict = True, "PASS (within noise)"

@@ -1,13 +1,10 @@
-"""The GPU verification of pyregnet in three device-tool calls, each under one shared deadline, run
-through bench/gpu_suite.sh (which first checks, in one line, that there is a GPU at all). The
-stages (README, "On a GPU"): first (420 s: the machine, the build, the smoke and CUDA tests, real
-CIFAR-10 graph == eager, the epoch time); second (420 s, warm: the remaining CUDA tests, every
-dev/cuda harness, memcheck, bench/step_time.py and penalty_cost.py --no-epochs); third (570 s:
-20-epoch determinism runs, torch.compile). Each step takes the stage's Suite (suite_record.py) and
-returns a dict for the summary JSON in --out, or raises (Stop when the suite cannot go on); a step
-that cannot run records null and why. The steps that run programs take the device (and the data)
-as arguments, so that tests/test_gpu_suite.py runs them on the CPU. At most 8 files land in
---out. Imports neither pyregnet nor CuPy at module level (the build step installs them).
+"""The GPU verification of pyregnet in three device-tool calls (stages: README, "On a GPU"), each
+under one shared deadline, run through bench/gpu_suite.sh (which first checks that there is a GPU).
+Each step takes the stage's Suite (suite_record.py) and returns a dict for the summary JSON in
+--out, or raises (Stop when the suite cannot go on); a step that cannot run records null and why.
+The steps that run programs take the device (and the data) as arguments, so that
+tests/test_gpu_suite.py runs them on the CPU. At most 8 files land in --out. Imports neither
+pyregnet nor CuPy at module level (the build step installs them).
 """
 
 import argparse

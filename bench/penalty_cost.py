@@ -26,8 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from pyregnet import data as datasets  # noqa: E402
-from pyregnet import model, optim, reference  # noqa: E402
+from pyregnet import data as datasets, model, optim, reference  # noqa: E402
 from pyregnet.extras import missing  # noqa: E402
 from pyregnet.launch import run  # noqa: E402
 from pyregnet.options import count, positive_int  # noqa: E402
@@ -59,7 +58,7 @@ def torch_build(impl):
     PyTorch adds eps after the bias correction: eps / sqrt(1 - β2^t) makes the step the same."""
     def build(w, g, state, pen, step0, into):
         import torch
-        as_t = (lambda a: torch.from_numpy(a)) if isinstance(w, np.ndarray) else (lambda a: torch.as_tensor(a))
+        as_t = torch.as_tensor   # shares the NumPy or CuPy array's memory
         p = as_t(w).requires_grad_(True)
         p.grad = as_t(g)
         h = HYPER["adam"]

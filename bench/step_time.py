@@ -5,14 +5,13 @@ of pyregnet's step against its roofline.
                               [--repeats R] [--warmup N] [--no-ops] [--quick] [--json PATH] [--check]
 
 pyregnet's step is the engine's, as the trainer builds it for --model (the paper's CNN, or
-ResNet-20): a sample is one Engine.train_epoch over --steps synthetic batches (on the GPU: CUDA
-graph replays) per step. PyTorch (bench/torch_net.py: the same network and initial weights) steps
-on one pre-made batch on the device, its best case. Both with reg none and l1l2, taking turns
-sample by sample; a first-batch loss check in training mode shows they are the same network. The
-per-op table times each launch of the engine's real step (Engine.step().launches; on the CPU
-inside the running step, on the GPU alone as a replayed CUDA graph) beside its roofline: max(FLOPs
-/ measured FP32 peak, bytes / measured copy bandwidth). Targets on the CPU: pyregnet's step takes
-<= 0.85x PyTorch's (cnn), <= 1.2x (resnet20). Results:
+ResNet-20): a sample is Engine.train_epoch over --steps synthetic batches (on the GPU: CUDA graph
+replays). PyTorch (bench/torch_net.py: the same network and initial weights) steps on one batch
+on the device, its best case. Both with reg none and l1l2, taking turns; a first-batch loss check
+in training mode shows they are the same network. The per-op table times each launch of the
+engine's real step (on the CPU inside the running step, on the GPU alone as a replayed CUDA graph)
+beside its roofline: max(FLOPs / measured FP32 peak, bytes / measured copy bandwidth). Targets on
+the CPU: pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20). Results:
 bench/results/step_time_<device>[_resnet20][_quick].json.
 """
 

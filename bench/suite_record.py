@@ -1,17 +1,14 @@
 """The record of a bench/gpu_suite.py stage: one shared deadline, a log, and a summary JSON rewritten
-after every step (so a deadline or a crash still leaves what was done); what each step found or why
-it did not run; the pure helpers that read the steps' outputs (test counts, spills, metric
-histories, epoch times) and make gpu-first-contact.json's headline; and the pytest plugin
-(`-p suite_record`, bench/ on PYTHONPATH) that appends each test's outcome to a JSON-lines file as
-it finishes, so that a run stopped by a deadline or killed still leaves its counts:
+after every step (so a deadline or a crash still leaves what was done); the pure helpers that read
+the steps' outputs and make gpu-first-contact.json's headline; and the pytest plugin (`-p
+suite_record`, bench/ on PYTHONPATH) that appends each test's outcome to a JSON-lines file as it
+finishes, so that a run stopped by a deadline or killed still leaves its counts:
 
-    --record PATH         append {"collected": n} once, then {"nodeid", "outcome", "reason"} per
-                          deciding phase (outcome: passed, failed, error or skipped; the worst counts)
+    --record PATH         append {"collected": n}, then {"nodeid", "outcome", "reason"} per deciding phase
     --stop-at EPOCH_S     stop after the test that ends past this time.time() ("interrupted")
     --skip-recorded PATH  deselect the tests PATH records (may be repeated; a missing file: none)
 
-Tested on the CPU (tests/test_gpu_suite.py). Imports neither pyregnet nor CuPy: it runs before the
-build.
+Imports neither pyregnet nor CuPy: it runs before the build.
 """
 
 import datetime
@@ -22,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -76,19 +74,15 @@ def read_records(path):
 
 
 def count_outcomes(record_path):
-    """{passed, failed, errors, skipped, not_run, skip_reasons} from a --record file (not_run:
-    collected but stopped before; skip_reasons: the three commonest with their counts)."""
+    """{passed, failed, errors, skipped, not_run, failed_tests, skip_reasons} from a --record file
+    (not_run: collected but stopped before; skip_reasons: the three commonest with their counts)."""
     collected, tests = read_records(record_path)
-    counts = {k: 0 for k in ("passed", "failed", "errors", "skipped")}
-    reasons = {}
-    for r in tests.values():
-        counts["errors" if r["outcome"] == "error" else r["outcome"]] += 1
-        if r["outcome"] == "skipped":
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    counts["not_run"] = max(sum(collected) - len(tests), 0) if collected else None
-    counts["failed_tests"] = sorted(n for n, r in tests.items() if r["outcome"] in ("failed", "error"))[:20]
-    counts["skip_reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-    return counts
+    outcomes = Counter("errors" if r["outcome"] == "error" else r["outcome"] for r in tests.values())
+    reasons = Counter(r["reason"] for r in tests.values() if r["outcome"] == "skipped")
+    return {**{k: outcomes[k] for k in ("passed", "failed", "errors", "skipped")},
+            "not_run": max(sum(collected) - len(tests), 0) if collected else None,
+            "failed_tests": sorted(n for n, r in tests.items() if r["outcome"] in ("failed", "error"))[:20],
+            "skip_reasons": dict(reasons.most_common(3))}
 
 
 def read_metrics(run_dir):

@@ -15,6 +15,7 @@ import pytest
 
 from pyregnet import model, resnet
 from pyregnet.engine import MODELS
+from pyregnet.launch import Launch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -41,9 +42,11 @@ def test_timers_warm_up_and_count():
     calls = []
     samples = common.timeit(lambda: calls.append(1), "cpu", warmup=2, repeats=3, calls=4)
     assert len(calls) == 2 + 3 * 4 and len(samples) == 3 and all(t >= 0 for t in samples)
+    launches = [Launch("a", lambda: calls.append("a")), Launch("b", lambda: calls.append("b"))]
     calls.clear()
-    samples, how = common.time_launch(lambda: calls.append(1), "cpu", warmup=1, repeats=2)
-    assert len(calls) == 3 and len(samples) == 2 and how == "perf_counter per call"
+    timed, steps = common.time_launches(launches, "cpu", 2, lambda: calls.append("start"))
+    assert calls == ["start", "a", "b"] * 3 and len(steps) == 2                # one warm-up, then 2 timed steps
+    assert [len(t) for t, _ in timed] == [2, 2] and all(how.startswith("perf_counter") for _, how in timed)
     with pytest.raises(ValueError):
         common.timeit(lambda: None, "cpu", warmup=0, repeats=0)
 
