@@ -2,8 +2,8 @@
 measured; one sync and one timer (perf_counter on the CPU, CUDA events on the GPU, or the replay
 of a CUDA graph captured through pyregnet.engine.Program); statistics and the roofline; one
 PASS/FAIL verdict; one line and exit 2 for a bad argument; atomic JSON under bench/results/.
-Nothing here imports pyregnet, CuPy or PyTorch at module level: bench/suite_record.py uses it
-before pyregnet is built.
+Nothing here imports pyregnet, CuPy or PyTorch at module level: the GPU suite uses it before
+pyregnet is built.
 """
 
 import argparse
@@ -11,6 +11,7 @@ import datetime
 import importlib.metadata
 import json
 import math
+import operator
 import os
 import platform
 import subprocess
@@ -62,7 +63,7 @@ def git_commit(root=ROOT):
     return head + ("-dirty" if changed else "")
 
 
-def _version(dist):
+def version(dist):
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -77,22 +78,22 @@ def metadata(device):
             "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "torch": _version("torch"),
-            "cupy": next((v for d in ("cupy", "cupy-cuda13x", "cupy-cuda12x") if (v := _version(d))), None),
+            "numpy": np.__version__, "torch": version("torch"),
+            "cupy": next((v for d in ("cupy", "cupy-cuda13x", "cupy-cuda12x") if (v := version(d))), None),
             "pyregnet": pyregnet.build_info(), "pyregnet_path": str(Path(pyregnet.__file__).parent)}
 
 
-def start(name, device, quick, log=print):
+def start(name, device, quick):
     """A benchmark's opening: (metadata, notes). Notes a busy machine and a --quick run, which the
     results must carry."""
     meta = metadata(device)
-    log(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
+    print(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
     load, cores = meta["load_average"][0], meta["cpu_count"]
     notes = [f"load average {load:.1f} on {cores} cores: another job is running, these timings are not "
              f"representative"] if load > cores else []
     notes += ["--quick: a smoke run with few samples, not a measurement"] if quick else []
     for note in notes:
-        log(f"note: {note}")
+        print(f"note: {note}")
     return meta, notes
 
 
@@ -146,36 +147,49 @@ def timeit(fn, device, warmup=1, repeats=5, calls=1):
     return samples
 
 
-def time_launch(fn, device, warmup=1, repeats=5):
-    """(seconds per call, how): on the GPU the device time of a launch as a captured step runs it:
-    `reps` calls (>= GPU_SAMPLE_S of work) captured as one CUDA graph by engine.Program and its
-    replays timed with CUDA events, without the host's launch overhead (timed eagerly, with the
-    reason, if the capture fails). On the CPU: timeit."""
-    if device != "cuda":
-        return timeit(fn, device, warmup, repeats), "perf_counter per call"
+def take_turns(cases, rounds, time_one, warmup=0, log=False):
+    """{case: [time_one(case), one per round]} after `warmup` untimed rounds: every case once a
+    round, each round starting one case later, so that none always runs first."""
+    samples = {case: [] for case in cases}
+    for r in range(-warmup, rounds):
+        k = r % len(cases)
+        for case in cases[k:] + cases[:k]:
+            t = time_one(case)
+            if r >= 0:
+                samples[case].append(t)
+        if log and r >= 0:
+            print(f"  round {r + 1}/{rounds} done", flush=True)
+    return samples
+
+
+def graph_time(fn, repeats):
+    """(seconds per call, how): the GPU time of a launch as a captured step runs it: `reps` calls
+    (>= GPU_SAMPLE_S of work) captured as one CUDA graph by engine.Program and its replays timed
+    with CUDA events, without the host's launch overhead (timed eagerly, with the reason, if the
+    capture fails)."""
     from pyregnet.engine import Program, capture_stream
     from pyregnet.launch import Launch
-    one = timeit(fn, device, max(warmup, 1), 1)[0]
+    one = timeit(fn, "cuda", 1, 1)[0]
     reps = int(min(GPU_MAX_REPS, max(1, math.ceil(GPU_SAMPLE_S / max(one, 1e-7)))))
-    program = Program([Launch("timed", fn)] * reps, capture_stream(array_module(device)))
+    program = Program([Launch("timed", fn)] * reps, capture_stream(array_module("cuda")))
     try:
         program()   # eager: loads the kernels; the next call captures, then replays
         with program.stream:
-            samples = timeit(program, device, 1, repeats)
+            samples = timeit(program, "cuda", 1, repeats)
         return [s / reps for s in samples], f"CUDA graph of {reps} calls, replays timed with CUDA events"
     except Exception as e:  # noqa: BLE001 -- the eager time stands, with the reason
-        sync(device)
-        return timeit(fn, device, 1, repeats, reps), f"eager ({reps} calls; capture failed: {type(e).__name__})"
+        sync("cuda")
+        return timeit(fn, "cuda", 1, repeats, reps), f"eager ({reps} calls; capture failed: {type(e).__name__})"
 
 
 def time_launches(launches, device, repeats, start):
     """([(seconds per call, how)] for each launch of a step, [seconds per whole step] or None). On
     the CPU each launch is timed where it runs, inside the whole step, which runs `repeats` times
     after one warm-up, each time from start(); the step's own time is kept beside. On the GPU each
-    launch alone: time_launch."""
+    launch alone: graph_time."""
     if device == "cuda":
         start()
-        return [time_launch(launch.fn, device, 1, repeats) for launch in launches], None
+        return [graph_time(launch.fn, repeats) for launch in launches], None
     times, steps = [[] for _ in launches], []
     for _ in range(repeats + 1):
         start()
@@ -188,17 +202,18 @@ def time_launches(launches, device, repeats, start):
     return [(samples[1:], "perf_counter around the launch inside the step") for samples in times], steps[1:]
 
 
-def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True):
-    """An Engine over data = (uint8 images, labels) already on the device, the model's initial
-    weights and `optimizer` with its default learning rate, penalty `reg` (its default λ) applied
-    in `mode` (optim.UPDATE_MODES): the training step as the trainer builds it."""
-    from pyregnet import model, optim
-    from pyregnet.engine import Engine
+def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True, net="cnn"):
+    """An Engine over data = (uint8 images, labels) already on the device, the network `net` (a key
+    of engine.MODELS) at its initial weights and `optimizer` with its default learning rate,
+    penalty `reg` (its default λ) applied in `mode` (optim.UPDATE_MODES): the training step as the
+    trainer builds it."""
+    from pyregnet import optim
+    from pyregnet.engine import MODELS, Engine
     from pyregnet.regularizers import Penalty
-    xp = array_module(device)
-    params = xp.asarray(model.init_params(SEED))
+    xp, net = array_module(device), MODELS[net]
+    params = xp.asarray(net.init_params(SEED))
     return Engine(params, xp.zeros_like(params), optim.make(optimizer, params, optim.DEFAULT_LR[optimizer]),
-                  Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture)
+                  Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture, net=net)
 
 
 def stats(samples):
@@ -252,11 +267,10 @@ def target(key, what, value, threshold, op, device, applies_to, detail="", noise
     """One target: value `op` threshold ('<=', '<', '>=' or '>'); value None = not measured (n/a). With
     `noise` (a '<=' target), a value above the threshold but within the noise passes 'within
     noise'. It counts (`applies`) only on the device it is set for."""
-    ops = {"<=": lambda v: v <= threshold, "<": lambda v: v < threshold, ">=": lambda v: v >= threshold,
-           ">": lambda v: v > threshold}
+    ops = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
     if op not in ops:
         raise ValueError(f"op: expected one of {', '.join(ops)} but got {op!r}")
-    ok = None if value is None else ops[op](value)
+    ok = None if value is None else ops[op](value, threshold)
     verdict = "n/a" if ok is None else "PASS" if ok else "FAIL"
     if ok is False and noise is not None and value <= noise:
         ok, verdict = True, "PASS (within noise)"
@@ -264,10 +278,10 @@ def target(key, what, value, threshold, op, device, applies_to, detail="", noise
             "verdict": verdict, "applies": device == applies_to, "device": device, "detail": detail}
 
 
-def finish(name, meta, notes, targets, payload, path, check=False):
+def finish(name, meta, notes, targets, payload, path, check=False, tag=""):
     """A benchmark's ending: prints its targets and notes, writes its JSON (path: --json/--out, or
-    bench/results/<name>_<device>[_quick].json), returns the exit status: 1 with --check when a
-    target that applies to this device fails."""
+    bench/results/<name>_<device><tag>[_quick].json), returns the exit status: 1 with --check when
+    a target that applies to this device fails."""
     print()
     for t in targets:
         scope = "" if t["applies"] else "  (informational: a target for the other device)"
@@ -276,7 +290,7 @@ def finish(name, meta, notes, targets, payload, path, check=False):
     for note in notes:
         print(f"note: {note}")
     quick = "_quick" if payload["config"]["quick"] else ""
-    write_json(path or RESULTS_DIR / f"{name}_{meta['device']}{quick}.json",
+    write_json(path or RESULTS_DIR / f"{name}_{meta['device']}{tag}{quick}.json",
                {"benchmark": name, "metadata": meta, **payload, "targets": targets, "notes": notes})
     return 1 if check and any(t["applies"] and t["pass"] is False for t in targets) else 0
 
@@ -288,27 +302,19 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """The benchmarks' options: --device, --quick, --check and the output path (`out`) first."""
+    """The benchmarks' options: --device, --batch-size, --quick, --check and the output path (`out`) first."""
 
     def __init__(self, prog, doc, out="--json"):
+        from pyregnet.options import positive_int
         super().__init__(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
         self.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        self.add_argument("--batch-size", type=positive_int, default=64)
         self.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
         self.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
         self.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
 
     def error(self, message):  # one line, exit 2, no usage dump
         raise UsageError(message)
-
-
-def count(minimum):
-    """An argparse type: an integer >= minimum."""
-    def parse(text):
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} but got {text}")
-        return value
-    return parse
 
 
 def names(choices):

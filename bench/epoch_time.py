@@ -1,25 +1,20 @@
 """Epoch time, side by side in one run: pyregnet (CUDA graph and eager) against PyTorch (eager and
 torch.compile).
 
-    python bench/epoch_time.py [--device auto|cuda|cpu] [--data PATH] [--train-size N] [--val-size N] [--batch-size 64] [--reg KIND]
-        [--epochs N] [--warmup N] [--contenders LIST] [--compile | --no-compile] [--compile-mode MODE]
-        [--torch-flush-denormal | --no-torch-flush-denormal] [--quick] [--out PATH] [--check]
+    python bench/epoch_time.py [--device auto|cuda|cpu] [--data PATH] [--train-size N] [--val-size N]
+        [--batch-size 64] [--reg KIND] [--epochs N] [--warmup N] [--contenders LIST] [--[no-]compile]
+        [--compile-mode MODE] [--[no-]torch-flush-denormal] [--quick] [--out PATH] [--check]
 
-One epoch: the training images (50,000 synthetic, or CIFAR-10's with --data) in batches of 64,
-augmented, with the --reg penalty (default l1l2), then the evaluation of the validation images
-(10,000). Synthetic pixels time the same as real ones, but weights evolve differently: to see what
-subnormal weights cost over a long run (docs/results.md, "Subnormal floats"), train on CIFAR-10.
-PyTorch flushes subnormals (torch.set_flush_denormal) when this pyregnet build does, so both run
-the same arithmetic; the record ends with a census of each contender's kernel weights (exact
-zeros, subnormals). pyregnet-graph and
-pyregnet-eager: pyregnet.train.Run(Config(graph=True or False)).train_epoch() + .evaluate(), as
-the trainer runs them (the graph needs the GPU); torch-eager and torch-compile: bench/torch_net.py's
-baseline, eager or under torch.compile(mode=--compile-mode), compiled in the warm-up (what the
-first epoch cost beyond a timed one is reported). The contenders take turns epoch by epoch, timed
-with perf_counter between device synchronizations. Targets (the H200's; informational on the CPU):
-the pyregnet-graph epoch, scaled to 50,000 + 10,000 images, takes <= 0.2 s, is >= 3x faster than
-torch-eager and faster than torch-compile. A contender that fails is reported and the others run;
---check exits 1 when a target that applies to this device fails.
+One epoch: the training images (50,000 synthetic, or CIFAR-10's with --data, where weights evolve
+as in training and subnormals can appear: docs/results.md, "Subnormal floats") in batches,
+augmented, with the --reg penalty, then the evaluation of 10,000 images. pyregnet-graph and
+pyregnet-eager: train.Run's train_epoch() + evaluate(), as the trainer runs them (the graph needs
+the GPU); torch-eager and torch-compile: bench/torch_net.py's baseline, compiled in the warm-up,
+flushing subnormals as this pyregnet build does. The contenders take turns epoch by epoch, timed
+with perf_counter between device synchronizations; each ends with a census of its kernel weights
+(exact zeros, subnormals). Targets (the H200's; informational on the CPU): the pyregnet-graph
+epoch, scaled to 50,000 + 10,000 images, takes <= 0.2 s, is >= 3x faster than torch-eager and
+faster than torch-compile. A contender that fails is reported and the others run.
 """
 
 import argparse
@@ -34,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch_net  # noqa: E402
 from pyregnet import build_info  # noqa: E402
 from pyregnet import data as datasets  # noqa: E402
+from pyregnet.options import count, positive_int  # noqa: E402
 from pyregnet.regularizers import KINDS, Penalty  # noqa: E402
 from pyregnet.train import Config, Run  # noqa: E402
 
@@ -47,12 +43,11 @@ def parser():
     p = common.Parser("epoch_time", __doc__, out="--out")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 (any source the trainer's --data takes) instead of "
                    "synthetic images")
-    p.add_argument("--train-size", type=common.count(1), help=f"training images (default {TRAIN_IMAGES:,})")
-    p.add_argument("--val-size", type=common.count(1), help=f"evaluated images (default {VAL_IMAGES:,})")
-    p.add_argument("--batch-size", type=common.count(1), default=64)
+    p.add_argument("--train-size", type=positive_int, help=f"training images (default {TRAIN_IMAGES:,})")
+    p.add_argument("--val-size", type=positive_int, help=f"evaluated images (default {VAL_IMAGES:,})")
     p.add_argument("--reg", choices=KINDS, default="l1l2", help="every contender's penalty, default λ")
-    p.add_argument("--epochs", type=common.count(1), help="timed epochs per contender (default 5, --quick 1)")
-    p.add_argument("--warmup", type=common.count(0), help="untimed epochs first (default 1, --quick 0)")
+    p.add_argument("--epochs", type=positive_int, help="timed epochs per contender (default 5, --quick 1)")
+    p.add_argument("--warmup", type=count, help="untimed epochs first (default 1, --quick 0)")
     p.add_argument("--contenders", type=common.names(CONTENDERS), default=list(CONTENDERS), help=",".join(CONTENDERS))
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="run torch-compile (default: on the GPU)")
     p.add_argument("--compile-mode", default="max-autotune")
@@ -85,12 +80,7 @@ class Pyregnet:
         return {"val_data_loss": loss, "val_acc": acc}
 
     def kernel_weights(self):
-        p = self.run.params[:self.run.net.N_KERNEL]
-        return p.get() if hasattr(p, "get") else p
-
-
-def kernel_weights_torch(net):
-    return np.concatenate([w.detach().cpu().numpy().ravel() for w in net.kernels])
+        return self.run.to_host(self.run.params[:self.run.net.N_KERNEL])
 
 
 def census(weights):
@@ -163,8 +153,7 @@ def run_epochs(args, device, dataset, torch, why_no_torch):
             print(f"  epoch {r + 1}/{args.epochs} {name}: train {t:.3f} s, eval {e:.3f} s", file=sys.stderr, flush=True)
     for name, obj in live.items():
         records[name].update(ran=True, **summary(records[name], len(dataset.y_train), len(dataset.y_test)))
-        records[name]["kernel_weights_at_end"] = census(
-            obj.kernel_weights() if isinstance(obj, Pyregnet) else kernel_weights_torch(obj))
+        records[name]["kernel_weights_at_end"] = census(obj.kernel_weights())
     return records
 
 

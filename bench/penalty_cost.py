@@ -4,15 +4,13 @@
         [--epoch-images N] [--epochs N] [--warmup-epochs N] [--batch-size N] [--sizes LIST]
         [--repeats N] [--peers LIST] [--no-epochs] [--no-update]
 
-1. Epochs: Engine.train_epoch (the trainer's step) on synthetic images for each optimizer, penalty
-   (default λ) and update mode (optim.UPDATE_MODES), beside the optimizer's baseline (fused, no
-   penalty) and an A/A copy of it (identical work: how far alike cases land apart), taking turns
-   epoch by epoch. overhead = median / the baseline's median - 1; paired: per round; noise: the
-   baseline's (p90 - p10) / median.
+1. Epochs: Engine.train_epoch on synthetic images for each optimizer, penalty (default λ) and
+   update mode (optim.UPDATE_MODES), beside the optimizer's baseline (fused, no penalty) and an A/A
+   copy of it (how far alike cases land apart), taking turns epoch by epoch.
 2. The update alone, float32, every parameter penalized, at each --sizes: each optimizer's own
    launches in each mode, against the bytes the fused update must move over the measured copy
-   bandwidth; beside peers of the fused Adam update (PyTorch fused and foreach, NumPy, numba).
-   Every implementation is first checked against pyregnet.reference, or skipped with the reason.
+   bandwidth; beside peers of the fused Adam update (PyTorch fused and foreach, NumPy, numba), each
+   first checked against pyregnet.reference (or skipped with the reason).
 Targets: GPU: the fused Adam update moves >= 90% of the copy bandwidth at >= 16M parameters and
 beats every peer; fused l1l2 adds <= 1% to Adam's epoch (within noise). CPU: the fused penalty adds
 <= 1% to Adam's epoch (l1, l2, l1l2). Results: bench/results/penalty_cost_<device>[_quick].json.
@@ -28,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from pyregnet import data as datasets  # noqa: E402
-from pyregnet import model, optim, reference  # noqa: E402
+from pyregnet import data as datasets, model, optim, reference  # noqa: E402
 from pyregnet.extras import missing  # noqa: E402
 from pyregnet.launch import run  # noqa: E402
+from pyregnet.options import count, positive_int  # noqa: E402
 from pyregnet.regularizers import Penalty  # noqa: E402
 
 PENALIZED = ("l1", "l2", "l1l2")
@@ -60,7 +58,7 @@ def torch_build(impl):
     PyTorch adds eps after the bias correction: eps / sqrt(1 - β2^t) makes the step the same."""
     def build(w, g, state, pen, step0, into):
         import torch
-        as_t = (lambda a: torch.from_numpy(a)) if isinstance(w, np.ndarray) else (lambda a: torch.as_tensor(a))
+        as_t = torch.as_tensor   # shares the NumPy or CuPy array's memory
         p = as_t(w).requires_grad_(True)
         p.grad = as_t(g)
         h = HYPER["adam"]
@@ -233,23 +231,14 @@ def run_epochs(device, optimizers, images, batch, rounds, warmup):
     cases = epoch_cases(optimizers)
     engines = {c: common.pyregnet_engine(device, data, c[2], batch, c[0], "fused" if c[1] == "aa" else c[1])
                for c in cases}
-    epochs = {c: 0 for c in cases}
+    epochs = dict.fromkeys(cases, 0)
 
     def epoch(case):   # each epoch its own order, as in training
         epochs[case] += 1
         order = np.random.default_rng([common.SEED, epochs[case]]).permutation(images)
         return common.timeit(lambda: engines[case].train_epoch(order), device, 0, 1)[0]
 
-    for _ in range(warmup):
-        for case in cases:
-            epoch(case)
-    samples = {case: [] for case in cases}
-    for r in range(rounds):
-        k = r % len(cases)
-        for case in cases[k:] + cases[:k]:
-            samples[case].append(epoch(case))
-        print(f"  round {r + 1}/{rounds} done", flush=True)
-    return samples
+    return common.take_turns(cases, rounds, epoch, warmup, log=True)
 
 
 def overheads(samples, optimizers):
@@ -313,13 +302,12 @@ def parser():
     p = common.Parser("penalty_cost", __doc__)
     p.add_argument("--optimizers", type=common.names(optim.OPTIMIZERS), default=list(optim.OPTIMIZERS),
                    help="adam,sgd (default both)")
-    p.add_argument("--epoch-images", type=common.count(1), help="images per epoch (default 50,000, --quick 1,024)")
-    p.add_argument("--epochs", type=common.count(1), help="timed epochs per case (default 5, --quick 3)")
-    p.add_argument("--warmup-epochs", type=common.count(0), help="untimed epochs per case first (default 1)")
-    p.add_argument("--batch-size", type=common.count(1), default=64)
+    p.add_argument("--epoch-images", type=positive_int, help="images per epoch (default 50,000, --quick 1,024)")
+    p.add_argument("--epochs", type=positive_int, help="timed epochs per case (default 5, --quick 3)")
+    p.add_argument("--warmup-epochs", type=count, help="untimed epochs per case first (default 1)")
     p.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",") if s.strip()],
                    help="parameter counts of the update sweep (K/M = 2^10/2^20; default 315722,1M,4M,16M,64M,1e8)")
-    p.add_argument("--repeats", type=common.count(1), help="timed updates per case (default 20, --quick 5)")
+    p.add_argument("--repeats", type=positive_int, help="timed updates per case (default 20, --quick 5)")
     p.add_argument("--peers", type=lambda t: common.names(PEERS)(t) if t.strip() else [], default=PEERS,
                    help=f"the peers to run (default all: {','.join(PEERS)}; '' for none)")
     p.add_argument("--no-epochs", dest="epochs_on", action="store_false", help="skip the epochs")

@@ -1,17 +1,18 @@
 """Time per training step, pyregnet against PyTorch on the same network and device, and each launch
 of pyregnet's step against its roofline.
 
-    python bench/step_time.py [--device auto|cpu|cuda] [--batch-size 64] [--steps N] [--repeats R]
-                              [--warmup N] [--no-ops] [--quick] [--json PATH] [--check]
+    python bench/step_time.py [--device auto|cpu|cuda] [--model cnn|resnet20] [--batch-size 64] [--steps N]
+                              [--repeats R] [--warmup N] [--no-ops] [--quick] [--json PATH] [--check]
 
-pyregnet's step is the engine's, as the trainer builds it: a sample is one Engine.train_epoch over
---steps synthetic batches (on the GPU: CUDA graph replays) per step. PyTorch (bench/torch_net.py)
-steps on one pre-made batch on the device, its best case. Both with reg none and l1l2, taking
-turns sample by sample; a first-batch loss check shows they are the same network. The per-op
-table times each launch of the engine's real step (Engine.step().launches; on the CPU inside the
-running step, on the GPU alone as a replayed CUDA graph) beside its roofline: max(FLOPs / measured
-FP32 peak, bytes / measured copy bandwidth). Target: on the CPU pyregnet's step takes <= 0.85x
-PyTorch's. Results: bench/results/step_time_<device>[_quick].json.
+pyregnet's step is the engine's, as the trainer builds it for --model (the paper's CNN, or
+ResNet-20): a sample is Engine.train_epoch over --steps synthetic batches (on the GPU: CUDA graph
+replays). PyTorch (bench/torch_net.py: the same network and initial weights) steps on one batch
+on the device, its best case. Both with reg none and l1l2, taking turns; a first-batch loss check
+in training mode shows they are the same network. The per-op table times each launch of the
+engine's real step (on the CPU inside the running step, on the GPU alone as a replayed CUDA graph)
+beside its roofline: max(FLOPs / measured FP32 peak, bytes / measured copy bandwidth). Targets on
+the CPU: pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20). Results:
+bench/results/step_time_<device>[_resnet20][_quick].json.
 """
 
 import sys
@@ -23,29 +24,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import torch_net  # noqa: E402
 from pyregnet import data as datasets  # noqa: E402
-from pyregnet import model, ops  # noqa: E402
-from pyregnet.engine import MAX_SHIFT  # noqa: E402
+from pyregnet import ops  # noqa: E402
+from pyregnet.engine import MAX_SHIFT, MODELS  # noqa: E402
+from pyregnet.launch import run  # noqa: E402
+from pyregnet.options import count, positive_int  # noqa: E402
 
 REGS = ("none", "l1l2")     # none is the main number
-STEP_TARGET = 0.85          # the CPU backend's goal: a step at most 0.85x PyTorch CPU's (docs/results.md, CPU speed)
+# the CPU backend's goals: a step at most this many times PyTorch CPU's (docs/results.md, CPU speed)
+STEP_TARGET = {"cnn": 0.85, "resnet20": 1.2}
 FULL = dict(steps=20, repeats=7, warmup=5, op_repeats=15)
 QUICK = dict(steps=3, repeats=3, warmup=1, op_repeats=3)
 
 
 def parser():
     p = common.Parser("step_time", __doc__)
-    p.add_argument("--batch-size", type=common.count(1), default=64)
-    p.add_argument("--steps", type=common.count(1), help="steps per timed sample (default 20, --quick 3)")
-    p.add_argument("--repeats", type=common.count(1), help="timed samples per case (default 7, --quick 3)")
-    p.add_argument("--warmup", type=common.count(0), help="untimed steps per case first (default 5, --quick 1)")
+    p.add_argument("--model", choices=MODELS, default="cnn", help="the network (default cnn, the paper's)")
+    p.add_argument("--steps", type=positive_int, help="steps per timed sample (default 20, --quick 3)")
+    p.add_argument("--repeats", type=positive_int, help="timed samples per case (default 7, --quick 3)")
+    p.add_argument("--warmup", type=count, help="untimed steps per case first (default 5, --quick 1)")
     p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the per-op table")
     return p
 
 
 def first_loss_check(eng, net, x, labels):
-    """Both losses of the first batch at the initial weights: the same network or not."""
-    logits, _ = model.forward(eng.params, x)
-    mine = float(ops.softmax_cross_entropy(logits, labels)[0])
+    """Both losses of the first batch at the initial weights in training mode (BN normalizes with
+    the batch's statistics): the same network or not."""
+    act = eng.net.Activations(eng.xp, len(labels), x.dtype, backward=False)
+    act.input = x
+    run(eng.net.forward_launches(eng.params, eng.state.copy(), act, training=True))   # the engine's state stays
+    mine = float(ops.softmax_cross_entropy(act.logits, labels)[0])
     theirs = float(net.loss(*net_batch(net.torch, x, labels))[0].detach())
     return {"what": "first-batch loss, same weights", "pyregnet": mine, "torch": theirs,
             "abs_diff": abs(mine - theirs), "ok": abs(mine - theirs) < 1e-4}
@@ -56,66 +63,46 @@ def net_batch(torch, x, labels):
     return torch.as_tensor(x, device=dev).clone(), torch.as_tensor(labels, device=dev).long().clone()
 
 
-def time_steps(cases, device, repeats):
-    """{key: [seconds per step]}: cases {key: (run `steps` steps, steps)} take turns each repeat."""
-    samples = {key: [] for key in cases}
-    for _ in range(repeats):
-        for key, (fn, steps) in cases.items():
-            samples[key].append(common.timeit(fn, device, 0, 1)[0] / steps)
-    return samples
-
-
-def op_table(eng, order, device, repeats, roof, reg):
-    """(rows, [seconds per step run by the table]): each launch of the engine's full-batch step
-    beside its roofline, from the start of an epoch."""
-    launches = eng.step().launches
-    timed, steps = common.time_launches(launches, device, repeats, lambda: eng.start_epoch(order))
-    return [common.roofline_row(launch.name, samples, launch.flops, launch.bytes, roof, reg=reg, method=how)
-            for launch, (samples, how) in zip(launches, timed)], steps
-
-
-def measure(args, device, d, notes):
-    """(results, ops, check, torch info) of the run."""
-    xp, batch, steps = common.array_module(device), args.batch_size, args.steps or d["steps"]
+def measure(args, device, notes):
+    """(samples, (op rows, seconds of the steps the table ran), check, torch info, roofline)."""
+    xp, batch, steps = common.array_module(device), args.batch_size, args.steps
     dataset = datasets.synthetic(n_train=steps * batch, n_test=1, seed=common.SEED)
     images, labels = xp.asarray(dataset.x_train), xp.asarray(dataset.y_train)
     order = np.random.default_rng(common.SEED).permutation(len(labels))
     torch, skipped = torch_net.load(device)
     info, check, cases = {"available": torch is not None, "skipped": skipped}, None, {}
-    warm_epochs = max(1, -(-(d["warmup"] if args.warmup is None else args.warmup) // steps))
-    engines = {reg: common.pyregnet_engine(device, (images, labels), reg, batch) for reg in REGS}
+    engines = {reg: common.pyregnet_engine(device, (images, labels), reg, batch, net=args.model) for reg in REGS}
     x = ops.augment_batch(images, xp.asarray(order[:batch]), seed=common.SEED, step=0, max_shift=MAX_SHIFT)
     y = labels[xp.asarray(order[:batch])]
     tx, ty = net_batch(torch, x, y) if torch is not None else (None, None)
     for reg, eng in engines.items():
-        cases[("pyregnet", reg)] = ((lambda e=eng: e.train_epoch(order)), steps)
+        cases[("pyregnet", reg)] = lambda e=eng: e.train_epoch(order)
         if torch is not None:
-            net = torch_net.TorchNet(torch, device, reg)
+            net = torch_net.TorchNet(torch, device, reg, net=args.model)
             check = check or first_loss_check(eng, net, x, y)
-            cases[("torch", reg)] = ((lambda n=net: [n.step(tx, ty) for _ in range(steps)]), steps)
+            cases[("torch", reg)] = lambda n=net: [n.step(tx, ty) for _ in range(steps)]
             info.update(version=torch.__version__, threads=torch.get_num_threads(), **net.setup)
     if check and not check["ok"]:
         notes.append(f"first-batch losses differ: pyregnet {check['pyregnet']:.6f}, PyTorch {check['torch']:.6f}")
-    for fn, _ in cases.values():
-        for _ in range(warm_epochs):
-            fn()
-    print(f"timing {len(cases)} cases x {args.repeats or d['repeats']} samples of {steps} steps ...", flush=True)
-    samples = time_steps(cases, device, args.repeats or d["repeats"])
+    print(f"timing {len(cases)} cases x {args.repeats} samples of {steps} steps ...", flush=True)
+    samples = common.take_turns(list(cases), args.repeats, lambda k: common.timeit(cases[k], device, 0, 1)[0] / steps,
+                                warmup=max(1, -(-args.warmup // steps)))   # warm-up steps, in whole samples
     roof = common.roofline(device, args.quick)
     ops_rows, inline = [], {}
-    if args.ops:
-        print("per-op table ...", flush=True)
-        for reg, eng in engines.items():
-            rows, inline[reg] = op_table(eng, order, device, d["op_repeats"], roof, reg)
-            ops_rows += rows
+    for reg, eng in engines.items():   # the engine's full-batch step, launch by launch, from an epoch's start
+        if args.ops:
+            launches = eng.step().launches
+            timed, inline[reg] = common.time_launches(launches, device, args.op_repeats, lambda: eng.start_epoch(order))
+            ops_rows += [common.roofline_row(launch.name, times, launch.flops, launch.bytes, roof, reg=reg, method=how)
+                         for launch, (times, how) in zip(launches, timed)]
     return samples, (ops_rows, inline), check, info, roof
 
 
-def summarize(samples, ops, roof, batch, device):
+def summarize(samples, ops, roof, batch, device, net):
     """Per case: the step's statistics; per reg: the launches' sum beside the step (and on the CPU
-    beside the steps the table ran); the targets."""
+    beside the steps the table ran); the targets (`net`'s)."""
     ops_rows, inline = ops
-    flops = model.step_flops(batch)["total"]
+    flops, limit = MODELS[net].step_flops(batch)["total"], STEP_TARGET[net]
     results = []
     for (impl, reg), per_step in samples.items():
         s = common.stats(per_step)
@@ -130,13 +117,12 @@ def summarize(samples, ops, roof, batch, device):
         s = sums[reg] = {"ops_ms": sum(r["ms"] for r in rows), "step_ms": ms[("pyregnet", reg)]}
         s["ratio"] = s["ops_ms"] / s["step_ms"]
         if inline.get(reg):   # the launches' share of each step the table ran: the rest is the loop
-            s["share_of_table_steps"] = [sum(r["samples_s"][k] for r in rows) / t
-                                         for k, t in enumerate(inline[reg])]
+            s["share_of_table_steps"] = [sum(r["samples_s"][k] for r in rows) / t for k, t in enumerate(inline[reg])]
     targets = []
     for reg in REGS:
         ratio = ms[("pyregnet", reg)] / ms[("torch", reg)] if ("torch", reg) in ms else None
-        targets.append(common.target(f"step_{reg}", f"pyregnet's step ({reg}) <= {STEP_TARGET:g}x PyTorch's", ratio,
-                                     STEP_TARGET, "<=", device, "cpu", "pyregnet ms / PyTorch ms" if ratio else
+        targets.append(common.target(f"step_{reg}", f"pyregnet's {net} step ({reg}) <= {limit:g}x PyTorch's", ratio,
+                                     limit, "<=", device, "cpu", "pyregnet ms / PyTorch ms" if ratio else
                                      "PyTorch did not run"))
     return results, sums, targets
 
@@ -167,17 +153,19 @@ def main(argv=None):
     except common.UsageError as e:
         return common.usage_exit("step_time", e)
     d = QUICK if args.quick else FULL
+    args.steps, args.repeats = args.steps or d["steps"], args.repeats or d["repeats"]
+    args.warmup, args.op_repeats = d["warmup"] if args.warmup is None else args.warmup, d["op_repeats"]
     meta, notes = common.start("step_time", device, args.quick)
-    samples, ops, check, info, roof = measure(args, device, d, notes)
-    results, sums, targets = summarize(samples, ops, roof, args.batch_size, device)
-    ops_rows = ops[0]
-    report(results, ops_rows, sums, check)
+    samples, ops, check, info, roof = measure(args, device, notes)
+    results, sums, targets = summarize(samples, ops, roof, args.batch_size, device, args.model)
+    report(results, ops[0], sums, check)
     return common.finish("step_time", meta, notes, targets, {
-        "config": {"device": device, "batch_size": args.batch_size, "steps": args.steps or d["steps"],
-                   "repeats": args.repeats or d["repeats"], "op_repeats": d["op_repeats"], "quick": args.quick,
-                   "regs": list(REGS), "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
-        "flops": model.step_flops(args.batch_size), "roofline": roof, "torch": info, "same_network_check": check,
-        "results": results, "ops": ops_rows, "ops_sum": sums}, args.json, args.check)
+        "config": {"device": device, "model": args.model, "batch_size": args.batch_size, "steps": args.steps,
+                   "repeats": args.repeats, "op_repeats": args.op_repeats, "quick": args.quick, "regs": list(REGS),
+                   "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
+        "flops": MODELS[args.model].step_flops(args.batch_size), "roofline": roof, "torch": info,
+        "same_network_check": check, "results": results, "ops": ops[0], "ops_sum": sums},
+        args.json, args.check, tag="" if args.model == "cnn" else f"_{args.model}")
 
 
 if __name__ == "__main__":

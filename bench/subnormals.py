@@ -2,15 +2,13 @@
 
     python bench/subnormals.py [--warmup N] [--repeats N] [--json PATH]
 
-Every op runs on the paper's shapes (batch 64) twice: once with ordinary operands, once with the
-operands that L2 under Adam drives towards zero scaled into the subnormal range (N(0, 1) x 2^-130,
-|x| < 1.18e-38): the weights of conv and dense, the activations of ReLU and pooling, the logits,
-and the weights, gradient and first moment of the Adam update (its second moment stays normal,
-as it remembers earlier, larger gradients, so the weights stay subnormal from call to call).
-With flushing (build_info()["flush_denormals"], the default build) both should take the same
-time; a PYREGNET_FLUSH_DENORMALS=OFF build shows the IEEE slow path. Prints the medians and their
-ratio, and writes bench/results/subnormals_cpu.json (subnormals_cpu_ieee.json from an IEEE
-build) with device, commit and date. A measurement to read, not a test: nothing is asserted.
+Every op runs on the paper's shapes (batch 64) with ordinary operands, then with those that L2
+under Adam drives towards zero scaled into the subnormal range (N(0, 1) x 2^-130): conv and dense
+weights, ReLU and pooling activations, the logits, and the Adam update's weights, gradient and
+first moment (its second moment stays normal, remembering larger gradients). With flushing
+(build_info()["flush_denormals"], the default) both take the same time; a
+PYREGNET_FLUSH_DENORMALS=OFF build shows the IEEE slow path. Writes
+bench/results/subnormals_cpu[_ieee].json. A measurement to read: nothing is asserted.
 """
 
 import argparse
@@ -24,6 +22,7 @@ import common  # noqa: E402
 
 import pyregnet  # noqa: E402
 from pyregnet import model, ops  # noqa: E402
+from pyregnet.options import count, positive_int  # noqa: E402
 
 SUBNORMAL_SCALE = 2.0 ** -130
 L2 = 1e-4  # the default λ2
@@ -85,13 +84,11 @@ def measure(warmup, repeats, log=print):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python bench/subnormals.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per op and kind first (default 3)")
-    p.add_argument("--repeats", type=int, default=15, help="timed calls per op and kind (default 15)")
+    p.add_argument("--warmup", type=count, default=3, help="untimed calls per op and kind first (default 3)")
+    p.add_argument("--repeats", type=positive_int, default=15, help="timed calls per op and kind (default 15)")
     p.add_argument("--json", metavar="PATH", default=None, help="where to write the results (default "
                    "bench/results/subnormals_cpu.json, or subnormals_cpu_ieee.json from an IEEE build)")
     args = p.parse_args(argv)
-    if args.warmup < 0 or args.repeats < 1:
-        p.error(f"--warmup: expected >= 0 and --repeats: expected >= 1 but got {args.warmup} and {args.repeats}")
     flushing = pyregnet.build_info()["flush_denormals"]
     meta, notes = common.start("subnormals", "cpu", quick=False)
     print(f"flush_denormals: {flushing}; {args.warmup} warm-up and {args.repeats} timed calls per op and kind")

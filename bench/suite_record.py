@@ -1,8 +1,14 @@
-"""The record of a bench/gpu_suite.py stage: one shared deadline, a log, and a summary JSON
-rewritten after every step (so a deadline or a crash still leaves what was done); what each step
-found or why it did not run; and the pure helpers that read the steps' outputs (test counts,
-spills, metric histories, epoch times) and make gpu-first-contact.json's headline. Tested on the
-CPU (tests/test_gpu_suite.py). Imports neither pyregnet nor CuPy: it runs before the build.
+"""The record of a bench/gpu_suite.py stage: one shared deadline, a log, and a summary JSON rewritten
+after every step (so a deadline or a crash still leaves what was done); the pure helpers that read
+the steps' outputs and make gpu-first-contact.json's headline; and the pytest plugin (`-p
+suite_record`, bench/ on PYTHONPATH) that appends each test's outcome to a JSON-lines file as it
+finishes, so that a run stopped by a deadline or killed still leaves its counts:
+
+    --record PATH         append {"collected": n}, then {"nodeid", "outcome", "reason"} per deciding phase
+    --stop-at EPOCH_S     stop after the test that ends past this time.time() ("interrupted")
+    --skip-recorded PATH  deselect the tests PATH records (may be repeated; a missing file: none)
+
+Imports neither pyregnet nor CuPy: it runs before the build.
 """
 
 import datetime
@@ -13,13 +19,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402  -- imports nothing of pyregnet at module level
-from suite_plugin import read_records  # noqa: E402
 
 SUMMARY = {"first": "gpu-first-contact.json", "second": "gpu-second.json", "third": "gpu-third.json"}
 # metrics.jsonl fields that may differ run to run: pyregnet.train.TIMING_KEYS (a test keeps the two equal;
@@ -27,6 +33,7 @@ SUMMARY = {"first": "gpu-first-contact.json", "second": "gpu-second.json", "thir
 TIMING_FIELDS = ("epoch_time_s", "eval_time_s", "images_per_s", "extra_eval_time_s")
 SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}   # a test's worst phase is its outcome
 
 
 class Stop(Exception):
@@ -44,8 +51,7 @@ def spills(build_log):
     """[(kernel, store bytes, load bytes)] for every kernel ptxas -v reports with a spill."""
     found, kernel = [], None
     for line in build_log.splitlines():
-        m = ENTRY.search(line)
-        if m:
+        if m := ENTRY.search(line):
             kernel = m.group(1)
         m = SPILL.search(line)
         if m and (int(m.group(1)) or int(m.group(2))):
@@ -53,20 +59,30 @@ def spills(build_log):
     return found
 
 
+def read_records(path):
+    """(collected counts, {nodeid: its worst record}) of a --record file; a missing file reads as empty."""
+    collected, tests = [], {}
+    if not Path(path).exists():
+        return collected, tests
+    with open(path) as f:
+        for r in (json.loads(line) for line in f if line.strip()):
+            if "collected" in r:
+                collected.append(r["collected"])
+            elif r["nodeid"] not in tests or RANK[r["outcome"]] > RANK[tests[r["nodeid"]]["outcome"]]:
+                tests[r["nodeid"]] = r
+    return collected, tests
+
+
 def count_outcomes(record_path):
-    """{passed, failed, errors, skipped, not_run, skip_reasons} from a suite_plugin --record file
+    """{passed, failed, errors, skipped, not_run, failed_tests, skip_reasons} from a --record file
     (not_run: collected but stopped before; skip_reasons: the three commonest with their counts)."""
     collected, tests = read_records(record_path)
-    counts = {k: 0 for k in ("passed", "failed", "errors", "skipped")}
-    reasons = {}
-    for r in tests.values():
-        counts["errors" if r["outcome"] == "error" else r["outcome"]] += 1
-        if r["outcome"] == "skipped":
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    counts["not_run"] = max(sum(collected) - len(tests), 0) if collected else None
-    counts["failed_tests"] = sorted(n for n, r in tests.items() if r["outcome"] in ("failed", "error"))[:20]
-    counts["skip_reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-    return counts
+    outcomes = Counter("errors" if r["outcome"] == "error" else r["outcome"] for r in tests.values())
+    reasons = Counter(r["reason"] for r in tests.values() if r["outcome"] == "skipped")
+    return {**{k: outcomes[k] for k in ("passed", "failed", "errors", "skipped")},
+            "not_run": max(sum(collected) - len(tests), 0) if collected else None,
+            "failed_tests": sorted(n for n, r in tests.items() if r["outcome"] in ("failed", "error"))[:20],
+            "skip_reasons": dict(reasons.most_common(3))}
 
 
 def read_metrics(run_dir):
@@ -74,18 +90,13 @@ def read_metrics(run_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def without_timing(history):
-    return [{k: v for k, v in m.items() if k not in TIMING_FIELDS} for m in history]
-
-
 def compare_histories(a, b):
     """(identical, first difference) of two metrics histories, timing fields aside; the
     difference names the epoch and the fields, with both values."""
-    a, b = without_timing(a), without_timing(b)
     if len(a) != len(b):
         return False, f"{len(a)} epochs against {len(b)}"
     for ma, mb in zip(a, b):
-        keys = sorted(k for k in set(ma) | set(mb) if ma.get(k) != mb.get(k))
+        keys = sorted(k for k in set(ma) | set(mb) if k not in TIMING_FIELDS and ma.get(k) != mb.get(k))
         if keys:
             return False, f"epoch {ma.get('epoch')}: " + ", ".join(f"{k} {ma.get(k)!r} != {mb.get(k)!r}" for k in keys)
     return True, None
@@ -99,26 +110,47 @@ def epoch_seconds(epoch_json):
             for name, rec in contenders.items()}
 
 
-def step_result(summary, name):
-    return (summary["steps"].get(name) or {}).get("result") or {}
-
-
 def first_contact(summary):
     """The headline of gpu-first-contact.json from its steps' results: device, build_s,
     smoke_passed, cuda_tests (the smoke and CUDA steps' counts together), graph_equals_eager and
     epoch_s; None where the step did not run or did not get that far."""
-    smoke, tests = step_result(summary, "smoke"), step_result(summary, "cuda_tests")
+    def result(name):
+        return (summary["steps"].get(name) or {}).get("result") or {}
+
+    smoke, tests = result("smoke"), result("cuda_tests")
     cuda_tests = None
     if smoke or tests:
         cuda_tests = {k: smoke.get(k, 0) + tests.get(k, 0) for k in ("passed", "failed", "errors", "skipped")}
         cuda_tests["not_run"] = tests.get("not_run") if tests else None
     smoke_passed = (smoke.get("passed", 0) > 0 and not any(smoke.get(k) for k in ("failed", "errors", "skipped",
                                                                                "not_run"))) if smoke else None
-    return {"device": step_result(summary, "machine").get("device"),
-            "build_s": step_result(summary, "build").get("build_s"),
+    return {"device": result("machine").get("device"), "build_s": result("build").get("build_s"),
             "smoke_passed": smoke_passed, "cuda_tests": cuda_tests,
-            "graph_equals_eager": step_result(summary, "real_data").get("identical"),
-            "epoch_s": step_result(summary, "epoch_time").get("epoch_s")}
+            "graph_equals_eager": result("real_data").get("identical"), "epoch_s": result("epoch_time").get("epoch_s")}
+
+
+def failures(summary):
+    """Why a stage's run is not a success: failed steps, failed or skipped tests, spills, runs that
+    should have given the same bits and did not, programs that exited non-zero, and which steps did
+    not run (their reasons are in the summary)."""
+    steps = summary["steps"]
+    why = [f"{name}: {s['why']}" for name, s in steps.items() if s.get("why") and not s["why"].startswith("not run")]
+    skipped = [name for name, s in steps.items() if (s.get("why") or "").startswith("not run")]
+    if skipped:
+        why.append(f"not run: {', '.join(skipped)}")
+    for name, s in steps.items():
+        r = s.get("result") or {}
+        if r.get("failed") or r.get("errors"):
+            why.append(f"{name}: {r.get('failed', 0)} failed, {r.get('errors', 0)} errors")
+        if r.get("skipped"):   # a CUDA case skipped on the GPU machine: CuPy or the backend is missing
+            why.append(f"{name}: {r['skipped']} skipped ({'; '.join(r.get('skip_reasons', {}))})")
+        if r.get("spills"):    # CI refuses them too
+            why.append(f"{name}: register spills in {', '.join(k for k, _, _ in r['spills'])}")
+        if r.get("identical") is False or r.get("same_seed_identical") is False:
+            why.append(f"{name}: not the same bits: {r.get('first_difference')}")
+        if "passed" not in r and r.get("exit") not in (None, 0):   # pytest's exit is in its counts
+            why.append(f"{name}: exit {r['exit']}")
+    return why
 
 
 # ---------------------------------------------------------------- the suite
@@ -127,17 +159,13 @@ class Suite:
     """One stage's deadline, log and summary JSON."""
 
     def __init__(self, stage, out, deadline_s, headline=None):
-        self.stage, self.out = stage, Path(out)
+        self.stage, self.out, self.headline, self.stopped = stage, Path(out), headline, None
         self.out.mkdir(parents=True, exist_ok=True)
         self.t0 = time.monotonic()
         self.deadline = self.t0 + deadline_s
-        self.log_path = self.out / f"{stage}.log"
-        self.summary_path = self.out / SUMMARY[stage]
         self.summary = {"stage": stage, "device": None, "commit": common.git_commit(ROOT),
                         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         "deadline_s": deadline_s, "steps": {}}
-        self.stopped = None
-        self.headline = headline
         self.save()
 
     def left(self):
@@ -146,14 +174,14 @@ class Suite:
     def say(self, text):
         line = f"[{time.monotonic() - self.t0:6.1f} s] {text}"
         print(line, flush=True)
-        with open(self.log_path, "a") as f:
+        with open(self.out / f"{self.stage}.log", "a") as f:
             f.write(line + "\n")
 
     def save(self):
         self.summary["elapsed_s"] = round(time.monotonic() - self.t0, 1)
         if self.headline:
             self.summary.update(self.headline(self.summary))
-        common.write_json(self.summary_path, self.summary, log=False)
+        common.write_json(self.out / SUMMARY[self.stage], self.summary, log=False)
 
     def step(self, name, fn, need_s=10):
         """Runs fn() -> dict, recorded under steps[name] with its seconds; records null and why
@@ -181,9 +209,7 @@ class Suite:
     def run(self, cmd, log_name, limit_s=None, env=None, reserve_s=0):
         """Runs cmd (from the repository root), its output appended to log_name in --out, killed
         at min(limit_s, the deadline - reserve_s). Returns (exit status or 'timeout', seconds)."""
-        budget = self.left() - reserve_s
-        if limit_s is not None:
-            budget = min(budget, limit_s)
+        budget = self.left() - reserve_s if limit_s is None else min(limit_s, self.left() - reserve_s)
         budget = max(budget, 1)
         t = time.monotonic()
         with open(self.out / log_name, "a") as f:
@@ -203,12 +229,11 @@ class Suite:
         return rc, round(time.monotonic() - t, 1)
 
     def pytest(self, args, record, log_name, reserve_s=0, limit_s=None):
-        """pytest with suite_plugin: stops after the test that ends past min(limit_s from now, the
+        """pytest with this plugin: stops after the test that ends past min(limit_s from now, the
         deadline - reserve_s); counts from the record (so a killed run still counts what finished)."""
         stop_in = self.left() - reserve_s if limit_s is None else min(limit_s, self.left() - reserve_s)
-        stop_at = time.time() + stop_in
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "suite_plugin",
-               "-o", "addopts=", "--record", str(record), "--stop-at", f"{stop_at:.0f}", *args]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "suite_record",
+               "-o", "addopts=", "--record", str(record), "--stop-at", f"{time.time() + stop_in:.0f}", *args]
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
         # the hard limit only for a test that hangs: the plugin stops between tests
         rc, seconds = self.run(cmd, log_name, env=env, reserve_s=max(reserve_s - 60, 0),
@@ -216,25 +241,54 @@ class Suite:
         return {"exit": rc, "seconds": seconds, **count_outcomes(record)}
 
 
-def failures(summary):
-    """Why a stage's run is not a success: failed steps, failed or skipped tests, spills, runs that
-    should have given the same bits and did not, programs that exited non-zero, and which steps did
-    not run (their reasons are in the summary)."""
-    steps = summary["steps"]
-    why = [f"{name}: {s['why']}" for name, s in steps.items() if s.get("why") and not s["why"].startswith("not run")]
-    skipped = [name for name, s in steps.items() if (s.get("why") or "").startswith("not run")]
-    if skipped:
-        why.append(f"not run: {', '.join(skipped)}")
-    for name, s in steps.items():
-        r = s.get("result") or {}
-        if r.get("failed") or r.get("errors"):
-            why.append(f"{name}: {r.get('failed', 0)} failed, {r.get('errors', 0)} errors")
-        if r.get("skipped"):   # a CUDA case skipped on the GPU machine: CuPy or the backend is missing
-            why.append(f"{name}: {r['skipped']} skipped ({'; '.join(r.get('skip_reasons', {}))})")
-        if r.get("spills"):    # CI refuses them too
-            why.append(f"{name}: register spills in {', '.join(k for k, _, _ in r['spills'])}")
-        if r.get("identical") is False or r.get("same_seed_identical") is False:
-            why.append(f"{name}: not the same bits: {r.get('first_difference')}")
-        if "passed" not in r and r.get("exit") not in (None, 0):   # pytest's exit is in its counts
-            why.append(f"{name}: exit {r['exit']}")
-    return why
+# ---------------------------------------------------------------- the pytest plugin
+
+_PLUGIN = {"record": None, "stop_at": None, "session": None}   # one pytest session per process
+
+
+def _append(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("gpu suite")
+    group.addoption("--record", default=None, help="append each test's outcome to this JSON-lines file")
+    group.addoption("--stop-at", type=float, default=None, help="stop after the test that ends past this time")
+    group.addoption("--skip-recorded", action="append", default=[],
+                    help="deselect the tests this JSON-lines file records (may be repeated)")
+
+
+def pytest_sessionstart(session):
+    _PLUGIN.update(record=session.config.getoption("record"), stop_at=session.config.getoption("stop_at"),
+                   session=session)
+
+
+def pytest_collection_modifyitems(config, items):
+    done = set().union(*(read_records(path)[1] for path in config.getoption("skip_recorded")))
+    if done:
+        config.hook.pytest_deselected(items=[item for item in items if item.nodeid in done])
+        items[:] = [item for item in items if item.nodeid not in done]
+
+
+def pytest_collection_finish(session):
+    if _PLUGIN["record"]:
+        _append(_PLUGIN["record"], {"collected": len(session.items)})
+
+
+def pytest_runtest_logreport(report):
+    """Records the phases that decide a test's outcome: the call that passed, a skip, a failure
+    (an error outside the call); read_records keeps the worst."""
+    if not _PLUGIN["record"] or (report.passed and report.when != "call"):
+        return
+    if report.skipped:
+        r = report.longrepr   # (path, line, reason) for a skip
+        outcome, reason = "skipped", str(r[2] if isinstance(r, tuple) and len(r) == 3 else r)
+    else:
+        outcome, reason = "passed" if report.passed else "failed" if report.when == "call" else "error", None
+    _append(_PLUGIN["record"], {"nodeid": report.nodeid, "outcome": outcome, "reason": reason})
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    if _PLUGIN["stop_at"] is not None and time.time() > _PLUGIN["stop_at"]:
+        _PLUGIN["session"].shouldstop = "the suite's deadline was reached"

@@ -1,13 +1,14 @@
-"""The PyTorch baseline of every benchmark: pyregnet's network, initial weights, loss, penalty (on
-the kernels, in the loss: autograd differentiates it) and Adam (fused where this PyTorch has it,
-else foreach), eager or compiled; float32 (no TF32), cudnn.benchmark on the GPU, the uint8 data
-on the device, each batch gathered and augmented there through a (shift, flip) -> pixel table
-that reproduces pyregnet's augmentation (tests/test_bench_epoch_time.py), sums read once an epoch.
+"""The PyTorch baseline of every benchmark: pyregnet's network (the CNN or ResNet-20, NETS), initial
+weights, loss, penalty (on the conv and dense kernels, in the loss: autograd differentiates it) and
+Adam (fused where this PyTorch has it, else foreach), eager or compiled; float32 (no TF32),
+cudnn.benchmark on the GPU, the uint8 data on the device, each batch gathered and augmented there
+through a (shift, flip) -> pixel table that reproduces pyregnet's augmentation
+(tests/test_bench_epoch_time.py), sums read once an epoch.
 """
 
 import numpy as np
 
-from pyregnet import model
+from pyregnet import model, resnet
 from pyregnet.engine import MAX_SHIFT
 from pyregnet.extras import missing
 from pyregnet.regularizers import Penalty
@@ -45,33 +46,71 @@ def decode_draw(d, max_shift=MAX_SHIFT):
     return d % span - max_shift, (d // span) % span - max_shift, bool(d // (span * span))
 
 
-def encode_draw(dy, dx, flip, max_shift=MAX_SHIFT):
-    span = 2 * max_shift + 1
-    return (dy + max_shift) + span * (dx + max_shift) + span * span * int(bool(flip))
-
-
 def gather_augment(images_flat, index, draws, table, channels):
     """uint8 (B, C, H*W): sample b = images_flat[index[b]] (uint8 (N, C, H*W)) through the pixel
     map table[draws[b]]; one advanced-indexing gather, the same on NumPy and PyTorch arrays."""
     return images_flat[index[:, None, None], channels[None, :, None], table[draws][:, None, :]]
 
 
+def _copy(torch, layer, **named):
+    """Copies the NumPy arrays `named` into the layer's parameters of those names (the same layouts:
+    conv (K, C, R, S), dense (out, in))."""
+    with torch.no_grad():
+        for name, array in named.items():
+            getattr(layer, name).copy_(torch.from_numpy(array))
+    return layer
+
+
+def cnn(torch, seed):
+    """The paper's CNN (pyregnet.model) with pyregnet's initial weights for `seed`."""
+    nn, v = torch.nn, model.views(model.init_params(seed))
+    layers = nn.Conv2d(3, 32, 3), nn.Conv2d(32, 64, 3), nn.Linear(2304, 128), nn.Linear(128, 10)
+    for layer, spec in zip(layers, model.LAYERS):
+        _copy(torch, layer, weight=v[f"{spec.name}.w"], bias=v[f"{spec.name}.b"])
+    conv1, conv2, dense1, dense2 = layers
+    return nn.Sequential(conv1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), dense1,
+                         nn.ReLU(), dense2)
+
+
+def resnet20(torch, seed):
+    """pyregnet.resnet's ResNet-20 (He et al. 2016, option-A shortcuts: subsample, zero channels
+    appended) with pyregnet's initial weights for `seed`; BN as pyregnet's (momentum, eps, running
+    statistics from mean 0, variance 1: PyTorch's)."""
+    nn, v = torch.nn, resnet.param_views(resnet.init_params(seed))
+
+    def conv_bn(c):
+        conv = _copy(torch, nn.Conv2d(c.input[0], c.output[0], 3, c.stride, 1, bias=False), weight=v[f"{c.name}.w"])
+        bn = nn.BatchNorm2d(c.output[0], eps=resnet.BN_EPS, momentum=resnet.BN_MOMENTUM)
+        return nn.Sequential(conv, _copy(torch, bn, weight=v[f"{c.bn}.gamma"], bias=v[f"{c.bn}.beta"]))
+
+    class Block(nn.Module):
+        def __init__(self, blk):
+            super().__init__()
+            self.branch = nn.Sequential(conv_bn(blk.conv1), nn.ReLU(), conv_bn(blk.conv2))
+            self.stride, self.pad = blk.stride, blk.output[0] - blk.input[0]
+
+        def forward(self, x):
+            shortcut = x if self.stride == 1 and not self.pad else \
+                torch.nn.functional.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.pad))
+            return torch.relu(self.branch(x) + shortcut)
+
+    dense = _copy(torch, nn.Linear(*resnet.DENSE.input, *resnet.DENSE.output), weight=v["dense.w"], bias=v["dense.b"])
+    return nn.Sequential(conv_bn(resnet.STEM), nn.ReLU(), *map(Block, resnet.BLOCKS), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), dense)
+
+
+NETS = {"cnn": cnn, "resnet20": resnet20}   # the keys of pyregnet.engine.MODELS
+
+
 class TorchNet:
     """The baseline for penalty `reg` (its default λ). step(x, y) takes one optimizer step on a
     float batch; with data(dataset), train_epoch() and evaluate() run whole epochs."""
 
-    def __init__(self, torch, device, reg, seed=0, compile_mode=None):
-        nn, self.torch, self.dev = torch.nn, torch, torch.device(device)
-        self.net = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
-                                 nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2304, 128), nn.ReLU(),
-                                 nn.Linear(128, 10)).to(self.dev)
-        layers = [self.net[i] for i in (0, 3, 7, 9)]
-        v = model.views(model.init_params(seed))   # the same start as pyregnet; layouts are PyTorch's
-        with torch.no_grad():
-            for layer, spec in zip(layers, model.LAYERS):
-                layer.weight.copy_(torch.from_numpy(v[f"{spec.name}.w"]))
-                layer.bias.copy_(torch.from_numpy(v[f"{spec.name}.b"]))
-        self.kernels, self.penalty = [layer.weight for layer in layers], Penalty.with_defaults(reg)
+    def __init__(self, torch, device, reg, seed=0, compile_mode=None, net="cnn"):
+        self.torch, self.dev = torch, torch.device(device)
+        self.net = NETS[net](torch, seed).to(self.dev)
+        self.kernels = [m.weight for m in self.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        self.penalty = Penalty.with_defaults(reg)
         try:
             self.opt, self.adam = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7, fused=True), "fused"
         except Exception:  # noqa: BLE001 -- no fused Adam for this device in this PyTorch
@@ -137,6 +176,9 @@ class TorchNet:
         data, total, correct = (s / n for s in sums.tolist())   # the epoch's one read
         return {"train_data_loss": data, "train_loss": total, "train_acc": correct}
 
+    def kernel_weights(self):
+        return np.concatenate([w.detach().cpu().numpy().ravel() for w in self.kernels])
+
     def _forward_sums(self, x, y):
         with self.torch.no_grad():
             logits = self.net(x * (1.0 / 255.0))
@@ -145,8 +187,10 @@ class TorchNet:
     def evaluate(self):
         t, n = self.torch, len(self.y_val)
         sums = t.zeros(2, dtype=t.float64, device=self.dev)
+        self.net.eval()   # BN normalizes with its running statistics
         for i in range(0, n, EVAL_BATCH):
             loss, hits = self._eval(self.x_val[i:i + EVAL_BATCH], self.y_val[i:i + EVAL_BATCH])
             sums += t.stack([loss.double(), hits.double()])
+        self.net.train()
         loss, correct = (s / n for s in sums.tolist())
         return {"val_data_loss": loss, "val_acc": correct}

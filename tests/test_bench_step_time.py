@@ -1,8 +1,8 @@
 """bench/common.py and bench/step_time.py: the statistics, timer, roofline row and verdict
-arithmetic, the metadata and atomic JSON, and the JSON of a small --quick run: with PyTorch when
-it is installed (the same network, the step against PyTorch's, the per-op table of the engine's
-real step summing to about the step), and with it made unimportable (the comparison is skipped,
-and the JSON says so)."""
+arithmetic, the metadata and atomic JSON, PyTorch's ResNet-20 against pyregnet's, and the JSON of
+a small --quick run: with PyTorch when it is installed (the same network, the step against
+PyTorch's, the per-op table of the engine's real step summing to about the step), for the CNN and
+ResNet-20, and with PyTorch made unimportable (the comparison is skipped, and the JSON says so)."""
 
 import datetime
 import json
@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyregnet import model
+from pyregnet import model, resnet
+from pyregnet.engine import MODELS
+from pyregnet.launch import Launch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import step_time  # noqa: E402
+import torch_net  # noqa: E402
 
 
 # ---------------------------------------------------------------- common
@@ -39,9 +42,11 @@ def test_timers_warm_up_and_count():
     calls = []
     samples = common.timeit(lambda: calls.append(1), "cpu", warmup=2, repeats=3, calls=4)
     assert len(calls) == 2 + 3 * 4 and len(samples) == 3 and all(t >= 0 for t in samples)
+    launches = [Launch("a", lambda: calls.append("a")), Launch("b", lambda: calls.append("b"))]
     calls.clear()
-    samples, how = common.time_launch(lambda: calls.append(1), "cpu", warmup=1, repeats=2)
-    assert len(calls) == 3 and len(samples) == 2 and how == "perf_counter per call"
+    timed, steps = common.time_launches(launches, "cpu", 2, lambda: calls.append("start"))
+    assert calls == ["start", "a", "b"] * 3 and len(steps) == 2                # one warm-up, then 2 timed steps
+    assert [len(t) for t, _ in timed] == [2, 2] and all(how.startswith("perf_counter") for _, how in timed)
     with pytest.raises(ValueError):
         common.timeit(lambda: None, "cpu", warmup=0, repeats=0)
 
@@ -103,16 +108,16 @@ BATCH = 16
 QUICK = ["--quick", "--device", "cpu", "--batch-size", str(BATCH), "--steps", "2", "--repeats", "2", "--warmup", "0"]
 
 
-def _check_schema(d):
+def _check_schema(d, net="cnn", steps=2, repeats=2):
     assert d["benchmark"] == "step_time" and d["metadata"]["device"] == "cpu" and d["metadata"]["commit"]
-    assert d["config"]["quick"] is True and d["config"]["steps"] == 2 and d["config"]["repeats"] == 2
-    assert d["flops"] == model.step_flops(BATCH)
+    assert d["config"]["quick"] is True and d["config"]["steps"] == steps and d["config"]["repeats"] == repeats
+    assert d["config"]["model"] == net and d["flops"] == MODELS[net].step_flops(BATCH)
     assert d["roofline"]["bytes_per_s"] > 0 and d["roofline"]["peak_flops_per_s"] > 0
     assert sorted(r["reg"] for r in d["results"] if r["impl"] == "pyregnet") == ["l1l2", "none"]
     for r in d["results"]:
-        assert len(r["samples_s_per_step"]) == 2 and min(r["samples_s_per_step"]) > 0
+        assert len(r["samples_s_per_step"]) == repeats and min(r["samples_s_per_step"]) > 0
         s = r["stats_s_per_step"]
-        assert s["n"] == 2 and s["p10"] <= s["median"] <= s["p90"]
+        assert s["n"] == repeats and s["p10"] <= s["median"] <= s["p90"]
         assert r["ms_per_step"] == pytest.approx(1e3 * s["median"])
         assert r["images_per_s"] == pytest.approx(BATCH / s["median"])
         assert r["gflops_per_s"] == pytest.approx(d["flops"]["total"] / s["median"] / 1e9)
@@ -149,6 +154,49 @@ def test_quick_run_json(tmp_path, capsys):
         assert steps["step_none"]["applies"] and steps["step_none"]["verdict"] in ("PASS", "FAIL")
     else:
         _check_torch_skipped(d)
+
+
+def test_quick_run_resnet20(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)   # the default path, named after the model
+    argv = ["--quick", "--device", "cpu", "--model", "resnet20", "--batch-size", str(BATCH), "--steps", "1",
+            "--repeats", "1", "--warmup", "0"]
+    assert step_time.main(argv) == 0
+    d = json.loads((tmp_path / "step_time_cpu_resnet20_quick.json").read_text())
+    _check_schema(d, "resnet20", steps=1, repeats=1)
+    eng = common.pyregnet_engine("cpu", (np.zeros((BATCH, 32, 32, 3), np.uint8), np.zeros(BATCH, np.int32)), "none",
+                                 BATCH, net="resnet20")
+    for reg in ("none", "l1l2"):
+        rows = [r for r in d["ops"] if r["reg"] == reg]
+        assert [r["op"] for r in rows] == [launch.name for launch in eng.step().launches]   # the engine's real step
+        assert sum(r["flops"] for r in rows) == d["flops"]["total"]
+        assert next(r for r in rows if r["op"] == "update")["bytes"] == 7 * 4 * resnet.N_PARAMS
+    if d["torch"]["available"]:
+        assert d["same_network_check"]["ok"], d["same_network_check"]
+        assert all(t["threshold"] == 1.2 and "resnet20" in t["target"] for t in d["targets"])
+    else:
+        _check_torch_skipped(d)
+
+
+def test_torch_resnet20_is_pyregnets():
+    """The same network, weights and BN in training mode (batch statistics, running statistics
+    updated alike) and in evaluation mode (running statistics)."""
+    torch = pytest.importorskip("torch")
+    net = torch_net.resnet20(torch, seed=0)
+    assert sum(p.numel() for p in net.parameters()) == resnet.N_PARAMS == 269_722
+    kernels = torch_net.TorchNet(torch, "cpu", "l1l2", net="resnet20").kernels
+    assert sum(w.numel() for w in kernels) == resnet.N_KERNEL and len(kernels) == 20
+    x = np.random.default_rng(1).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    params, state = resnet.init_params(0), resnet.init_state()
+    for training in (True, False):   # evaluation after the training pass moved the running statistics
+        logits, _ = resnet.forward(params, state, x, training)
+        net.train(training)
+        with torch.no_grad():
+            theirs = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(logits, theirs, rtol=1e-4, atol=1e-4)
+    bn = dict(net.named_modules())["2.branch.0.1"]   # stage1.block1.bn1's running statistics
+    views = resnet.state_views(state)
+    np.testing.assert_allclose(bn.running_mean.numpy(), views["stage1.block1.bn1.mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var.numpy(), views["stage1.block1.bn1.var"], rtol=1e-5, atol=1e-6)
 
 
 def _check_torch_skipped(d):

@@ -1,11 +1,10 @@
-"""bench/gpu_suite.sh and its Python (gpu_suite.py, gpu_steps.py, suite_record.py, suite_plugin.py)
-on the CPU, so that no GPU minute is lost to a script bug: the one-line refusal without a GPU; the
-pytest plugin that records, stops at a deadline and takes up the rest; the spill check, test
-counts, metric comparison and epoch times on made-up inputs; the summary JSON of a stage whose
-steps succeed, fail, stop the suite or run out of time; gpu-first-contact.json's headline from
-made-up step results; each stage's steps called in order with arguments their signatures accept;
-and every step that runs a program, run for real on the CPU (small synthetic data, stand-ins for
-nvcc and compute-sanitizer)."""
+"""bench/gpu_suite.sh and its Python (gpu_suite.py, suite_record.py) on the CPU, so that no GPU minute
+is lost to a script bug: the one-line refusal without a GPU; the pytest plugin that records, stops
+at a deadline and takes up the rest; the spill check, test counts, metric comparison and epoch times
+on made-up inputs; the summary JSON of a stage whose steps succeed, fail, stop the suite or run out
+of time; gpu-first-contact.json's headline from made-up step results; each stage's steps called in
+order with arguments their signatures accept; and every step that runs a program, run for real on
+the CPU (small synthetic data, stand-ins for nvcc and compute-sanitizer)."""
 
 import json
 import os
@@ -18,8 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-import gpu_steps as steps  # noqa: E402
-import gpu_suite  # noqa: E402
+import gpu_suite as steps  # noqa: E402
 import suite_record as rec  # noqa: E402
 
 
@@ -79,7 +77,7 @@ def test_e(): pass
 def run_plugin(tmp_path, *args):
     (tmp_path / "test_fake.py").write_text(TESTS)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "suite_plugin",
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "suite_record",
                            "-o", "addopts=", str(tmp_path / "test_fake.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env=env)
 
@@ -346,7 +344,7 @@ def test_missing_requirements_names_what_this_machine_lacks(monkeypatch):
     assert missing[:2] == ["surely_not_installed_here", "nvcc"] and "numpy" not in missing
 
 
-STAGE_STEPS = {   # stage: [(function in gpu_steps, step name in the summary)] in order
+STAGE_STEPS = {   # stage: [(function in gpu_suite, step name in the summary)] in order
     "first": [("machine", "machine"), ("build", "build"), ("smoke", "smoke"), ("first_cuda_tests", "cuda_tests"),
               ("real_data", "real_data"), ("epoch_time", "epoch_time"), ("harnesses", "harnesses")],
     "second": [("machine", "machine"), ("build", "build"), ("cuda_tests", "cuda_tests"), ("harnesses", "harnesses"),
@@ -371,7 +369,7 @@ def test_each_stage_calls_its_steps_in_order(stage, tmp_path, monkeypatch):
     for name, _ in STAGE_STEPS[stage]:
         monkeypatch.setattr(steps, name, stand_in(name, getattr(steps, name)))
     monkeypatch.setattr(steps, "STATE", tmp_path / "state")
-    assert gpu_suite.main([stage, "--out", str(tmp_path / "out"), "--deadline-s", "600"]) == 0
+    assert steps.main([stage, "--out", str(tmp_path / "out"), "--deadline-s", "600"]) == 0
     assert calls == [name for name, _ in STAGE_STEPS[stage]]
     saved = json.loads((tmp_path / "out" / rec.SUMMARY[stage]).read_text())
     assert list(saved["steps"]) == [step for _, step in STAGE_STEPS[stage]]
