@@ -711,6 +711,24 @@ py::object take(py::handle values_, py::handle index_, py::handle offset_, py::h
   return out.owner;
 }
 
+// cuda::workspace_info for tests: `stream` is a cudaStream_t as an integer (a CuPy stream's
+// .ptr; 0: the legacy default stream). The CPU-only build has no workspace: all zeros.
+py::dict workspace_info(uintptr_t stream) {
+  py::dict info;
+#ifdef PYREGNET_WITH_CUDA
+  const cuda::WorkspaceInfo w = cuda::workspace_info(reinterpret_cast<void*>(stream));
+#else
+  static_cast<void>(stream);
+  struct { int64_t arenas = 0, allocations = 0, bytes = 0, captured_leases = 0, capacity = 0; } w;
+#endif
+  info["arenas"] = w.arenas;
+  info["allocations"] = w.allocations;
+  info["bytes"] = w.bytes;
+  info["captured_leases"] = w.captured_leases;
+  info["capacity"] = w.capacity;
+  return info;
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = PYREGNET_VERSION;
@@ -799,4 +817,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("take", &take, py::arg("values"), py::arg("index"), py::kw_only(), py::arg("offset") = 0,
         py::arg("out") = py::none());
   m.def("build_info", &build_info);
+  m.def("workspace_info", &workspace_info, py::arg("stream") = 0);
 }

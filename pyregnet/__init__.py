@@ -7,13 +7,14 @@ the compiled module ``pyregnet._core``; :mod:`pyregnet.ops` is their functional 
 
 try:
     from ._core import build_info as _build_info
+    from ._core import workspace_info as _workspace_info
 except ImportError as exc:  # the sources are importable but the extension was never built here
     raise ImportError("pyregnet's compiled module pyregnet._core is missing: install with "
                       "`pip install -e \".[test]\"` from the repository (README.md)") from exc
 
 from . import ops
 
-__all__ = ["build_info", "ops"]
+__all__ = ["build_info", "ops", "workspace_info"]
 __version__ = _build_info()["version"]
 
 
@@ -26,3 +27,16 @@ def build_info() -> dict:
     ``openmp`` and ``cpu_threads`` (the CPU backend's threads).
     """
     return _build_info()
+
+
+def workspace_info(stream=None) -> dict:
+    """The CUDA backend's scratch workspace, which a captured CUDA graph takes its scratch memory
+    from without allocating (docs/design.md §2, "Scratch memory").
+
+    Keys: ``arenas`` (one per device and stream used so far); ``allocations`` and ``bytes`` (the
+    buffers allocated for them, kept until the process ends); ``captured_leases`` (scratch spans
+    handed out while a stream was being captured); ``capacity`` (the bytes of the arena of
+    ``stream`` on the current device: a CuPy stream or its pointer, None for the legacy default
+    stream; 0 when it has none). All zeros in a CPU-only build.
+    """
+    return _workspace_info(0 if stream is None else int(getattr(stream, "ptr", stream)))

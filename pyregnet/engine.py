@@ -14,8 +14,8 @@ Engine.step() hands out that list (a benchmark times each launch of the real ste
 replay reads the clock that the previous one advanced, so it gathers the next batch with fresh
 random draws and applies the next Adam step. An epoch launches the full-batch graph
 n // batch times and a second graph for the smaller last batch, then reads the metric sums
-once. The first call of each program runs eagerly (it loads the kernels), later calls replay
-the capture: the results are the same bits either way (tests/test_engine.py). On the CPU the
+once. The first call of each program runs eagerly (it loads the kernels and sizes the scratch
+workspace), later calls replay the capture: the results are the same bits either way (tests/test_engine.py). On the CPU the
 same programs simply run, so one code path trains on both devices. Evaluation programs run the
 forward pass (evaluation mode: BN reads the running statistics) and the loss over one image set
 each (the validation set, the test set, the fixed clean-train subset: train.Run.eval_sets), built
@@ -58,7 +58,9 @@ class Program:
             run(self.launches)
             return
         with self.stream:
-            if self.calls == 1:  # the first call runs eagerly: it loads every kernel
+            # The first call runs eagerly: it loads every kernel and sizes the stream's scratch
+            # workspace, which a capture may use but not grow (csrc/cuda/scratch.cuh).
+            if self.calls == 1:
                 run(self.launches)
                 return
             if self.graph is None:

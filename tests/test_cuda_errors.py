@@ -1,15 +1,12 @@
-"""CUDA errors and the memory pool, on a GPU.
+"""CUDA errors, on a GPU: a CUDA error becomes a RuntimeError naming the op that met it, never a
+crash or exit(), and the next op is not blamed for it. The error is provoked in a defined way:
+every byte of free device memory is taken with plain allocations, so the op's first scratch
+allocation (its stream's workspace, at least 1 MiB: csrc/cuda/workspace.cu) fails with
+cudaErrorMemoryAllocation; once the memory is given back, the next op must run and be right.
 
-- A CUDA error becomes a RuntimeError naming the op that met it, never a crash or exit(), and the
-  next op is not blamed for it. The error is provoked in a defined way: every byte of free device
-  memory is taken with plain allocations, so the op's scratch allocation fails with
-  cudaErrorMemoryAllocation; once the memory is given back, the next op must run and be right.
-- The default memory pool keeps what it has reserved (release threshold "never"), so the
-  reductions' scratch is not mapped and unmapped on every call.
-
-Each case runs in a child interpreter: holding the whole device (or its pool's attributes) must
-not leak into the other tests. Without a GPU, the error path is covered where it can be: a CUDA
-array on a machine with no usable GPU raises RuntimeError (tests/test_bad_input.py).
+Each case runs in a child interpreter: holding the whole device must not leak into the other
+tests. Without a GPU, the error path is covered where it can be: a CUDA array on a machine with
+no usable GPU raises RuntimeError (tests/test_bad_input.py).
 """
 
 import subprocess
@@ -67,23 +64,3 @@ def test_failed_allocation_is_the_ops_error_and_not_the_next_ones(op, ref):
     assert "(cudaErrorMemoryAllocation)" in stdout
     assert "next op right: True" in stdout
     assert "same op again right: True" in stdout
-
-
-POOL = textwrap.dedent("""
-    import cupy
-    from pyregnet import ops
-    rt = cupy.cuda.runtime
-    RELEASE_THRESHOLD, RESERVED_CURRENT = 4, 5       # cudaMemPoolAttr values
-    pool = rt.deviceGetDefaultMemPool(rt.getDevice())
-    print("threshold before:", rt.memPoolGetAttribute(pool, RELEASE_THRESHOLD))
-    ops.penalty(cupy.ones(1 << 20, cupy.float32), 0.1, 0.2)   # its scratch is freed after its own sync
-    rt.deviceSynchronize()   # where a pool with the default threshold (0) would give that memory back
-    print("threshold after:", rt.memPoolGetAttribute(pool, RELEASE_THRESHOLD))
-    print("reserved after:", rt.memPoolGetAttribute(pool, RESERVED_CURRENT))
-""")
-
-
-def test_memory_pool_keeps_its_memory():
-    lines = dict(line.split(": ", 1) for line in run_child(POOL).splitlines() if ": " in line)
-    assert int(lines["threshold after"]) == 2**64 - 1
-    assert int(lines["reserved after"]) > 0, "the pool gave its memory back at the synchronization"

@@ -2,14 +2,17 @@
 
 - on every backend, an epoch (with a smaller last batch) gives the same parameters, bit for bit,
   as the same steps written with allocating ops and host-side bookkeeping, and the same sums;
-- on the GPU, replaying the captured CUDA graphs gives the same bits as launching the kernels
-  one by one, and the same seed gives the same bits run to run.
+- on the GPU, replaying the captured CUDA graphs (training and evaluation, the CNN and ResNet-20)
+  gives the same bits as launching the kernels one by one, and the same seed gives the same bits
+  run to run; a captured program takes its scratch memory from the workspace its first, eager
+  call sized, allocating nothing.
 """
 
 import numpy as np
 import pytest
 
-from pyregnet import data, engine, model, ops, optim, train
+import pyregnet
+from pyregnet import data, engine, model, ops, optim, resnet, train
 from pyregnet.launch import Launch
 from pyregnet.regularizers import Penalty
 
@@ -17,11 +20,11 @@ from conftest import BACKENDS, CUDA_MARKS
 
 
 def make_run(device, reg="l1l2", mode="fused", train_size=150, batch=64, graph=True, seed=3, optimizer="adam",
-             penalty_step="gradient"):
+             penalty_step="gradient", net="cnn"):
     pen = Penalty.with_defaults(reg, 1e-3 if reg in ("l1", "l1l2") else None, 1e-3 if reg in ("l2", "l1l2") else None)
     cfg = train.Config(reg=pen.kind, l1=pen.l1, l2=pen.l2, batch_size=batch, seed=seed, device=device,
                        penalty_mode=mode, graph=graph, optimizer=optimizer, penalty_step=penalty_step,
-                       lr=train.DEFAULT_LR[optimizer])
+                       lr=train.DEFAULT_LR[optimizer], model=net)
     ds = data.load(None, dataset="synthetic", train_size=train_size, val_size=70, seed=0)
     return train.Run(cfg, ds)
 
@@ -90,23 +93,64 @@ def test_progress_is_reported_every_step_on_the_cpu():
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
+@pytest.mark.parametrize("net", list(engine.MODELS))
 @pytest.mark.parametrize("mode", [pytest.param(m, marks=CUDA_MARKS) for m in engine.PENALTY_MODES])
-def test_graph_replay_equals_eager_launches_and_repeats(mode):
+def test_graph_replay_equals_eager_launches_and_repeats(mode, net):
     # 2 epochs of 5 steps (4 full + 1 last): the full-batch graph is captured at step 2 of epoch 1
-    # and replayed; the last-batch graph is captured and replayed in epoch 2.
-    runs = [make_run("cuda", mode=mode, train_size=300, graph=graph) for graph in (True, False, True)]
+    # and replayed; the last-batch graph and the evaluation programs (validation, clean-train) run
+    # eagerly in epoch 1 and are captured in epoch 2. ResNet-20's BN running statistics, updated
+    # by every training step and read by every evaluation, must come out the same bits too.
+    runs = [make_run("cuda", mode=mode, train_size=300, graph=graph, net=net) for graph in (True, False, True)]
     for run in runs:
         for _ in range(2):
             run.run_epoch()
-    replayed = [program.graph is not None for program, _ in runs[0].engine.train_steps]
-    assert replayed == [True, True]
+    eng = runs[0].engine
+    programs = [*eng.train_steps, *eng.eval_set("val").plan, *eng.eval_set("train_clean").plan]
+    assert [program.graph is not None for program, _ in programs] == [True] * 4
     ref = runs[1]
+    assert ref.engine.stream is None and all(program.graph is None for program, _ in ref.engine.train_steps)
     for run in (runs[0], runs[2]):
-        for name in ("params", "grad"):
+        for name in ("params", "grad", "net_state"):
             got, want = run.to_host(getattr(run, name)), ref.to_host(getattr(ref, name))
             assert np.array_equal(got, want), f"{name}: max diff {np.abs(got - want).max()}"
-        assert [m["train_loss"] for m in run.history] == [m["train_loss"] for m in ref.history]
-        assert [m["val_acc"] for m in run.history] == [m["val_acc"] for m in ref.history]
+        for name in run.optimizer.STATE:
+            got, want = run.to_host(getattr(run.optimizer, name)), ref.to_host(getattr(ref.optimizer, name))
+            assert np.array_equal(got, want), name
+        for key in ("train_loss", "val_loss", "val_acc", "train_clean_loss", "train_clean_acc"):
+            assert [m[key] for m in run.history] == [m[key] for m in ref.history], key
+    if net == "resnet20":  # the statistics did move: comparing them was not comparing two starts
+        assert not np.array_equal(ref.to_host(ref.net_state), resnet.init_state(np.float32))
+
+
+@pytest.mark.parametrize("net", [pytest.param(n, marks=CUDA_MARKS) for n in engine.MODELS])
+def test_captured_programs_take_their_scratch_from_the_workspace(net):
+    # The first call of each program sizes its stream's scratch workspace; capturing and replaying
+    # them allocates nothing more, and the captures did take scratch from the workspace (the
+    # loss's per-row partials, the penalty sum, BN's channel sums and split-K GEMMs need some).
+    eng = make_run("cuda", net=net, train_size=300).engine
+    val = eng.eval_set("val")
+    programs = [eng.step(), eng.step(last=True), *(program for program, _ in val.plan)]
+
+    def call_each():  # from the start of the data, so that every batch is in range
+        eng.start_epoch(np.arange(300))
+        with eng.stream:
+            val.clock[...] = 0
+        for program in programs:
+            program()
+
+    call_each()  # eagerly
+    before = pyregnet.workspace_info(eng.stream)
+    for _ in range(3):
+        call_each()  # captured the first time, replayed every time
+    eng.stream.synchronize()
+    after = pyregnet.workspace_info(eng.stream)
+    assert [program.graph is not None for program in programs] == [True] * 3
+    bad = [engine.BAD_LABELS, engine.BAD_INDICES]
+    assert np.array_equal(eng.metrics[bad].get(), [0, 0]) and np.array_equal(val.metrics[bad].get(), [0, 0])
+    print("workspace before the captures", before, "after", after)
+    assert (after["allocations"], after["bytes"]) == (before["allocations"], before["bytes"])
+    assert after["capacity"] == before["capacity"] > 0
+    assert after["captured_leases"] > before["captured_leases"]
 
 
 class FakeStream:

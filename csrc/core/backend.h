@@ -141,6 +141,15 @@ int device_count();                 // 0 when no usable GPU or driver
 int current_device();               // device of the calling thread, -1 on error
 int pointer_device(const void* p);  // device that owns p, -1 for host or unknown memory
 int runtime_version();              // cudaRuntimeGetVersion, e.g. 13000
+
+// The workspace the ops' scratch memory comes from (cuda/scratch.cuh), for tests: totals over
+// the process, and the capacity of the arena of stream `st` on the current device (0 if none).
+struct WorkspaceInfo {
+  int64_t arenas, allocations, bytes;  // arenas made, buffers allocated for them, their bytes
+  int64_t captured_leases;             // scratch spans handed out while a stream was capturing
+  int64_t capacity;
+};
+WorkspaceInfo workspace_info(Stream st);  // throws only if the current device cannot be read
 }  // namespace cuda
 #endif
 

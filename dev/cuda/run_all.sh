@@ -55,13 +55,13 @@ fi
 # The Makefile's flags, for machines without make. Keep in step with Makefile.
 flags=(-O3 -std=c++17 -arch=sm_90 -Xptxas -v -lineinfo -I"$here/../../csrc" -DPYREGNET_WITH_CUDA=1)
 # The csrc/cuda/<source>.cu files of each harness, space-separated (the Makefile's
-# PACKAGE_SOURCE_<harness>).
+# PACKAGE_SOURCE_<harness>, then workspace: the ops' scratch memory).
 package_sources() {
   case "$1" in
-    adam_update) echo update ;;
-    relu) echo activation ;;
-    reduce) echo reduce update ;;  # penalty, sparsity_count; penalty_gradient
-    *) echo "$1" ;;  # augment, conv2d, dense, maxpool2d, softmax_xent
+    adam_update) echo update workspace ;;
+    relu) echo activation workspace ;;
+    reduce) echo reduce update workspace ;;  # penalty, sparsity_count; penalty_gradient
+    *) echo "$1" workspace ;;  # augment, conv2d, dense, maxpool2d, softmax_xent
   esac
 }
 build_with_package() {  # $1 = harness; without make

@@ -22,8 +22,8 @@
 //      batches (a few thousand rows at most: one block does not scale further)
 //   2  the package: pyregnet::cuda::softmax_cross_entropy<float> (csrc/cuda/softmax_xent.cu,
 //      linked with -DWITH_PACKAGE): a grid-wide row kernel writing per-row loss and outcome to
-//      cudaMallocAsync scratch, then a one-block totals kernel (+ a copy and a sync with
-//      into = nullptr)
+//      scratch from the stream's workspace, then a one-block totals kernel (+ a copy and a sync
+//      with into = nullptr)
 //
 // The op is tiny (N = 64: 5 KB moved, ~2 ns at copy bandwidth), so its time is launch and
 // latency: printed per call two ways, GPU time by events (L2 flushed) and host wall time per call
