@@ -102,6 +102,19 @@ void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, int64
   }
 }
 
+// The calling thread's packing buffer `which` (0: A, 1: B) with room for n elements, kept from
+// call to call and grown, never shrunk. Convolutions call gemm once per image: a buffer
+// allocated per call (a std::vector zero-fills it, and B's was sized for KC rows even when K is
+// 27) cost conv1's forward pass more than its arithmetic. The packers overwrite every element a
+// call reads, so the contents left by an earlier call never matter. gemm is not re-entered on a
+// thread while its buffers are in use (it calls nothing that calls it).
+template <class T, int which>
+T* pack_buffer(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (int64_t(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
 }  // namespace detail
 
 // C (M x N, row-major, leading dimension ldc) = op(A) (M x K) . op(B) (K x N), plus the old C
@@ -118,21 +131,22 @@ void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* 
       for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, T(0));
     return;
   }
-  const int64_t m_panels = (M + MR - 1) / MR;
-  std::vector<T> ap(m_panels * MR * KC), bp(((std::min(N, NC) + NR - 1) / NR) * NR * KC);
+  const int64_t m_panels = (M + MR - 1) / MR, kc_max = std::min(K, KC);
+  T* ap = detail::pack_buffer<T, 0>(m_panels * MR * kc_max);
+  T* bp = detail::pack_buffer<T, 1>(((std::min(N, NC) + NR - 1) / NR) * NR * kc_max);
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
     const int64_t cols = std::min(NC, N - j0);
     const int64_t n_panels = (cols + NR - 1) / NR;
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int64_t kc = std::min(KC, K - k0);
       const bool add = accumulate || k0 > 0;
-      detail::pack_a(a, 0, M, k0, kc, ap.data());
-      detail::pack_b(b, k0, kc, j0, cols, bp.data());
+      detail::pack_a(a, 0, M, k0, kc, ap);
+      detail::pack_b(b, k0, kc, j0, cols, bp);
       parallel([&] {
 #pragma omp for collapse(2) schedule(static)
         for (int64_t jp = 0; jp < n_panels; ++jp)
           for (int64_t ip = 0; ip < m_panels; ++ip)
-            detail::micro_kernel(kc, ap.data() + ip * MR * kc, bp.data() + jp * NR * kc,
+            detail::micro_kernel(kc, ap + ip * MR * kc, bp + jp * NR * kc,
                                  c + ip * MR * ldc + j0 + jp * NR, ldc,
                                  std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
       }, threaded && m_panels * n_panels > 1);

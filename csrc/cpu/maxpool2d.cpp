@@ -3,6 +3,12 @@
 // x with the same rule (math/maxpool.h): dy lands on exactly the element the forward pass picked.
 // The forward pass applies that rule pairwise (pool_row), which picks the same element.
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__AVX2__) && defined(__BMI2__)
+#include <immintrin.h>
+#endif
 
 #include "core/backend.h"
 #include "cpu/fp_mode.h"
@@ -12,14 +18,13 @@ namespace pyregnet::cpu {
 
 namespace {
 
-// One output row in two vectorizable passes (math/maxpool.h, right_wins): the better of each
-// horizontal pair of the upper input row goes to y (and its offset 0/1 to argmax), then the
-// better of each pair of the lower row (offset 2/3) replaces it where it wins. A single loop
-// over the four window elements does not vectorize with GCC 12 (it cannot group the four
-// interleaved loads); these two loops do (AVX2 with -march=native, SSE2 without).
+// One output row in two passes (math/maxpool.h, right_wins): the better of each horizontal pair
+// of the upper input row goes to y (and its offset 0/1 to argmax), then the better of each pair
+// of the lower row (offset 2/3) replaces it where it wins. The portable form, for double, for
+// the last outputs of a row and for builds without AVX2.
 template <class T, bool kArgmax>
-void pool_row(const T* __restrict upper, const T* __restrict lower, T* __restrict y, uint8_t* __restrict argmax,
-              int64_t Q) {
+void pool_row_portable(const T* __restrict upper, const T* __restrict lower, T* __restrict y,
+                       uint8_t* __restrict argmax, int64_t Q) {
   for (int64_t q = 0; q < Q; ++q) {
     const bool right = right_wins(upper[2 * q], upper[2 * q + 1]);
     y[q] = right ? upper[2 * q + 1] : upper[2 * q];
@@ -32,6 +37,96 @@ void pool_row(const T* __restrict upper, const T* __restrict lower, T* __restric
     y[q] = below ? candidate : y[q];
     if (kArgmax) argmax[q] = below ? (right ? 3 : 2) : argmax[q];
   }
+}
+
+#if defined(__AVX2__) && defined(__BMI2__)
+// Windows in blocks of the vector width for float, by the same rule as compares and blends. GCC
+// vectorizes pool_row_portable too, but badly: its stride-2 loads and byte stores took pool1's
+// forward pass (64 x 32 x 30 x 30) 12.5 ms on a Zen 3 core pair, blocks of eight 0.17 ms
+// (docs/results.md, CPU speed work). A row goes in blocks, the last one overlapping the one
+// before: it recomputes a few outputs from the same inputs, so it writes the same values. Rows
+// shorter than eight (pool2's Q is 6) take blocks of four.
+struct Lanes8 {
+  using V = __m256;
+  static constexpr int64_t kWidth = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V in_order(V v) {  // the shuffles work per 128-bit half: put the halves' pairs in order
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  static V evens(V a, V b) { return in_order(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))); }
+  static V odds(V a, V b) { return in_order(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))); }
+  static V right_wins(V left, V right) {  // !(right <= left) && !isnan(left), lane by lane
+    return _mm256_and_ps(_mm256_cmp_ps(right, left, _CMP_NLE_UQ), _mm256_cmp_ps(left, left, _CMP_ORD_Q));
+  }
+  static V blend(V a, V b, V take_b) { return _mm256_blendv_ps(a, b, take_b); }
+  static int mask_bits(V m) { return _mm256_movemask_ps(m); }
+};
+struct Lanes4 {
+  using V = __m128;
+  static constexpr int64_t kWidth = 4;
+  static V load(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, V v) { _mm_storeu_ps(p, v); }
+  static V evens(V a, V b) { return _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); }
+  static V odds(V a, V b) { return _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)); }
+  static V right_wins(V left, V right) {
+    return _mm_and_ps(_mm_cmp_ps(right, left, _CMP_NLE_UQ), _mm_cmp_ps(left, left, _CMP_ORD_Q));
+  }
+  static V blend(V a, V b, V take_b) { return _mm_blendv_ps(a, b, take_b); }
+  static int mask_bits(V m) { return _mm_movemask_ps(m); }
+};
+
+// Byte i = 1 where lane i of the mask is set.
+template <class L>
+uint64_t lane_bytes(typename L::V mask) {
+  return _pdep_u64(uint64_t(L::mask_bits(mask)), 0x0101010101010101ull);
+}
+
+// The better of the kWidth horizontal pairs in in[0 .. 2 kWidth), and where the right one won.
+template <class L>
+typename L::V better_of_pairs(const float* in, typename L::V* right) {
+  const typename L::V a = L::load(in), b = L::load(in + L::kWidth);
+  const typename L::V left_values = L::evens(a, b), right_values = L::odds(a, b);
+  *right = L::right_wins(left_values, right_values);
+  return L::blend(left_values, right_values, *right);
+}
+
+template <class L, bool kArgmax>
+void pool_block(const float* upper, const float* lower, float* y, uint8_t* argmax) {
+  typename L::V right_up, right_low;
+  const typename L::V up = better_of_pairs<L>(upper, &right_up), low = better_of_pairs<L>(lower, &right_low);
+  const typename L::V below = L::right_wins(up, low);
+  L::store(y, L::blend(up, low, below));
+  if (kArgmax) {  // per byte: below ? 2 + right_low : right_up
+    constexpr uint64_t ones = 0x0101010101010101ull >> (8 * (8 - L::kWidth));
+    const uint64_t b = lane_bytes<L>(below);
+    const uint64_t code = (b << 1) | (b & lane_bytes<L>(right_low)) | (lane_bytes<L>(right_up) & (b ^ ones));
+    std::memcpy(argmax, &code, L::kWidth);  // little-endian: byte i to argmax[i]
+  }
+}
+
+// A row in blocks of L::kWidth (false: too short). A block at `at` reads upper[2 at .. 2 at +
+// 2 kWidth): at most upper[2Q - 1] <= upper[W - 1], never past the row.
+template <class L, bool kArgmax>
+bool pool_row_blocks(const float* upper, const float* lower, float* y, uint8_t* argmax, int64_t Q) {
+  if (Q < L::kWidth) return false;
+  for (int64_t q = 0;; q += L::kWidth) {
+    const int64_t at = std::min(q, Q - L::kWidth);
+    pool_block<L, kArgmax>(upper + 2 * at, lower + 2 * at, y + at, kArgmax ? argmax + at : nullptr);
+    if (at == Q - L::kWidth) return true;
+  }
+}
+#endif
+
+template <class T, bool kArgmax>
+void pool_row(const T* upper, const T* lower, T* y, uint8_t* argmax, int64_t Q) {
+#if defined(__AVX2__) && defined(__BMI2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (pool_row_blocks<Lanes8, kArgmax>(upper, lower, y, argmax, Q)) return;
+    if (pool_row_blocks<Lanes4, kArgmax>(upper, lower, y, argmax, Q)) return;
+  }
+#endif
+  pool_row_portable<T, kArgmax>(upper, lower, y, argmax, Q);
 }
 
 }  // namespace
