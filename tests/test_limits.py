@@ -49,19 +49,22 @@ def test_conv_scratch_is_bounded():
 
 
 def test_failed_allocation_inside_the_parallel_region_is_memory_error():
-    # K = 2^21 output channels of one pixel: y is 8 MB, but the GEMM packs w in a 2 GiB panel
-    # inside the conv's OpenMP region. Under a 1 GiB address-space limit that allocation fails:
-    # a MemoryError, and the interpreter goes on (it used to abort in std::terminate).
+    # K = 2^22 output channels of one pixel: the GEMM grows its per-thread packing buffer for w to
+    # 16 MB inside the conv's OpenMP region. x, w, b and y (out=) are allocated first, then the
+    # address space is limited to 4 MB more than is mapped, so that growth fails: a MemoryError,
+    # and the interpreter goes on (it used to abort in std::terminate).
     result = run_child("""
         import resource, numpy as np
         from pyregnet import ops
         f = np.float32
         ops.conv2d_forward(np.ones((2, 1, 4, 4), f), np.ones((1, 1, 3, 3), f), np.zeros(1, f), 0)  # threads up
+        k = 1 << 22
+        x, w, b = np.ones((1, 1, 1, 1), f), np.ones((k, 1, 1, 1), f), np.zeros(k, f)
+        y = np.full((1, k, 1, 1), -1, f)
         size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
-        resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), resource.RLIM_INFINITY))
-        x, w, b = np.ones((1, 1, 1, 1), f), np.ones((1 << 21, 1, 1, 1), f), np.zeros(1 << 21, f)
+        resource.setrlimit(resource.RLIMIT_AS, (size + (4 << 20), resource.RLIM_INFINITY))
         try:
-            ops.conv2d_forward(x, w, b, 0)
+            ops.conv2d_forward(x, w, b, 0, out=y)
         except MemoryError as e:
             print("MemoryError", e)
         else:
