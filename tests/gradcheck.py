@@ -15,14 +15,20 @@ def numerical_gradient(f, x, h=1e-6):
     """
     grad = np.zeros(x.shape, dtype=np.float64)
     for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + h
-        f_plus = float(f())
-        x[idx] = old - h
-        f_minus = float(f())
-        x[idx] = old
-        grad[idx] = (f_plus - f_minus) / (2.0 * h)
+        grad[idx] = central_difference(f, x, idx, h)
     return grad
+
+
+def central_difference(f, x, index, h=1e-6):
+    """(f(x + h e) - f(x - h e)) / 2h for the coordinate `index` of x, perturbed in place and
+    restored."""
+    old = x[index]
+    x[index] = old + h
+    f_plus = float(f())
+    x[index] = old - h
+    f_minus = float(f())
+    x[index] = old
+    return (f_plus - f_minus) / (2.0 * h)
 
 
 def check_backward(forward, backward, inputs, wrt, rtol, atol, seed=0, h=1e-6):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bits import assert_thread_count_independent
+from gradcheck import central_difference
 from conftest import TOLERANCES
 from pyregnet import ops, resnet
 from pyregnet import reference as ref
@@ -164,16 +165,6 @@ def whole_network(seed, input_grad=False):
     resnet.backward(params, act, act.dlogits, grad)
     assert np.isfinite(grad).all()
     return params, x, loss, grad, act
-
-
-def central_difference(loss, array, index, h=1e-6):
-    old = array[index]
-    array[index] = old + h
-    up = loss()
-    array[index] = old - h
-    down = loss()
-    array[index] = old
-    return (up - down) / (2 * h)
 
 
 CHECKED = ["stem.conv.w", "stage1.block1.conv1.w", "stage1.block3.conv2.w", "stage2.block1.conv1.w",
