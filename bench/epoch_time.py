@@ -84,8 +84,8 @@ class Pyregnet:
 
 
 def census(weights):
-    """{"weights", "exact_zeros", "subnormal"} of float32 weights, read as bit patterns (no
-    floating-point mode can turn a subnormal into a zero here)."""
+    """{"weights", "exact_zeros", "subnormal"} of float32 weights, read as bit patterns: in a
+    flushing build ops.sparsity_count(w, 0) counts subnormals as zeros, which this must tell apart."""
     bits = np.ascontiguousarray(weights, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
     return {"weights": int(bits.size), "exact_zeros": int(np.count_nonzero(bits == 0)),
             "subnormal": int(np.count_nonzero((bits > 0) & (bits < 0x00800000)))}

@@ -41,9 +41,9 @@ void pool_row_portable(const T* __restrict upper, const T* __restrict lower, T* 
 
 #if defined(__AVX2__) && defined(__BMI2__)
 // Windows in blocks of the vector width for float, by the same rule as compares and blends. GCC
-// vectorizes pool_row_portable too, but badly: its stride-2 loads and byte stores took pool1's
-// forward pass (64 x 32 x 30 x 30) 12.5 ms on a Zen 3 core pair, blocks of eight 0.17 ms
-// (docs/results.md, CPU speed work). A row goes in blocks, the last one overlapping the one
+// vectorizes pool_row_portable too, but badly: with its stride-2 loads and byte stores pool1's
+// forward pass (64 x 32 x 30 x 30) took 4.2 ms of a training step on a Zen 3 core pair, in
+// blocks of eight 0.4-0.6 ms, its memory roofline (docs/results.md, CPU speed work). A row goes in blocks, the last one overlapping the one
 // before: it recomputes a few outputs from the same inputs, so it writes the same values. Rows
 // shorter than eight (pool2's Q is 6) take blocks of four.
 struct Lanes8 {
