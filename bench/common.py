@@ -202,16 +202,16 @@ def time_launches(launches, device, repeats, start):
     return [(samples[1:], "perf_counter around the launch inside the step") for samples in times], steps[1:]
 
 
-def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True, net="cnn"):
+def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True, net="cnn", params=None):
     """An Engine over data = (uint8 images, labels) already on the device, the network `net` (a key
-    of engine.MODELS) at its initial weights and `optimizer` with its default learning rate,
+    of engine.MODELS) at its initial weights (or at `params`) and `optimizer` with its default learning rate,
     penalty `reg` (its default λ) applied in `mode` (optim.UPDATE_MODES): the training step as the
     trainer builds it."""
     from pyregnet import optim
     from pyregnet.engine import MODELS, Engine
     from pyregnet.regularizers import Penalty
     xp, net = array_module(device), MODELS[net]
-    params = xp.asarray(net.init_params(SEED))
+    params = xp.array(net.init_params(SEED) if params is None else params, dtype=np.float32)
     return Engine(params, xp.zeros_like(params), optim.make(optimizer, params, optim.DEFAULT_LR[optimizer]),
                   Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture, net=net)
 
@@ -229,6 +229,14 @@ def stats(samples):
 def fmt(s, scale=1e3, digits=3):
     """'median [p10-p90]' of stats() (in ms by default)."""
     return f"{s['median'] * scale:.{digits}f} [{s['p10'] * scale:.{digits}f}-{s['p90'] * scale:.{digits}f}]"
+
+
+def census(weights):
+    """{"weights", "exact_zeros", "subnormal"} of float32 weights, read as bit patterns: in a
+    flushing build ops.sparsity_count(w, 0) counts subnormals as zeros, which this must tell apart."""
+    bits = np.ascontiguousarray(weights, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
+    return {"weights": int(bits.size), "exact_zeros": int(np.count_nonzero(bits == 0)),
+            "subnormal": int(np.count_nonzero((bits > 0) & (bits < 0x00800000)))}
 
 
 # ---------------------------------------------------------------- roofline

@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import numpy as np  # noqa: E402
 import torch_net  # noqa: E402
 from pyregnet import build_info  # noqa: E402
 from pyregnet import data as datasets  # noqa: E402
@@ -81,14 +80,6 @@ class Pyregnet:
 
     def kernel_weights(self):
         return self.run.to_host(self.run.params[:self.run.net.N_KERNEL])
-
-
-def census(weights):
-    """{"weights", "exact_zeros", "subnormal"} of float32 weights, read as bit patterns: in a
-    flushing build ops.sparsity_count(w, 0) counts subnormals as zeros, which this must tell apart."""
-    bits = np.ascontiguousarray(weights, dtype=np.float32).view(np.uint32) & np.uint32(0x7FFFFFFF)
-    return {"weights": int(bits.size), "exact_zeros": int(np.count_nonzero(bits == 0)),
-            "subnormal": int(np.count_nonzero((bits > 0) & (bits < 0x00800000)))}
 
 
 def build(name, args, device, dataset, torch, why_no_torch):
@@ -153,7 +144,7 @@ def run_epochs(args, device, dataset, torch, why_no_torch):
             print(f"  epoch {r + 1}/{args.epochs} {name}: train {t:.3f} s, eval {e:.3f} s", file=sys.stderr, flush=True)
     for name, obj in live.items():
         records[name].update(ran=True, **summary(records[name], len(dataset.y_train), len(dataset.y_test)))
-        records[name]["kernel_weights_at_end"] = census(obj.kernel_weights())
+        records[name]["kernel_weights_at_end"] = common.census(obj.kernel_weights())
     return records
 
 

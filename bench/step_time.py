@@ -2,7 +2,8 @@
 of pyregnet's step against its roofline.
 
     python bench/step_time.py [--device auto|cpu|cuda] [--model cnn|resnet20] [--batch-size 64] [--steps N]
-                              [--repeats R] [--warmup N] [--no-ops] [--quick] [--json PATH] [--check]
+                              [--repeats R] [--warmup N] [--weights CHECKPOINT] [--no-ops] [--quick]
+                              [--json PATH] [--check]
 
 pyregnet's step is the engine's, as the trainer builds it for --model (the paper's CNN, or
 ResNet-20): a sample is Engine.train_epoch over --steps synthetic batches (on the GPU: CUDA graph
@@ -11,7 +12,10 @@ on the device, its best case. Both with reg none and l1l2, taking turns; a first
 in training mode shows they are the same network. The per-op table times each launch of the
 engine's real step (on the CPU inside the running step, on the GPU alone as a replayed CUDA graph)
 beside its roofline: max(FLOPs / measured FP32 peak, bytes / measured copy bandwidth). Targets on
-the CPU: pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20). Results:
+the CPU: pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20). --weights starts both from
+a finished run's weights instead of the initial ones: an L2 run's, many of them subnormal, timed
+in a PYREGNET_FLUSH_DENORMALS=OFF build against the default one, is what IEEE subnormals cost each
+launch of a step as training makes them (the weights' census is printed and kept). Results:
 bench/results/step_time_<device>[_resnet20][_quick].json.
 """
 
@@ -42,8 +46,23 @@ def parser():
     p.add_argument("--steps", type=positive_int, help="steps per timed sample (default 20, --quick 3)")
     p.add_argument("--repeats", type=positive_int, help="timed samples per case (default 7, --quick 3)")
     p.add_argument("--warmup", type=count, help="untimed steps per case first (default 5, --quick 1)")
+    p.add_argument("--weights", metavar="CHECKPOINT", help="start from this run's checkpoint.npz (its params)")
     p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the per-op table")
     return p
+
+
+def trained_weights(path, net):
+    """The flat parameters of a finished run's checkpoint.npz for --weights; UsageError if it has none
+    of `net`'s size."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            params = z["params"]
+    except Exception as e:  # noqa: BLE001 -- one line, whatever is wrong with the file
+        raise common.UsageError(f"--weights: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if params.shape != (MODELS[net].N_PARAMS,):
+        raise common.UsageError(f"--weights: {path} holds {params.size} parameters but --model {net} has "
+                                f"{MODELS[net].N_PARAMS}")
+    return params
 
 
 def first_loss_check(eng, net, x, labels):
@@ -71,14 +90,15 @@ def measure(args, device, notes):
     order = np.random.default_rng(common.SEED).permutation(len(labels))
     torch, skipped = torch_net.load(device)
     info, check, cases = {"available": torch is not None, "skipped": skipped}, None, {}
-    engines = {reg: common.pyregnet_engine(device, (images, labels), reg, batch, net=args.model) for reg in REGS}
+    engines = {reg: common.pyregnet_engine(device, (images, labels), reg, batch, net=args.model, params=args.params)
+               for reg in REGS}
     x = ops.augment_batch(images, xp.asarray(order[:batch]), seed=common.SEED, step=0, max_shift=MAX_SHIFT)
     y = labels[xp.asarray(order[:batch])]
     tx, ty = net_batch(torch, x, y) if torch is not None else (None, None)
     for reg, eng in engines.items():
         cases[("pyregnet", reg)] = lambda e=eng: e.train_epoch(order)
         if torch is not None:
-            net = torch_net.TorchNet(torch, device, reg, net=args.model)
+            net = torch_net.TorchNet(torch, device, reg, net=args.model, params=args.params)
             check = check or first_loss_check(eng, net, x, y)
             cases[("torch", reg)] = lambda n=net: [n.step(tx, ty) for _ in range(steps)]
             info.update(version=torch.__version__, threads=torch.get_num_threads(), **net.setup)
@@ -150,18 +170,23 @@ def main(argv=None):
     try:
         args = parser().parse_args(argv)
         device = common.resolve_device(args.device)
+        args.params = None if args.weights is None else trained_weights(args.weights, args.model)
     except common.UsageError as e:
         return common.usage_exit("step_time", e)
     d = QUICK if args.quick else FULL
     args.steps, args.repeats = args.steps or d["steps"], args.repeats or d["repeats"]
     args.warmup, args.op_repeats = d["warmup"] if args.warmup is None else args.warmup, d["op_repeats"]
     meta, notes = common.start("step_time", device, args.quick)
+    net = MODELS[args.model]
+    kernels = common.census((net.init_params(common.SEED) if args.params is None else args.params)[:net.N_KERNEL])
+    print(f"kernel weights at the start ({args.weights or 'initial'}): {kernels}")
     samples, ops, check, info, roof = measure(args, device, notes)
     results, sums, targets = summarize(samples, ops, roof, args.batch_size, device, args.model)
     report(results, ops[0], sums, check)
     return common.finish("step_time", meta, notes, targets, {
         "config": {"device": device, "model": args.model, "batch_size": args.batch_size, "steps": args.steps,
                    "repeats": args.repeats, "op_repeats": args.op_repeats, "quick": args.quick, "regs": list(REGS),
+                   "weights": args.weights, "kernel_weights_at_start": kernels,
                    "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
         "flops": MODELS[args.model].step_flops(args.batch_size), "roofline": roof, "torch": info,
         "same_network_check": check, "results": results, "ops": ops[0], "ops_sum": sums},

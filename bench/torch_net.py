@@ -9,7 +9,7 @@ through a (shift, flip) -> pixel table that reproduces pyregnet's augmentation
 import numpy as np
 
 from pyregnet import model, resnet
-from pyregnet.engine import MAX_SHIFT
+from pyregnet.engine import MAX_SHIFT, MODELS
 from pyregnet.extras import missing
 from pyregnet.regularizers import Penalty
 
@@ -61,9 +61,9 @@ def _copy(torch, layer, **named):
     return layer
 
 
-def cnn(torch, seed):
-    """The paper's CNN (pyregnet.model) with pyregnet's initial weights for `seed`."""
-    nn, v = torch.nn, model.views(model.init_params(seed))
+def cnn(torch, params):
+    """The paper's CNN (pyregnet.model) with pyregnet's flat parameters `params`."""
+    nn, v = torch.nn, model.views(params)
     layers = nn.Conv2d(3, 32, 3), nn.Conv2d(32, 64, 3), nn.Linear(2304, 128), nn.Linear(128, 10)
     for layer, spec in zip(layers, model.LAYERS):
         _copy(torch, layer, weight=v[f"{spec.name}.w"], bias=v[f"{spec.name}.b"])
@@ -72,11 +72,11 @@ def cnn(torch, seed):
                          nn.ReLU(), dense2)
 
 
-def resnet20(torch, seed):
+def resnet20(torch, params):
     """pyregnet.resnet's ResNet-20 (He et al. 2016, option-A shortcuts: subsample, zero channels
-    appended) with pyregnet's initial weights for `seed`; BN as pyregnet's (momentum, eps, running
+    appended) with pyregnet's flat parameters `params`; BN as pyregnet's (momentum, eps, running
     statistics from mean 0, variance 1: PyTorch's)."""
-    nn, v = torch.nn, resnet.param_views(resnet.init_params(seed))
+    nn, v = torch.nn, resnet.param_views(params)
 
     def conv_bn(c):
         conv = _copy(torch, nn.Conv2d(c.input[0], c.output[0], 3, c.stride, 1, bias=False), weight=v[f"{c.name}.w"])
@@ -103,12 +103,14 @@ NETS = {"cnn": cnn, "resnet20": resnet20}   # the keys of pyregnet.engine.MODELS
 
 
 class TorchNet:
-    """The baseline for penalty `reg` (its default λ). step(x, y) takes one optimizer step on a
-    float batch; with data(dataset), train_epoch() and evaluate() run whole epochs."""
+    """The baseline for penalty `reg` (its default λ), at pyregnet's initial weights for `seed` or
+    at `params`. step(x, y) takes one optimizer step on a float batch; with data(dataset),
+    train_epoch() and evaluate() run whole epochs."""
 
-    def __init__(self, torch, device, reg, seed=0, compile_mode=None, net="cnn"):
+    def __init__(self, torch, device, reg, seed=0, compile_mode=None, net="cnn", params=None):
         self.torch, self.dev = torch, torch.device(device)
-        self.net = NETS[net](torch, seed).to(self.dev)
+        params = MODELS[net].init_params(seed) if params is None else params
+        self.net = NETS[net](torch, params).to(self.dev)
         self.kernels = [m.weight for m in self.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         self.penalty = Penalty.with_defaults(reg)
         try:

@@ -181,7 +181,7 @@ def test_torch_resnet20_is_pyregnets():
     """The same network, weights and BN in training mode (batch statistics, running statistics
     updated alike) and in evaluation mode (running statistics)."""
     torch = pytest.importorskip("torch")
-    net = torch_net.resnet20(torch, seed=0)
+    net = torch_net.resnet20(torch, resnet.init_params(0))
     assert sum(p.numel() for p in net.parameters()) == resnet.N_PARAMS == 269_722
     kernels = torch_net.TorchNet(torch, "cpu", "l1l2", net="resnet20").kernels
     assert sum(w.numel() for w in kernels) == resnet.N_KERNEL and len(kernels) == 20
@@ -220,3 +220,39 @@ def test_bad_arguments(capsys):
     err = capsys.readouterr().err
     assert "--steps" in err and err.count("\n") == 1
     assert step_time.main(["--device", "gpu"]) == 2
+
+
+def test_census_reads_bits_whatever_the_floating_point_mode():
+    tiny = np.finfo(np.float32).tiny
+    w = np.array([0.0, -0.0, tiny, -tiny, np.nextafter(tiny, np.float32(0)), -1.4e-45, 1e-30, 0.5],
+                 dtype=np.float32)
+    assert common.census(w) == {"weights": 8, "exact_zeros": 2, "subnormal": 2}
+
+
+def test_weights_from_a_checkpoint(tmp_path):
+    """--weights: both contenders start from the checkpoint's parameters, subnormals kept, and the
+    census of its kernel weights is printed and kept."""
+    params = model.init_params(2)
+    params[:1000], params[1000:1010] = np.float32(1e-40), 0.0   # subnormal, zero
+    path = tmp_path / "checkpoint.npz"
+    np.savez(path, params=params, step=np.int64(7))
+    data = (np.zeros((BATCH, 32, 32, 3), np.uint8), np.zeros(BATCH, np.int32))
+    eng = common.pyregnet_engine("cpu", data, "none", BATCH, params=step_time.trained_weights(str(path), "cnn"))
+    assert eng.params.tobytes() == params.tobytes()
+    out = tmp_path / "weights.json"
+    assert step_time.main(QUICK + ["--weights", str(path), "--json", str(out), "--no-ops"]) == 0
+    d = json.loads(out.read_text())
+    assert d["config"]["weights"] == str(path)
+    assert d["config"]["kernel_weights_at_start"] == {"weights": model.N_KERNEL, "exact_zeros": 10, "subnormal": 1000}
+    if d["torch"]["available"]:   # PyTorch starts from the same weights: the same first loss
+        assert d["same_network_check"]["ok"], d["same_network_check"]
+
+
+def test_bad_weights_exit_2(tmp_path, capsys):
+    np.savez(tmp_path / "small.npz", params=np.zeros(10, np.float32))
+    (tmp_path / "junk.npz").write_text("not a checkpoint")
+    for name, why in (("small.npz", "holds 10 parameters"), ("junk.npz", "not a readable checkpoint"),
+                      ("absent.npz", "not a readable checkpoint")):
+        assert step_time.main(["--weights", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("step_time: error: --weights:") and why in err and err.count("\n") == 1, err
