@@ -1,11 +1,14 @@
-"""The report's sections on the experiments beyond the paper (docs/experiments.md E5-E7): the
+"""The report's sections on the experiments beyond the paper (docs/experiments.md E5-E8): the
 proximal penalty step against the paper's coupled penalty, SGD's sparsity order against Adam's,
-and what each regularizer's sparsity is worth once weights are pruned. Same statistics as the
+what each regularizer's sparsity is worth once weights are pruned, and the paper's claims on
+ResNet-20, whose conv kernels feed batch normalization. Same statistics as the
 claims table: paired by seed, 95% paired-t intervals, Holm across one table's comparisons."""
 
+import math
 from pathlib import Path
 
 from . import report
+from .experiments import ENDPOINT_EPOCHS
 from .runs import is_complete, load_runs
 from . import tables
 from .tables import lambda_text
@@ -137,3 +140,61 @@ def e7_section(root):
         return ["E7: fewer than 2 seeds of E3 pruned for any penalty and the baseline."]
     return ["Largest sparsity whose test accuracy stays within 1 pp of the unpruned run's (E3, global magnitude "
             "pruning), penalty − none:", "", *comparison_table(results, tables.METHOD_NAMES)]
+
+
+def kernel_norms(run):
+    """(Euclidean norm of the BN-fed conv kernels together, of the dense kernel) after the last
+    epoch; None for a run recorded before metrics.jsonl held the layers' norms."""
+    hist = run["history"][-1]["weight_hist"]
+    if any("norm" not in h for h in hist.values()):
+        return None
+    return tuple(math.sqrt(sum(h["norm"] ** 2 for name, h in hist.items() if name.startswith("dense") == dense))
+                 for dense in (False, True))
+
+
+def norms_table(groups):
+    """Per method: the norms of kernel_norms, mean ± std over seeds, and each as a multiple of the
+    baseline's mean."""
+    head = ["method", "‖BN-fed conv kernels‖", "× none's", "‖dense kernel‖", "× none's"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    norms = {m: [n for n in map(kernel_norms, runs) if n is not None] for m, runs in groups.items()}
+    base = [sum(n[i] for n in norms.get("none", [])) / len(norms["none"]) if norms.get("none") else None
+            for i in (0, 1)]
+    for method, values in norms.items():
+        if not values:
+            continue
+        cells = [tables.METHOD_NAMES[method]]
+        for i in (0, 1):
+            mine = [n[i] for n in values]
+            cells += [report.mean_std_text(mine, scale=1.0, digits=2),
+                      f"{sum(mine) / len(mine) / base[i]:.3f}" if base[i] else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def e8_section(root):
+    """ResNet-20: the grid, the four methods at seeds 0-1, their kernels' norms and the claims
+    table's comparisons on its runs."""
+    grid = finished(root, "E8-grid", model="resnet20")
+    if not grid:
+        return ["E8 has no finished runs yet."]
+    keys = {f"{r['config']['reg']}:{r['name']}": r for r in grid}
+    lines = ["Grid (ResNet-20, seed 0, 5,000 training images held out, 10 epochs; the held-out score chooses, the "
+             "test accuracy is shown):", "", *runs_table({k: [r] for k, r in keys.items()},
+                                                        {k: tables.METHOD_NAMES[r["config"]["reg"]] for k, r in keys.items()})]
+    groups = {}
+    for r in sorted(finished(root, "E8", model="resnet20"), key=lambda r: r["config"]["seed"]):
+        groups.setdefault(r["config"]["reg"], []).append(r)
+    groups = {m: groups[m] for m in report.METHODS if m in groups}
+    if not groups:
+        return lines + ["", "E8's seed runs have not finished."]
+    lines += ["", "Seed runs (all 50,000 training images, 10 epochs, no augmentation; endpoint = mean of the last "
+                  f"{ENDPOINT_EPOCHS} epochs):", "", *runs_table(groups, tables.METHOD_NAMES), "",
+              "What the penalty does to the kernels' scale (batch normalization makes each conv's output "
+              "independent of it; the dense kernel feeds the logits directly):", "", *norms_table(groups), ""]
+    rows = report.claims_rows(groups)
+    if rows:
+        lines += ["The paper's claims on ResNet-20, paired by seed (95% paired-t intervals, Holm across the table; "
+                  "with two seeds an interval has one degree of freedom, so most verdicts can only be "
+                  "'inconclusive'):", "", *report.claims_table(rows)]
+    return lines

@@ -1,6 +1,6 @@
-"""The experiments E1-E7 (docs/experiments.md states their criteria), as plans for
-``python -m pyregnet.sweep run E1|...|E7 --root DIR``: E1-E4 test the paper's claims, E5-E7 go
-beyond it (the proximal step, SGD, pruning).
+"""The experiments E1-E8 (docs/experiments.md states their criteria), as plans for
+``python -m pyregnet.sweep run E1|...|E8 --root DIR``: E1-E4 test the paper's claims, E5-E7 go
+beyond it (the proximal step, SGD, pruning), E8 asks E3's question of ResNet-20.
 
 Each experiment writes its runs under DIR/<experiment>/<run>: 20 epochs on the full training set,
 batch 64, Adam lr 1e-3. E1 is the baseline without augmentation, seeds 0-4. E2 is the λ grid
@@ -8,7 +8,8 @@ without augmentation on seed 0 with 5,000 training images held out, chosen by he
 its choice goes to DIR/E2/chosen.json. E3 (no augmentation, seeds 0-4) and E4 (augmentation,
 seeds 0-2) compare none, L1, L2 and L1L2 at E2's λ; E3's baseline runs are E1's. E5 chooses
 the proximal step's λ like E2 (E5-grid) and runs it at seeds 0-2; E6 trains with SGD; E7 prunes
-the finished runs. Running the same command again skips finished runs and resumes interrupted
+the finished runs; E8 chooses ResNet-20's λ on held-out images (E8-grid) and compares the four
+methods at seeds 0-1 for 10 epochs (a CPU's budget). Running the same command again skips finished runs and resumes interrupted
 ones.
 """
 
@@ -41,6 +42,10 @@ PRUNED = ("E1", "E3", "E5", "E6")  # E7 prunes the finished runs of these experi
 # E7's pruning levels: pyregnet.prune's default grid (50, 70, 80, ... 99%) with 10-40% and 60% added,
 # since the largest sparsity within 1 pp of a baseline run fell at 0 or 50% on that grid.
 E7_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+# E8: ResNet-20's λ, one decade apart around the CNN's (E2), and its epochs: a 2-core CPU trains
+# ResNet-20 about ten times slower than the CNN, so 10 epochs (docs/experiments.md E8).
+E8_GRID = {"l1": (1e-5, 1e-4), "l2": (1e-4, 1e-3)}
+E8_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Experiment:
     seeds: tuple
     holdout: int = 0
     train: tuple = ()  # further train options of every run: (dest, value) pairs
+    epochs: int = None  # None: the trainer's default (20)
 
 
 EXPERIMENTS = {
@@ -65,6 +71,8 @@ EXPERIMENTS = {
                      train=(("optimizer", "sgd"), ("lr", 0.01), ("momentum", 0.9))),
     "E7": Experiment("E7", "pruning curves of every finished run of E1, E3, E5, E6 whose checkpoint is here",
                      False, ()),
+    "E8": Experiment("E8", "ResNet-20: L1 and L2 λ chosen on held-out images (E8-grid), then none, L1, L2, L1L2 "
+                     "at seeds 0-1, 10 epochs", False, (0, 1), train=(("model", "resnet20"),), epochs=E8_EPOCHS),
 }
 
 
@@ -138,7 +146,7 @@ def _opts(args, experiment, holdout=None):
     holdout = args.holdout if holdout and args.holdout else holdout
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
     return argparse.Namespace(data=data, dataset=args.dataset, train_size=args.train_size, val_size=args.val_size,
-                              epochs=args.epochs, device=args.device, augment=experiment.augment,
+                              epochs=args.epochs or experiment.epochs, device=args.device, augment=experiment.augment,
                               holdout=holdout or None, **dict(experiment.train))
 
 
@@ -146,9 +154,9 @@ class Launcher:
     """Runs the runs of a stage that are not finished (skipping finished ones, resuming
     interrupted ones), through sweep's job runner; with --dry-run prints their commands."""
 
-    def __init__(self, args, log=print):
+    def __init__(self, args, log=print, epochs=None):
         self.args, self.log = args, log
-        self.epochs = args.epochs or Config.epochs
+        self.epochs = args.epochs or epochs or Config.epochs
         self.failed = {}
 
     def __call__(self, entries):
@@ -251,29 +259,49 @@ def read_chosen(root):
         raise UsageError(f"{path} is not a λ choice written by E2 ({type(e).__name__}: {e}); run E2 again") from None
 
 
-def run_e5(args, root, launch, log=print):
-    """Proximal L1 and L2: the grid on held-out images (E5-grid, seed 0), the choice written to
-    E5-grid/chosen.json, then the chosen λ at seeds 0-2 on the full training set (E5)."""
-    experiment = EXPERIMENTS["E5"]
-    grid = [runs.Spec("l1", lam, 0.0, 0) for lam in E5_GRID["l1"]] + \
-           [runs.Spec("l2", 0.0, lam, 0) for lam in E5_GRID["l2"]]
-    entries = _entries(root, "E5-grid", _opts(args, experiment, holdout=E2_HOLDOUT), grid)
+def choose_each(args, root, launch, name, grid, log=print):
+    """The selection stage of E5 and E8: L1 and L2 at grid[kind] on held-out images (seed 0,
+    `name`-grid), the best of each written to `name`-grid/chosen.json. Returns {kind: (λ1, λ2)},
+    or None while runs remain."""
+    experiment = EXPERIMENTS[name]
+    specs = [runs.Spec("l1", lam, 0.0, 0) for lam in grid["l1"]] + [runs.Spec("l2", 0.0, lam, 0) for lam in grid["l2"]]
+    entries = _entries(root, f"{name}-grid", _opts(args, experiment, holdout=E2_HOLDOUT), specs)
     if not launch(entries):
-        return False
-    scores = _scores(entries)
-    chosen = {}
+        return None
+    scores, chosen = _scores(entries), {}
     for kind in ("l1", "l2"):
         mine = {(s.l1 if kind == "l1" else s.l2): v for s, v in scores.items() if s.reg == kind}
         lam = best(mine)
         chosen[kind] = {"l1": lam if kind == "l1" else 0.0, "l2": lam if kind == "l2" else 0.0, "score": mine[lam],
                         "grid": {options.num(k): v for k, v in sorted(mine.items())}}
+    steps = ", ".join(f"--{dest.replace('_', '-')} {value}" for dest, value in experiment.train)
     record = {"criterion": f"mean held-out accuracy over the last {ENDPOINT_EPOCHS} epochs, seed 0, --holdout "
-                           f"{E2_HOLDOUT}, no augmentation, --penalty-step proximal; ties go to the smaller λ", **chosen}
-    (root / "E5-grid" / CHOSEN_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    log("E5: chosen " + ", ".join(f"proximal {k} {lambda_text(k, v['l1'], v['l2'])} ({v['score']:.4f})"
-                                  for k, v in chosen.items()))
-    finals = [runs.Spec(k, v["l1"], v["l2"], seed) for k, v in chosen.items() for seed in experiment.seeds]
-    return launch(_entries(root, "E5", _opts(args, experiment), finals))
+                           f"{E2_HOLDOUT}, no augmentation, {steps}; ties go to the smaller λ", **chosen}
+    (root / f"{name}-grid" / CHOSEN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    log(f"{name}: chosen " + ", ".join(f"{k} {lambda_text(k, v['l1'], v['l2'])} ({v['score']:.4f})"
+                                       for k, v in chosen.items()))
+    return {kind: (v["l1"], v["l2"]) for kind, v in chosen.items()}
+
+
+def run_e5(args, root, launch, log=print):
+    """Proximal L1 and L2: the grid on held-out images (E5-grid), then the chosen λ at seeds 0-2
+    on the full training set (E5)."""
+    chosen = choose_each(args, root, launch, "E5", E5_GRID, log)
+    if chosen is None:
+        return False
+    finals = [runs.Spec(k, l1, l2, seed) for k, (l1, l2) in chosen.items() for seed in EXPERIMENTS["E5"].seeds]
+    return launch(_entries(root, "E5", _opts(args, EXPERIMENTS["E5"]), finals))
+
+
+def run_e8(args, root, launch, log=print):
+    """ResNet-20: L1 and L2 chosen on held-out images (E8-grid); then none, L1, L2 and L1L2 (the
+    two chosen λ together, not gridded) at seeds 0-1 on the full training set (E8)."""
+    chosen = choose_each(args, root, launch, "E8", E8_GRID, log)
+    if chosen is None:
+        return False
+    chosen.update(none=(0.0, 0.0), l1l2=(chosen["l1"][0], chosen["l2"][1]))
+    finals = [runs.Spec(k, *chosen[k], seed) for k in ("none", "l1", "l2", "l1l2") for seed in EXPERIMENTS["E8"].seeds]
+    return launch(_entries(root, "E8", _opts(args, EXPERIMENTS["E8"]), finals))
 
 
 def e6_entries(args, root):
@@ -340,12 +368,12 @@ def run_experiment(args, log=print):
     """python -m pyregnet.sweep run: exit code 0 when the experiment is done (or, with --dry-run,
     its next commands printed), 1 when a run failed."""
     root = Path(args.root).expanduser().resolve()
-    launch = Launcher(args, log)
     name = args.experiment
+    launch = Launcher(args, log, EXPERIMENTS[name].epochs)
     if name == "E2":
         done = run_e2(args, root, launch, log)
-    elif name == "E5":
-        done = run_e5(args, root, launch, log)
+    elif name in ("E5", "E8"):
+        done = (run_e5 if name == "E5" else run_e8)(args, root, launch, log)
     elif name == "E7":
         launch.failed.update(run_e7(args, root, log))
         done = True
@@ -363,7 +391,7 @@ def run_experiment(args, log=print):
         for run, (code, line) in launch.failed.items():
             print(f"  {run}: exit {code}: {line or '(no message)'}", file=sys.stderr)
         return sweep.EXIT_FAILED
-    if args.dry_run and not done and name in ("E2", "E5"):
+    if args.dry_run and not done and name in ("E2", "E5", "E8"):
         print(f"pyregnet.sweep run {name}: the commands above are this stage's; run them, then --dry-run again for "
               "the next stage (the next runs depend on their results)", file=sys.stderr)
     elif not args.dry_run:
@@ -372,7 +400,7 @@ def run_experiment(args, log=print):
 
 
 def add_parser(sub):
-    r = sub.add_parser("run", help="run one of the experiments E1-E7 (docs/experiments.md) under --root DIR")
+    r = sub.add_parser("run", help="run one of the experiments E1-E8 (docs/experiments.md) under --root DIR")
     r.add_argument("experiment", choices=sorted(EXPERIMENTS), help="; ".join(
         f"{e.name}: {e.title}" for e in EXPERIMENTS.values()))
     r.add_argument("--root", metavar="DIR", required=True,

@@ -250,12 +250,14 @@ def weight_stats(params, thresholds=SPARSITY_THRESHOLDS, kernels=KERNEL_SLOTS):
     """(sparsity, histograms) of the kernel weights, from one host copy of `params`; `kernels`:
     the slots of the network's kernels (this CNN's, or another network's KERNEL_SLOTS).
 
-    sparsity as :func:`sparsity` returns it; histograms {layer: {"zeros": n, "counts": [...]}}
-    over HIST_LOG10_EDGES. Magnitudes are compared as bit patterns (for non-negative IEEE floats
+    sparsity as :func:`sparsity` returns it; histograms {layer: {"zeros": n, "counts": [...],
+    "norm": the layer's Euclidean norm, summed in float64}} over HIST_LOG10_EDGES (the norm shows
+    what a penalty does to a kernel whose output batch norm rescales anyway). Magnitudes are compared as bit patterns (for non-negative IEEE floats
     the integer order is the numeric order), so no floating-point mode (flush-to-zero,
     denormals-are-zero) can turn a subnormal weight into a zero here."""
     host = params.get() if hasattr(params, "get") else np.asarray(params)
-    mags = {name: _magnitude_bits(w) for name, w in views(host, kernels).items()}
+    layers = views(host, kernels)
+    mags = {name: _magnitude_bits(w) for name, w in layers.items()}
     dtype = host.dtype
     limits = {t: _bits_at_most(t, dtype) for t in thresholds}
     edges = np.array([_bits_nearest(10.0 ** e, dtype) for e in HIST_LOG10_EDGES])
@@ -270,7 +272,8 @@ def weight_stats(params, thresholds=SPARSITY_THRESHOLDS, kernels=KERNEL_SLOTS):
         below = np.searchsorted(ordered[zeros:], edges, side="left")  # how many lie below each edge
         within = np.diff(np.append(below, ordered.size - zeros))
         within[0] += below[0]  # none in float32; float64 has smaller subnormals
-        hists[name] = {"zeros": zeros, "counts": [int(c) for c in within[:-2]] + [int(within[-2] + within[-1])]}
+        hists[name] = {"zeros": zeros, "counts": [int(c) for c in within[:-2]] + [int(within[-2] + within[-1])],
+                       "norm": float(np.linalg.norm(layers[name].astype(np.float64).ravel()))}
     n_kernel = sum(s.size for s in kernels)
     spars["total"] = {threshold_key(t): totals[t] / n_kernel for t in thresholds}
     return spars, hists

@@ -367,7 +367,8 @@ def write_report(root, log=print):
     from . import beyond
     for title, section in (("E5: a penalty that really makes zeros (the proximal step)", beyond.e5_section),
                            ("E6: does SGD rank L1 and L2 sparsity the other way round from Adam?", beyond.e6_section),
-                           ("E7: what sparsity is worth once weights are removed", beyond.e7_section)):
+                           ("E7: what sparsity is worth once weights are removed", beyond.e7_section),
+                           ("E8: the paper's question on ResNet-20", beyond.e8_section)):
         lines += ["", f"## {title}", "", *section(root)]
     out = root / "report.md"
     out.write_text("\n".join(lines) + "\n")

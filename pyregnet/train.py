@@ -327,7 +327,7 @@ class Run:
             # Data losses (no penalty): the test set always; the clean-train subset, no augmentation.
             "test_loss": test_loss, "test_acc": test_acc, "train_clean_loss": clean_loss, "train_clean_acc": clean_acc,
             "extra_eval_time_s": {"test": t3 - t2, "train_clean": t4 - t3, "weights": t5 - t4},
-            "weight_hist": hist,  # per layer: exact zeros and counts over model.HIST_LOG10_EDGES
+            "weight_hist": hist,  # per layer: exact zeros, counts over model.HIST_LOG10_EDGES, norm
         }
         self.history.append(metrics)
         return metrics

@@ -75,7 +75,8 @@ def stand_in(monkeypatch):
                                       batch_size=None, lr=float(value("--lr")) if value("--lr") else None,
                                       augment="--no-augment" not in command, holdout=int(value("--holdout") or 0),
                                       optimizer=value("--optimizer"), penalty_step=value("--penalty-step"),
-                                      momentum=float(value("--momentum")) if value("--momentum") else None)
+                                      momentum=float(value("--momentum")) if value("--momentum") else None,
+                                      model=value("--model"))
             job.run_dir.mkdir(parents=True, exist_ok=True)
             (job.run_dir / "config.json").write_text(json.dumps(runs.expected_config(spec, opts)))
             acc = surface(spec.reg, spec.l1, spec.l2) if spec.reg != "none" else 0.6
@@ -154,6 +155,26 @@ def test_e5_chooses_on_held_out_images_then_runs_seeds_and_e6_trains_with_sgd(tm
                                                                     ("l2", 1e-3), ("none", 0.0)]
     config = json.loads((root / "E6" / "l2_0.001_s1" / "config.json").read_text())
     assert (config["optimizer"], config["lr"], config["momentum"]) == ("sgd", 0.01, 0.9)
+
+
+def test_e8_chooses_resnet20s_lambda_then_compares_four_methods_for_ten_epochs(tmp_path, stand_in, capsys):
+    root = tmp_path / "results"
+    base = ["--root", str(root), "--dataset", "synthetic"]
+    assert main("run", "E8", "--dry-run", *base) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 4 and "this stage's" in err and not stand_in
+    assert all("--model resnet20" in c and "--epochs 10" in c and "--holdout 5000" in c for c in out.splitlines())
+    assert main("run", "E8", *base, "--epochs", "3") == 0
+    chosen = json.loads((root / "E8-grid" / "chosen.json").read_text())
+    # surface(): L1 best below the grid (its lower point wins), L2 at 1e-4
+    assert (chosen["l1"]["l1"], chosen["l2"]["l2"]) == (1e-5, 1e-4) and "--model resnet20" in chosen["criterion"]
+    finals = sorted((s.reg, s.l1, s.l2, s.seed) for w, s in stand_in if w == "E8")
+    want = [("l1", 1e-5, 0.0), ("l1l2", 1e-5, 1e-4), ("l2", 0.0, 1e-4), ("none", 0.0, 0.0)]
+    assert finals == [(*m, seed) for m in want for seed in (0, 1)]
+    config = json.loads((root / "E8" / "l1l2_1e-05_0.0001_s1" / "config.json").read_text())
+    assert config["model"] == "resnet20" and config["holdout"] == 0 and config["augment"] is False
+    stand_in.clear()
+    assert main("run", "E8", *base, "--epochs", "3") == 0 and not stand_in  # finished: nothing runs again
 
 
 def test_e1_trial_runs_for_real_and_resumes(tmp_path, capsys):

@@ -110,6 +110,8 @@ def test_test_and_clean_train_metrics_match_a_direct_evaluation_of_the_checkpoin
         h = last["weight_hist"][layer]
         assert h["zeros"] + sum(h["counts"]) == model.views(params)[layer].size
         assert len(h["counts"]) == len(model.HIST_LOG10_EDGES) - 1
+        w = model.views(params)[layer].astype(np.float64)
+        assert math.isclose(h["norm"], math.sqrt(float(np.sum(w * w))), rel_tol=1e-12)
     assert set(last["sparsity"]["total"]) == {"0.01", "0.001", "0.0001", "1e-05", "1e-06", "1.17549e-38", "0"}
 
 

@@ -13,10 +13,10 @@ EDGES = [k / 2 for k in range(-90, 3)]
 
 
 def fake_run(directory, reg, seed, acc, clean, loss_curve=None, l1=0.0, l2=0.0, tiny=0.0, epochs=20, small=0.5,
-             **config_extra):
+             hist=None, **config_extra):
     """A finished run: test accuracy `acc` and clean accuracy `clean` at every epoch, the test
     loss along loss_curve, sparsity `tiny` below the smallest normal (and exactly 0), `small` at
-    1e-2 ... 1e-6; config_extra goes into config.json."""
+    1e-2 ... 1e-6, the layers' histograms `hist`; config_extra goes into config.json."""
     name = sweep.Spec(reg, l1, l2, seed).name
     d = directory / name
     d.mkdir(parents=True)
@@ -29,10 +29,9 @@ def fake_run(directory, reg, seed, acc, clean, loss_curve=None, l1=0.0, l2=0.0, 
         loss = loss_curve[e - 1] if loss_curve else 1.0
         keys = ["0.01", "0.001", "0.0001", "1e-05", "1e-06", "1.17549e-38", "0"]
         total = {k: (tiny if k in ("1.17549e-38", "0") else small) for k in keys}
-        hist = {"conv1.w": {"zeros": 10, "counts": [0] * 80 + [90] + [0] * 11}}
         lines.append(json.dumps({"epoch": e, "test_acc": acc, "test_loss": loss, "train_clean_acc": clean,
                                  "train_clean_loss": 0.5, "val_acc": acc, "sparsity": {"total": total},
-                                 "weight_hist": hist, "train_acc": clean, "train_loss": 0.5, "val_loss": loss,
+                                 "weight_hist": hist or {"conv1.w": {"zeros": 10, "counts": [0] * 80 + [90] + [0] * 11}}, "train_acc": clean, "train_loss": 0.5, "val_loss": loss,
                                  "epoch_time_s": 10.0, "images_per_s": 5000.0}))
     (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
@@ -152,3 +151,27 @@ def test_report_beyond_the_paper_sections(root):
     assert "SGD supported, Adam (E3, at E2's λ) no difference: **met**" in e6
     e7 = text.split("## E7")[1]
     assert "| largest sparsity within 1 pp: L1 − none (claimed > 0) | 2 | +20.00 |" in e7
+
+
+def test_report_e8_resnet20_grid_norms_and_claims(root):
+    for lam, acc in ((1e-5, 0.70), (1e-4, 0.72)):
+        fake_run(root / "E8-grid", "l1", 0, acc, acc + 0.2, l1=lam, holdout=5000, model="resnet20", epochs=10)
+    fake_run(root / "E8-grid", "l1", 1, 0.9, 0.9, l1=1e-3, model="cnn", epochs=10)   # another model: not E8's
+    # (BN-fed conv kernels' norm, dense kernel's norm); two conv layers at 0.6 and 0.8 of the first: together 1.0
+    scale = {"none": (3.0, 4.0), "l1": (1.5, 2.0), "l2": (1.2, 4.0), "l1l2": (1.0, 1.0)}
+    lam = {"none": (0.0, 0.0), "l1": (1e-4, 0.0), "l2": (0.0, 1e-3), "l1l2": (1e-4, 1e-3)}
+    for seed in range(2):
+        for reg, (conv, dense) in scale.items():
+            layers = {"stem.conv.w": 0.6 * conv, "stage1.block1.conv1.w": 0.8 * conv, "dense.w": dense}
+            hist = {name: {"zeros": 0, "counts": [0] * 92, "norm": norm} for name, norm in layers.items()}
+            gain = 0.0 if reg == "none" else 0.01 + 0.01 * seed   # +1 and +2 pp
+            fake_run(root / "E8", reg, seed, 0.7 + gain, 0.95, l1=lam[reg][0], l2=lam[reg][1], model="resnet20",
+                     epochs=10, hist=hist)
+    assert sweep.main(["report", "--root", str(root)]) == 0
+    e8 = (root / "report.md").read_text().split("## E8")[1]
+    assert "| L1 | λ1=1e-05 | 0 | 70.00 |" in e8 and "| L1 | λ1=0.0001 | 0 | 72.00 |" in e8 and "λ1=0.001" not in e8
+    assert "| L1 | λ1=0.0001 | 0,1 | 71.50 ± 0.71 |" in e8
+    assert "| none | 3.00 ± 0.00 | 1.000 | 4.00 ± 0.00 | 1.000 |" in e8
+    assert "| L2 | 1.20 ± 0.00 | 0.400 | 4.00 ± 0.00 | 1.000 |" in e8
+    assert "| L1L2 | 1.00 ± 0.00 | 0.333 | 1.00 ± 0.00 | 0.250 |" in e8
+    assert "endpoint test acc: L2 − none (claimed > 0), n = 2 | +1.50 |" in e8
