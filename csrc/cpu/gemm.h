@@ -92,6 +92,19 @@ void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, int64
 #pragma omp simd
       for (int64_t j = 0; j < NR; ++j) acc[i][j] += a[i] * b[j];
   }
+  if (rows == MR && cols == NR) {  // a full tile: constant bounds, so whole vectors are stored
+    for (int64_t i = 0; i < MR; ++i) {
+      T* row = c + i * ldc;
+      if (add) {
+#pragma omp simd
+        for (int64_t j = 0; j < NR; ++j) row[j] += acc[i][j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < NR; ++j) row[j] = acc[i][j];
+      }
+    }
+    return;
+  }
   for (int64_t i = 0; i < rows; ++i) {
     T* row = c + i * ldc;
     if (add) {
