@@ -1,17 +1,20 @@
 // conv2d on the CPU: any stride, zero padding, PyTorch layouts, through im2col + packed GEMM.
 // Shape letters: N, C, H, W (input), K (output channels), R, S (filter), P, Q (output H, W).
 //   forward:   y[n] (K x PQ)   = w (K x CRS) . col(x[n]) (CRS x PQ) + b
-//   backward:  dw   (K x CRS)  = sum_n dy[n] (K x PQ) . col(x[n])^T
+//   backward:  dw   (K x CRS)  = sum_n dy[n] (K x PQ) . col(x[n])^T   (wide tiles: weight_grad_tile)
 //              dx[n]           = col2im( w^T (CRS x K) . dy[n] (K x PQ) )
 //              db[k]           = sum_n sum_pq dy[n, k]
 // col is never built whole (it has C·R·S·P·Q elements, unbounded): each thread fills one tile
 // of it at a time, in a scratch buffer of at most kScratchBytes, allocated before the parallel
 // region. The tiles are cut so that every output element is still summed in the order of one
-// untiled GEMM (see the tile functions), so tiling changes no bit of any result.
+// untiled GEMM (see the tile functions), so tiling changes no bit of a result computed by GEMMs.
+// weight_grad_tile reduces its lanes per tile: where P·Q needs column tiles, dw's bits depend on
+// the tile width, which is a function of the shape and dtype alone, never of the thread count.
 #include <algorithm>
 #include <cstring>
 #include <exception>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -30,6 +33,12 @@ namespace {
 constexpr int64_t kScratchBytes = int64_t(1) << 20;
 // Narrower column tiles than this would leave the micro-kernel's columns mostly empty.
 constexpr int64_t kMinColumns = 64;
+// The weight gradient of a tile this wide or wider is summed along its rows (weight_grad_tile),
+// of a narrower one as a GEMM: each block's reduction of its lanes is a fixed cost, which a
+// short row does not repay. On one Zen 3 core (batch 64): conv1's 900 columns took 4.1 ms as
+// GEMMs and 2.1 ms along the rows; conv2's 169 took 6.5 ms as GEMMs and 17 ms along the rows
+// (docs/results.md, CPU speed work). The choice depends on the shape alone, not the threads.
+constexpr int64_t kMinDotColumns = 512;
 
 // A tile of col: rows [row0, row0 + rows) of the CRS rows (c, r, s) and columns [col0, col0 + cols)
 // of the PQ columns (p, q), stored row-major with leading dimension `cols`.
@@ -108,6 +117,57 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
       for (int64_t q = q0; q < q1; ++q) out[q * sh.stride + shift] += in[q - qa];
     }
   });
+}
+
+// One block of weight_grad_tile: the sums for KB output channels x RB rows of the tile, each in
+// L lanes, as KB x RB vector accumulators (4 x 3: 12 of AVX2's 16 registers). GCC's vector
+// types rather than arrays of lanes: the auto-vectorized form reloaded more operands from
+// memory (conv1's shape, one Zen 3 core: 40 GFLOP/s, 48 with vector types).
+template <int64_t KB, int64_t RB, class T>
+void weight_grad_block(const T* dy, int64_t ld_dy, const T* tile, int64_t cols, T* dw, int64_t ld_dw, bool add) {
+  constexpr int64_t L = kVectorBytes / int64_t(sizeof(T));
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  const auto load = [](const T* p) { Vec v; std::memcpy(&v, p, sizeof v); return v; };
+  Vec acc[KB][RB] = {};
+  int64_t j = 0;
+  for (; j + L <= cols; j += L) {
+    Vec d[KB];
+    for (int64_t a = 0; a < KB; ++a) d[a] = load(dy + a * ld_dy + j);
+    for (int64_t b = 0; b < RB; ++b) {
+      const Vec t = load(tile + b * cols + j);
+      for (int64_t a = 0; a < KB; ++a) acc[a][b] += d[a] * t;
+    }
+  }
+  for (int64_t a = 0; a < KB; ++a)
+    for (int64_t b = 0; b < RB; ++b) {
+      for (int64_t l = 0; j + l < cols; ++l) acc[a][b][l] += dy[a * ld_dy + j + l] * tile[b * cols + j + l];
+      T sum = acc[a][b][0];
+      for (int64_t l = 1; l < L; ++l) sum += acc[a][b][l];
+      dw[a * ld_dw + b] = add ? dw[a * ld_dw + b] + sum : sum;
+    }
+}
+
+// dw[k, t.row0 + i] (+)= sum over the tile's columns j of dy[k, t.col0 + j] * tile[i, j]. The
+// contraction runs along (p, q), contiguous in both dy and the tile, so nothing is packed or
+// transposed: as a GEMM (dy . col^T) both operands had to be transposed into packed panels,
+// which cost conv1 (27 rows of 900 columns, 32 channels) more than its arithmetic. Each sum is
+// kept in L lanes (column j in lane j % L), the lanes added in order at the end: one fixed
+// order whatever the block and the thread count.
+template <class T>
+void weight_grad_tile(const T* dyn, int64_t PQ, int64_t K, const T* tile, const Tile& t, T* dw, int64_t CRS,
+                      bool add) {
+  constexpr int64_t KB = 4, RB = 3;
+  const int64_t k_full = K / KB * KB, i_full = t.rows / RB * RB;
+  const auto block = [&](auto kb, auto rb, int64_t k, int64_t i) {
+    weight_grad_block<decltype(kb)::value, decltype(rb)::value>(dyn + k * PQ + t.col0, PQ, tile + i * t.cols, t.cols,
+                                                                dw + k * CRS + t.row0 + i, CRS, add);
+  };
+  using One = std::integral_constant<int64_t, 1>;
+  for (int64_t k = 0; k < k_full; k += KB)
+    for (int64_t i = 0; i < i_full; i += RB)
+      block(std::integral_constant<int64_t, KB>(), std::integral_constant<int64_t, RB>(), k, i);
+  for (int64_t k = 0; k < K; ++k)  // the edges, one sum at a time (the same lanes, the same order)
+    for (int64_t i = k < k_full ? i_full : 0; i < t.rows; ++i) block(One(), One(), k, i);
 }
 
 template <class T>
@@ -257,8 +317,12 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
           if (dx != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {
             im2col(x + n * CHW, sh, t, col);
-            gemm<T>(sh.K, t.rows, t.cols, {dyn + t.col0, PQ, false}, {col, t.cols, true}, dw_part + t.row0, CRS,
-                    n > n_first || t.col0 > 0, false);
+            const bool add = n > n_first || t.col0 > 0;
+            if (t.cols >= kMinDotColumns)
+              weight_grad_tile(dyn, PQ, sh.K, col, t, dw_part, CRS, add);
+            else
+              gemm<T>(sh.K, t.rows, t.cols, {dyn + t.col0, PQ, false}, {col, t.cols, true}, dw_part + t.row0, CRS, add,
+                      false);
             if (dx == nullptr) return;  // the first layer needs no input gradient
             // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
             gemm<T>(t.rows, t.cols, sh.K, {w + t.row0, CRS, true}, {dyn + t.col0, PQ, false}, col, t.cols, false,
