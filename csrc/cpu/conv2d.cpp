@@ -303,6 +303,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const Tile size = backward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
   std::vector<T> dw_partial = buffer<T>(n_partials * sh.K * CRS);
+  std::vector<double> plane_sums = buffer<double>(sh.N * sh.K);  // db's terms, one per (n, k)
   std::vector<T> scratch = buffer<T>(threads * size.rows * size.cols);
   RegionErrors errors;
   parallel([&] {
@@ -314,6 +315,12 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
         const int64_t n_first = part * kImagesPerPartial, n_end = std::min(sh.N, n_first + kImagesPerPartial);
         for (int64_t n = n_first; n < n_end; ++n) {
           const T* dyn = dy + n * sh.K * PQ;
+          // Each plane in fixed lanes (lane_sum); the planes are added in order of n after the
+          // region. One running sum kept this loop scalar, a chain of N*P*Q dependent additions
+          // (1.8M for conv1, about 1 ms); summed here, dy[n] is read once more while in cache
+          // rather than in a pass of its own over all of dy.
+          for (int64_t k = 0; k < sh.K; ++k)
+            plane_sums[n * sh.K + k] = lane_sum(0, PQ, [&](int64_t i) { return double(dyn[k * PQ + i]); });
           if (dx != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {
             im2col(x + n * CHW, sh, t, col);
@@ -337,19 +344,11 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   std::fill(dw, dw + sh.K * CRS, T(0));
   for (int64_t part = 0; part < n_partials; ++part)
     for (int64_t i = 0; i < sh.K * CRS; ++i) dw[i] += dw_partial[part * sh.K * CRS + i];
-  parallel([&] {
-#pragma omp for schedule(static)
-    for (int64_t k = 0; k < sh.K; ++k) {
-      // Each plane in fixed lanes (lane_sum), the planes in order of n: one running sum kept this
-      // loop scalar, a chain of N*P*Q dependent additions (1.8M for conv1, about 1 ms).
-      double sum = 0.0;
-      for (int64_t n = 0; n < sh.N; ++n) {
-        const T* plane = dy + (n * sh.K + k) * PQ;
-        sum += lane_sum(0, PQ, [&](int64_t i) { return double(plane[i]); });
-      }
-      db[k] = T(sum);
-    }
-  });
+  for (int64_t k = 0; k < sh.K; ++k) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < sh.N; ++n) sum += plane_sums[n * sh.K + k];
+    db[k] = T(sum);
+  }
 }
 
 template void conv2d_forward<float>(const float*, const float*, const float*, float*, const ConvShape&, bool);
