@@ -11,10 +11,10 @@
 // weight_grad_tile reduces its lanes per tile: where P·Q needs column tiles, dw's bits depend on
 // the tile width, which is a function of the shape and dtype alone, never of the thread count.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <new>
-#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -35,15 +35,16 @@ constexpr int64_t kScratchBytes = int64_t(1) << 20;
 constexpr int64_t kMinColumns = 64;
 // The weight gradient of a tile this wide or wider is summed along its rows (weight_grad_tile),
 // of a narrower one as a GEMM: each block's reduction of its lanes is a fixed cost, which a
-// short row does not repay. On one Zen 3 core (batch 64): conv1's 900 columns took 4.1 ms as
-// GEMMs and 2.1 ms along the rows; conv2's 169 took 6.5 ms as GEMMs and 17 ms along the rows
-// (docs/results.md, CPU speed work). The choice depends on the shape alone, not the threads.
+// short row does not repay. On one Zen 3 core (batch 64): conv1's dw (900 columns) took 4.1 ms
+// as GEMMs and 2.1 ms along the rows, in blocks of 4 channels x 3 rows (the form below is
+// faster still); conv2's backward pass (169 columns) 8.3 ms with GEMMs and 15.7 ms along the
+// rows (docs/results.md, CPU speed work). The choice depends on the shape alone, not the threads.
 constexpr int64_t kMinDotColumns = 512;
 
 // A tile of col: rows [row0, row0 + rows) of the CRS rows (c, r, s) and columns [col0, col0 + cols)
-// of the PQ columns (p, q), stored row-major with leading dimension `cols`.
+// of the PQ columns (p, q), stored row-major with leading dimension ld >= cols.
 struct Tile {
-  int64_t row0, rows, col0, cols;
+  int64_t row0, rows, col0, cols, ld;
 };
 
 // ceil(a / d) for d > 0 and a of either sign (C++ division truncates toward zero).
@@ -68,7 +69,7 @@ void for_each_segment(const ConvShape& sh, const Tile& t, E* tile, Segment&& seg
     const int64_t index = t.row0 + i;
     ColRow row{index / (sh.S * sh.R), index / sh.S % sh.R, index % sh.S, 0, 0};
     valid_range(row.s, sh, &row.q0, &row.q1);
-    E* at = tile + i * t.cols;
+    E* at = tile + i * t.ld;
     int64_t p = t.col0 / sh.Q, qa = t.col0 % sh.Q;
     for (int64_t left = t.cols; left > 0; ++p, qa = 0) {
       const int64_t qb = std::min(sh.Q, qa + left);
@@ -119,32 +120,36 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
   });
 }
 
-// One block of weight_grad_tile: the sums for KB output channels x RB rows of the tile, each in
-// L lanes, as KB x RB vector accumulators (4 x 3: 12 of AVX2's 16 registers). GCC's vector
-// types rather than arrays of lanes: the auto-vectorized form reloaded more operands from
-// memory (conv1's shape, one Zen 3 core: 40 GFLOP/s, 48 with vector types).
-template <int64_t KB, int64_t RB, class T>
-void weight_grad_block(const T* dy, int64_t ld_dy, const T* tile, int64_t cols, T* dw, int64_t ld_dw, bool add) {
+// One block of weight_grad_tile: one output channel's row of dy against RB rows of the tile,
+// each sum in L lanes: RB vector accumulators, a dy vector loaded once per step, the tile's rows
+// at aligned addresses (ld: see backward_tile_size). GCC's vector types rather than arrays of
+// lanes, which the compiler kept reloading from memory (conv1's shape, one Zen 3 core: 40
+// GFLOP/s as arrays, 48 with vector types in blocks of 4 channels x 3 rows, 65 in this form).
+template <int64_t RB, class T>
+void weight_grad_block(const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, bool add) {
   constexpr int64_t L = kVectorBytes / int64_t(sizeof(T));
   typedef T Vec __attribute__((vector_size(kVectorBytes)));
   const auto load = [](const T* p) { Vec v; std::memcpy(&v, p, sizeof v); return v; };
-  Vec acc[KB][RB] = {};
+  Vec acc[RB] = {};
   int64_t j = 0;
   for (; j + L <= cols; j += L) {
-    Vec d[KB];
-    for (int64_t a = 0; a < KB; ++a) d[a] = load(dy + a * ld_dy + j);
-    for (int64_t b = 0; b < RB; ++b) {
-      const Vec t = load(tile + b * cols + j);
-      for (int64_t a = 0; a < KB; ++a) acc[a][b] += d[a] * t;
-    }
+    const Vec d = load(dy + j);
+    for (int64_t b = 0; b < RB; ++b) acc[b] += d * load(tile + b * ld + j);
   }
-  for (int64_t a = 0; a < KB; ++a)
-    for (int64_t b = 0; b < RB; ++b) {
-      for (int64_t l = 0; j + l < cols; ++l) acc[a][b][l] += dy[a * ld_dy + j + l] * tile[b * cols + j + l];
-      T sum = acc[a][b][0];
-      for (int64_t l = 1; l < L; ++l) sum += acc[a][b][l];
-      dw[a * ld_dw + b] = add ? dw[a * ld_dw + b] + sum : sum;
-    }
+  for (int64_t b = 0; b < RB; ++b) {
+    for (int64_t l = 0; j + l < cols; ++l) acc[b][l] += dy[j + l] * tile[b * ld + j + l];
+    T sum = acc[b][0];
+    for (int64_t l = 1; l < L; ++l) sum += acc[b][l];
+    dw[b] = add ? dw[b] + sum : sum;
+  }
+}
+
+// weight_grad_block<r> for the last r rows, 1 <= r <= RB (a block's shape is a template argument).
+template <int64_t RB, class T>
+void weight_grad_rows(int64_t r, const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, bool add) {
+  if constexpr (RB > 1)
+    if (r < RB) return weight_grad_rows<RB - 1>(r, dy, tile, ld, cols, dw, add);
+  weight_grad_block<RB>(dy, tile, ld, cols, dw, add);
 }
 
 // dw[k, t.row0 + i] (+)= sum over the tile's columns j of dy[k, t.col0 + j] * tile[i, j]. The
@@ -152,22 +157,18 @@ void weight_grad_block(const T* dy, int64_t ld_dy, const T* tile, int64_t cols, 
 // transposed: as a GEMM (dy . col^T) both operands had to be transposed into packed panels,
 // which cost conv1 (27 rows of 900 columns, 32 channels) more than its arithmetic. Each sum is
 // kept in L lanes (column j in lane j % L), the lanes added in order at the end: one fixed
-// order whatever the block and the thread count.
+// order whatever the block and the thread count. Blocks of 9 rows: 9 accumulators cover the FMA
+// latency of two pipes, and a 3 x 3 filter makes C*R*S a multiple of 9. The rows' loop is the
+// outer one, so a block's rows stay in cache while every channel's dy row streams past them
+// (channels outside: 3.6 ms for conv1 standalone, rows outside: 3.3).
 template <class T>
 void weight_grad_tile(const T* dyn, int64_t PQ, int64_t K, const T* tile, const Tile& t, T* dw, int64_t CRS,
                       bool add) {
-  constexpr int64_t KB = 4, RB = 3;
-  const int64_t k_full = K / KB * KB, i_full = t.rows / RB * RB;
-  const auto block = [&](auto kb, auto rb, int64_t k, int64_t i) {
-    weight_grad_block<decltype(kb)::value, decltype(rb)::value>(dyn + k * PQ + t.col0, PQ, tile + i * t.cols, t.cols,
-                                                                dw + k * CRS + t.row0 + i, CRS, add);
-  };
-  using One = std::integral_constant<int64_t, 1>;
-  for (int64_t k = 0; k < k_full; k += KB)
-    for (int64_t i = 0; i < i_full; i += RB)
-      block(std::integral_constant<int64_t, KB>(), std::integral_constant<int64_t, RB>(), k, i);
-  for (int64_t k = 0; k < K; ++k)  // the edges, one sum at a time (the same lanes, the same order)
-    for (int64_t i = k < k_full ? i_full : 0; i < t.rows; ++i) block(One(), One(), k, i);
+  constexpr int64_t RB = 9;
+  for (int64_t i = 0; i < t.rows; i += RB)
+    for (int64_t k = 0; k < K; ++k)
+      weight_grad_rows<RB>(std::min(RB, t.rows - i), dyn + k * PQ + t.col0, tile + i * t.ld, t.ld, t.cols,
+                           dw + k * CRS + t.row0 + i, add);
 }
 
 template <class T>
@@ -183,19 +184,23 @@ Tile forward_tile_size(const ConvShape& sh) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
   const int64_t min_cols = std::min(PQ, kMinColumns);
   const int64_t rows = CRS * min_cols <= cap ? CRS : std::max(KC, cap / min_cols / KC * KC);
-  return {0, rows, 0, std::min(PQ, std::max<int64_t>(1, cap / rows))};
+  const int64_t cols = std::min(PQ, std::max<int64_t>(1, cap / rows));
+  return {0, rows, 0, cols, cols};
 }
 
 // Backward tiles. dw sums over the columns of col (PQ) in slices of KC, as above: a column
 // tile narrower than PQ is a multiple of KC. col2im adds into each dx element once per row
 // (r, s) of col, in row order: a tile narrower than PQ holds a single row, so that no later
 // row's addition can come before an earlier row's.
+// Rows are stored whole vectors apart (ld: PQ rounded up to the vector), in a vector-aligned
+// buffer: weight_grad_tile's loads are then aligned, which took conv1's weight gradient from 54
+// to 65 GFLOP/s on one Zen 3 core (unaligned rows straddle cache lines every other load).
 template <class T>
 Tile backward_tile_size(const ConvShape& sh) {
-  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC;
-  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
-  if (PQ <= cap) return {0, std::min(CRS, cap / PQ), 0, PQ};
-  return {0, 1, 0, cap / KC * KC};
+  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC, L = kVectorBytes / int64_t(sizeof(T));
+  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q, ld = (PQ + L - 1) / L * L;
+  if (ld <= cap) return {0, std::min(CRS, cap / ld), 0, PQ, ld};
+  return {0, 1, 0, cap / KC * KC, cap / KC * KC};
 }
 
 // Calls body(tile) for every tile of size `size` covering col (CRS x PQ): rows in order, and
@@ -205,7 +210,7 @@ void for_each_tile(const ConvShape& sh, const Tile& size, Body&& body) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
   for (int64_t r0 = 0; r0 < CRS; r0 += size.rows)
     for (int64_t c0 = 0; c0 < PQ; c0 += size.cols)
-      body(Tile{r0, std::min(size.rows, CRS - r0), c0, std::min(size.cols, PQ - c0)});
+      body(Tile{r0, std::min(size.rows, CRS - r0), c0, std::min(size.cols, PQ - c0), size.ld});
 }
 
 // A buffer of n elements; std::bad_alloc (MemoryError in Python) when n is beyond any allocation.
@@ -271,10 +276,10 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
   const Tile size = forward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
-  std::vector<T> scratch = buffer<T>(threads * size.rows * size.cols);
+  std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld);
   RegionErrors errors;
   parallel([&] {
-    T* const col = scratch.data() + thread_id() * size.rows * size.cols;
+    T* const col = scratch.data() + thread_id() * size.rows * size.ld;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < sh.N; ++n) {
       errors.run([&] {
@@ -282,7 +287,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
         T* yn = y + n * sh.K * PQ;
         for_each_tile(sh, size, [&](const Tile& t) {
           im2col(xn, sh, t, col);
-          gemm<T>(sh.K, t.cols, t.rows, {w + t.row0, CRS, false}, {col, t.cols, false}, yn + t.col0, PQ,
+          gemm<T>(sh.K, t.cols, t.rows, {w + t.row0, CRS, false}, {col, t.ld, false}, yn + t.col0, PQ,
                   t.row0 > 0, false);
         });
         for (int64_t k = 0; k < sh.K; ++k)
@@ -304,10 +309,12 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
   std::vector<T> dw_partial = buffer<T>(n_partials * sh.K * CRS);
   std::vector<double> plane_sums = buffer<double>(sh.N * sh.K);  // db's terms, one per (n, k)
-  std::vector<T> scratch = buffer<T>(threads * size.rows * size.cols);
+  constexpr int64_t L = kVectorBytes / int64_t(sizeof(T));   // size.rows * size.ld is a multiple of L
+  std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld + L);
+  T* const aligned = scratch.data() + (L - reinterpret_cast<uintptr_t>(scratch.data()) / sizeof(T) % L) % L;
   RegionErrors errors;
   parallel([&] {
-    T* const col = scratch.data() + thread_id() * size.rows * size.cols;
+    T* const col = aligned + thread_id() * size.rows * size.ld;
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < n_partials; ++part) {
       errors.run([&] {
@@ -328,11 +335,11 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
             if (t.cols >= kMinDotColumns)
               weight_grad_tile(dyn, PQ, sh.K, col, t, dw_part, CRS, add);
             else
-              gemm<T>(sh.K, t.rows, t.cols, {dyn + t.col0, PQ, false}, {col, t.cols, true}, dw_part + t.row0, CRS, add,
+              gemm<T>(sh.K, t.rows, t.cols, {dyn + t.col0, PQ, false}, {col, t.ld, true}, dw_part + t.row0, CRS, add,
                       false);
             if (dx == nullptr) return;  // the first layer needs no input gradient
             // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
-            gemm<T>(t.rows, t.cols, sh.K, {w + t.row0, CRS, true}, {dyn + t.col0, PQ, false}, col, t.cols, false,
+            gemm<T>(t.rows, t.cols, sh.K, {w + t.row0, CRS, true}, {dyn + t.col0, PQ, false}, col, t.ld, false,
                     false);
             col2im_add(col, sh, t, dx + n * CHW);
           });
