@@ -35,12 +35,17 @@ struct GemmTiles {
 };
 
 // Row-major matrix view with an optional transpose: at(i, k) = data[i*ld + k], or
-// data[k*ld + i] when transposed.
+// data[k*ld + i] when transposed. `in_place` (B only, not transposed): the micro-kernels read B
+// where it is instead of from packed panels; the caller guarantees every row readable up to N
+// rounded up to NR (ld >= that; the columns past N are read but their sums are never stored).
+// For a short K the packing copy of B costs as much as a large share of the arithmetic (conv1:
+// K = 27; docs/results.md, CPU speed work).
 template <class T>
 struct MatrixView {
   const T* data;
   int64_t ld;
   bool transposed;
+  bool in_place = false;
   T at(int64_t i, int64_t k) const { return transposed ? data[k * ld + i] : data[i * ld + k]; }
 };
 
@@ -79,15 +84,16 @@ void pack_b(const MatrixView<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t 
   }
 }
 
-// acc = Ap (MR x kc panel) . Bp (kc x NR panel); C[:rows, :cols] = acc, or += acc when `add`.
+// acc = Ap (MR x kc panel) . Bp (kc x NR panel, rows ldb apart); C[:rows, :cols] = acc, or
+// += acc when `add`.
 template <class T>
-void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, int64_t rows,
+void micro_kernel(int64_t kc, const T* ap, const T* bp, int64_t ldb, T* c, int64_t ldc, int64_t rows,
                   int64_t cols, bool add) {
   constexpr int64_t MR = GemmTiles<T>::MR, NR = GemmTiles<T>::NR;
   T acc[MR][NR] = {};
   for (int64_t k = 0; k < kc; ++k) {
     const T* a = ap + k * MR;
-    const T* b = bp + k * NR;
+    const T* b = bp + k * ldb;
     for (int64_t i = 0; i < MR; ++i)
 #pragma omp simd
       for (int64_t j = 0; j < NR; ++j) acc[i][j] += a[i] * b[j];
@@ -145,6 +151,7 @@ void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* 
     return;
   }
   const int64_t m_panels = (M + MR - 1) / MR, kc_max = std::min(K, KC);
+  const bool direct = b.in_place && !b.transposed;
   T* ap = detail::pack_buffer<T, 0>(m_panels * MR * kc_max);
   T* bp = detail::pack_buffer<T, 1>(((std::min(N, NC) + NR - 1) / NR) * NR * kc_max);
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
@@ -154,12 +161,13 @@ void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* 
       const int64_t kc = std::min(KC, K - k0);
       const bool add = accumulate || k0 > 0;
       detail::pack_a(a, 0, M, k0, kc, ap);
-      detail::pack_b(b, k0, kc, j0, cols, bp);
+      if (!direct) detail::pack_b(b, k0, kc, j0, cols, bp);
       parallel([&] {
 #pragma omp for collapse(2) schedule(static)
         for (int64_t jp = 0; jp < n_panels; ++jp)
           for (int64_t ip = 0; ip < m_panels; ++ip)
-            detail::micro_kernel(kc, ap + ip * MR * kc, bp + jp * NR * kc,
+            detail::micro_kernel(kc, ap + ip * MR * kc,
+                                 direct ? b.data + k0 * b.ld + j0 + jp * NR : bp + jp * NR * kc, direct ? b.ld : NR,
                                  c + ip * MR * ldc + j0 + jp * NR, ldc,
                                  std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
       }, threaded && m_panels * n_panels > 1);
