@@ -296,6 +296,9 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
   std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld + lanes<T>());
   T* const aligned = vector_aligned(scratch);   // size.rows * size.ld is a multiple of the lanes
+  std::vector<T> w_packed = buffer<T>(packed_a_size<T>(sh.K, CRS));
+  pack_a_whole<T>({w, CRS, false}, sh.K, CRS, w_packed.data());
+  const int64_t m_rows = packed_a_size<T>(sh.K, 1);   // w_packed's elements per column of w
   RegionErrors errors;
   parallel([&] {
     T* const col = aligned + thread_id() * size.rows * size.ld;
@@ -306,8 +309,9 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
         T* yn = y + n * sh.K * PQ;
         for_each_tile(sh, size, [&](const Tile& t) {
           im2col(xn, sh, t, col);
-          gemm<T>(sh.K, t.cols, t.rows, {w + t.row0, CRS, false}, {col, t.ld, false, t.rows <= GemmTiles<T>::KC}, yn + t.col0, PQ,
-                  t.row0 > 0, false);
+          // a row band starts at a multiple of KC (forward_tile_size): its packed slices are w_packed's
+          gemm<T>(sh.K, t.cols, t.rows, {w_packed.data() + m_rows * t.row0, CRS, false, false, true},
+                  {col, t.ld, false, t.rows <= GemmTiles<T>::KC}, yn + t.col0, PQ, t.row0 > 0, false);
         });
         for (int64_t k = 0; k < sh.K; ++k)
           for (int64_t i = 0; i < PQ; ++i) {
@@ -328,6 +332,10 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
   std::vector<T> dw_partial = buffer<T>(n_partials * sh.K * CRS);
   std::vector<double> plane_sums = buffer<double>(sh.N * sh.K);  // db's terms, one per (n, k)
+  // w^T packed once when a tile holds every row of col (then each gemm multiplies all of it)
+  const bool pack_wt = dx != nullptr && size.rows == CRS;
+  std::vector<T> wt_packed = buffer<T>(pack_wt ? packed_a_size<T>(CRS, sh.K) : 0);
+  if (pack_wt) pack_a_whole<T>({w, CRS, true}, CRS, sh.K, wt_packed.data());
   std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld + lanes<T>());
   T* const aligned = vector_aligned(scratch);   // size.rows * size.ld is a multiple of the lanes
   RegionErrors errors;
@@ -357,8 +365,9 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
                       false);
             if (dx == nullptr) return;  // the first layer needs no input gradient
             // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
-            gemm<T>(t.rows, t.cols, sh.K, {w + t.row0, CRS, true}, {dyn + t.col0, PQ, false}, col, t.ld, false,
-                    false);
+            const MatrixView<T> wt = pack_wt ? MatrixView<T>{wt_packed.data(), CRS, true, false, true}
+                                             : MatrixView<T>{w + t.row0, CRS, true};
+            gemm<T>(t.rows, t.cols, sh.K, wt, {dyn + t.col0, PQ, false}, col, t.ld, false, false);
             col2im_add(col, sh, t, dx + n * CHW);
           });
         }
