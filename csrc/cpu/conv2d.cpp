@@ -153,6 +153,22 @@ void im2col(const T* x, const ConvShape& sh, const Tile& t, T* tile) {
 // its additions in the order of the rows, whatever the stride.
 template <class T>
 void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
+  if (sh.stride == 1 && t.col0 % sh.Q == 0 && t.cols % sh.Q == 0) {  // as in im2col; the same order
+    for (int64_t i = 0; i < t.rows; ++i) {
+      const int64_t index = t.row0 + i, c = index / (sh.S * sh.R), r = index / sh.S % sh.R, s = index % sh.S;
+      int64_t q0, q1;
+      valid_range(s, sh, &q0, &q1);
+      const T* in = tile + i * t.ld;
+      T* const plane = dx + c * sh.H * sh.W + s - sh.pad;
+      for (int64_t p = t.col0 / sh.Q; p < (t.col0 + t.cols) / sh.Q; ++p, in += sh.Q) {
+        const int64_t h = p + r - sh.pad;
+        if (h < 0 || h >= sh.H) continue;
+        T* const out = plane + h * sh.W;
+        for (int64_t q = q0; q < q1; ++q) out[q] += in[q];
+      }
+    }
+    return;
+  }
   for_each_segment(sh, t, tile, [&](const ColRow& row, int64_t p, int64_t qa, int64_t qb, const T* in) {
     const int64_t h = p * sh.stride + row.r - sh.pad;
     if (h < 0 || h >= sh.H) return;
