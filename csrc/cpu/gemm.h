@@ -38,8 +38,8 @@ struct GemmTiles {
 // data[k*ld + i] when transposed. `in_place` (B only, not transposed): the micro-kernels read B
 // where it is instead of from packed panels; the caller guarantees every row readable up to N
 // rounded up to NR (ld >= that; the columns past N are read but their sums are never stored).
-// For a short K the packing copy of B costs as much as a large share of the arithmetic (conv1:
-// K = 27; docs/results.md, CPU speed work).
+// For a short K the copy into panels is a large share of the time: conv1's forward pass (K =
+// 27) took 5% less without it (docs/results.md, CPU speed work).
 // `packed` (A only): data holds pack_a_whole's panels of op(A), shared by many calls.
 template <class T>
 struct MatrixView {
