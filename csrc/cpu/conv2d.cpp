@@ -1,7 +1,7 @@
 // conv2d on the CPU: any stride, zero padding, PyTorch layouts, through im2col + packed GEMM.
 // Shape letters: N, C, H, W (input), K (output channels), R, S (filter), P, Q (output H, W).
 //   forward:   y[n] (K x PQ)   = w (K x CRS) . col(x[n]) (CRS x PQ) + b
-//   backward:  dw   (K x CRS)  = sum_n dy[n] (K x PQ) . col(x[n])^T   (wide tiles: weight_grad_tile)
+//   backward:  dw^T (CRS x K)  = sum_n col(x[n]) (CRS x PQ) . dy[n]^T   (wide tiles: weight_grad_tile)
 //              dx[n]           = col2im( w^T (CRS x K) . dy[n] (K x PQ) )
 //              db[k]           = sum_n sum_pq dy[n, k]
 // col is never built whole (it has C·R·S·P·Q elements, unbounded): each thread fills one tile
@@ -189,7 +189,7 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
 // lanes, which the compiler kept reloading from memory (conv1's shape, one Zen 3 core: 40
 // GFLOP/s as arrays, 48 with vector types in blocks of 4 channels x 3 rows, 65 in this form).
 template <int64_t RB, class T>
-void weight_grad_block(const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, bool add) {
+void weight_grad_block(const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, int64_t ld_dw, bool add) {
   constexpr int64_t L = lanes<T>();
   typedef T Vec __attribute__((vector_size(kVectorBytes)));
   const auto load = [](const T* p) { Vec v; std::memcpy(&v, p, sizeof v); return v; };
@@ -203,19 +203,21 @@ void weight_grad_block(const T* dy, const T* tile, int64_t ld, int64_t cols, T* 
     for (int64_t l = 0; j + l < cols; ++l) acc[b][l] += dy[j + l] * tile[b * ld + j + l];
     T sum = acc[b][0];
     for (int64_t l = 1; l < L; ++l) sum += acc[b][l];
-    dw[b] = add ? dw[b] + sum : sum;
+    dw[b * ld_dw] = add ? dw[b * ld_dw] + sum : sum;
   }
 }
 
 // weight_grad_block<r> for the last r rows, 1 <= r <= RB (a block's shape is a template argument).
 template <int64_t RB, class T>
-void weight_grad_rows(int64_t r, const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, bool add) {
+void weight_grad_rows(int64_t r, const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, int64_t ld_dw,
+                      bool add) {
   if constexpr (RB > 1)
-    if (r < RB) return weight_grad_rows<RB - 1>(r, dy, tile, ld, cols, dw, add);
-  weight_grad_block<RB>(dy, tile, ld, cols, dw, add);
+    if (r < RB) return weight_grad_rows<RB - 1>(r, dy, tile, ld, cols, dw, ld_dw, add);
+  weight_grad_block<RB>(dy, tile, ld, cols, dw, ld_dw, add);
 }
 
-// dw[k, t.row0 + i] (+)= sum over the tile's columns j of dy[k, t.col0 + j] * tile[i, j]. The
+// dwt[t.row0 + i, k] (+)= sum over the tile's columns j of dy[k, t.col0 + j] * tile[i, j] (dwt:
+// dw transposed, CRS x K, as conv2d_backward keeps its partial sums). The
 // contraction runs along (p, q), contiguous in both dy and the tile, so nothing is packed or
 // transposed: as a GEMM (dy . col^T) both operands had to be transposed into packed panels,
 // which cost conv1 (27 rows of 900 columns, 32 channels) more than its arithmetic. Each sum is
@@ -227,15 +229,14 @@ void weight_grad_rows(int64_t r, const T* dy, const T* tile, int64_t ld, int64_t
 // of 900 floats), standalone on one Zen 3 core: blocks of 9 ran at 54 GFLOP/s (36 KB: more
 // than L1), of 8 (8, 8, 8, 3) at 59, of 7 (7, 7, 7, 6; the choice below) at 64.
 template <class T>
-void weight_grad_tile(const T* dyn, int64_t PQ, int64_t K, const T* tile, const Tile& t, T* dw, int64_t CRS,
-                      bool add) {
+void weight_grad_tile(const T* dyn, int64_t PQ, int64_t K, const T* tile, const Tile& t, T* dwt, bool add) {
   constexpr int64_t RB = 9, kL1Bytes = 32 << 10;
   const int64_t fit = std::clamp<int64_t>(kL1Bytes / (t.ld * int64_t(sizeof(T))) - 1, 1, RB);
   const int64_t blocks = (t.rows + fit - 1) / fit, per_block = (t.rows + blocks - 1) / blocks;
   for (int64_t i = 0; i < t.rows; i += per_block)
     for (int64_t k = 0; k < K; ++k)
       weight_grad_rows<RB>(std::min(per_block, t.rows - i), dyn + k * PQ + t.col0, tile + i * t.ld, t.ld, t.cols,
-                           dw + k * CRS + t.row0 + i, add);
+                           dwt + (t.row0 + i) * K + k, K, add);
 }
 
 template <class T>
@@ -389,7 +390,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int64_t n_partials = (sh.N + kImagesPerPartial - 1) / kImagesPerPartial;
   const Tile size = backward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
-  std::vector<T> dw_partial = buffer<T>(n_partials * sh.K * CRS);
+  std::vector<T> dwt_partial = buffer<T>(n_partials * sh.K * CRS);   // each CRS x K: dw transposed
   std::vector<double> plane_sums = buffer<double>(sh.N * sh.K);  // db's terms, one per (n, k)
   // w^T packed once when a tile holds every row of col (then each gemm multiplies all of it)
   const bool pack_wt = dx != nullptr && size.rows == CRS;
@@ -403,7 +404,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < n_partials; ++part) {
       errors.run([&] {
-        T* dw_part = dw_partial.data() + part * sh.K * CRS;
+        T* dwt_part = dwt_partial.data() + part * sh.K * CRS;
         const int64_t n_first = part * kImagesPerPartial, n_end = std::min(sh.N, n_first + kImagesPerPartial);
         for (int64_t n = n_first; n < n_end; ++n) {
           const T* dyn = dy + n * sh.K * PQ;
@@ -418,10 +419,10 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
             im2col(x + n * CHW, sh, t, col);
             const bool add = n > n_first || t.col0 > 0;
             if (t.cols >= kMinDotColumns)
-              weight_grad_tile(dyn, PQ, sh.K, col, t, dw_part, CRS, add);
-            else
-              gemm<T>(sh.K, t.rows, t.cols, {dyn + t.col0, PQ, false}, {col, t.ld, true}, dw_part + t.row0, CRS, add,
-                      false);
+              weight_grad_tile(dyn, PQ, sh.K, col, t, dwt_part, add);
+            else  // dw^T = col . dy^T: the tile, the larger operand, packed as A, whose packing reads rows
+              gemm<T>(t.rows, sh.K, t.cols, {col, t.ld, false}, {dyn + t.col0, PQ, true}, dwt_part + t.row0 * sh.K, sh.K,
+                      add, false);
             if (dx == nullptr) return;  // the first layer needs no input gradient
             // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
             const MatrixView<T> wt = pack_wt ? MatrixView<T>{wt_packed.data(), CRS, true, false, true}
@@ -436,7 +437,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   errors.rethrow();
   std::fill(dw, dw + sh.K * CRS, T(0));
   for (int64_t part = 0; part < n_partials; ++part)
-    for (int64_t i = 0; i < sh.K * CRS; ++i) dw[i] += dw_partial[part * sh.K * CRS + i];
+    for (int64_t c = 0; c < CRS; ++c)
+      for (int64_t k = 0; k < sh.K; ++k) dw[k * CRS + c] += dwt_partial[(part * CRS + c) * sh.K + k];
   for (int64_t k = 0; k < sh.K; ++k) {
     double sum = 0.0;
     for (int64_t n = 0; n < sh.N; ++n) sum += plane_sums[n * sh.K + k];
