@@ -243,8 +243,9 @@ def census(weights):
 
 def roofline(device, quick=False):
     """The roofline's denominators, measured: copy bandwidth (a 256 MiB float32 copy, bytes read
-    + written over the best time; one NumPy thread on the CPU) and the FP32 peak (a square
-    matmul: BLAS on all cores, cuBLAS on the GPU, 2 n^3 over the best time)."""
+    + written over the best time; one NumPy thread on the CPU) and the FP32 peak: on the CPU the
+    larger of fma_peak() and a square BLAS matmul on all cores (the matmul alone without numba),
+    on the GPU a cuBLAS matmul (2 n^3 over the best time); `peak_method` says which gave it."""
     xp = array_module(device)
     src = xp.ones(64 * 2**20, dtype=np.float32)
     dst = xp.empty_like(src)
@@ -253,9 +254,58 @@ def roofline(device, quick=False):
     a = xp.asarray(np.random.default_rng(SEED).random((n, n), dtype=np.float32))
     out = xp.empty_like(a)
     mm = stats(timeit(lambda: xp.matmul(a, a, out=out), device, 1, 2 if quick else 5))
-    return {"bytes_per_s": 2 * src.nbytes / copy["min"], "peak_flops_per_s": 2.0 * n ** 3 / mm["min"],
+    mm = {"method": f"{xp.__name__} float32 matmul {n}x{n}", "stats_s": mm, "flops_per_s": 2.0 * n ** 3 / mm["min"]}
+    fma = fma_peak(quick) if device == "cpu" else None
+    peak = max(fma or mm, mm, key=lambda p: p["flops_per_s"])
+    method = peak["method"] + (" (numba is not installed: no FMA loop)" if device == "cpu" and not fma else "")
+    print(f"FP32 peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s: {method}; the matmul's {mm['flops_per_s'] / 1e9:.1f}")
+    return {"bytes_per_s": 2 * src.nbytes / copy["min"], "peak_flops_per_s": peak["flops_per_s"], "peak_method": method,
             "copy": {"method": f"{xp.__name__}.copyto float32, {src.nbytes} bytes", "stats_s": copy},
-            "matmul": {"method": f"{xp.__name__} float32 matmul {n}x{n}", "stats_s": mm}}
+            "matmul": mm, "fma": fma}
+
+
+FMA_CHAIN = 16   # dependent FMAs per element and pass of fma_peak's loop
+
+
+def fma_peak(quick=False, elements=1024):
+    """FP32 FLOP/s of an FMA-throughput loop on all cores (numba, a row per thread; 2 FLOPs per
+    element per FMA), best of the samples; None without numba. Each row (in L1) is updated as
+    four interleaved chains of FMA_CHAIN dependent x = x*m + c: LLVM vectorizes the element loop
+    and out-of-order execution overlaps iterations, enough FMAs in flight for latency x pipes
+    (Zen 3: 4 x 2). fastmath 'contract' only: FMAs, but no reassociation to fold a chain. The
+    asm's packed FMAs are counted; `register` says ymm or zmm (LLVM keeps 256-bit vectors on most
+    AVX-512 CPUs: there the matmul gives the peak)."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    chains, on_all_cores = fma_kernels(numba)
+    x, reps = np.ones((numba.get_num_threads(), elements), np.float32), 4000 if quick else 60000
+    s = stats(timeit(lambda: on_all_cores(x, reps, np.float32(0.999), np.float32(0.001)), "cpu", 1, 5 if quick else 20))
+    fmas = [w[-1] for w in map(str.split, chains.inspect_asm(chains.signatures[0]).splitlines())
+            if w and w[0].startswith("vfmadd") and w[0].endswith("ps")]
+    return {"method": f"numba FMA loop, {len(x)} threads x {elements} floats x {FMA_CHAIN} FMAs x {reps}", "stats_s": s,
+            "flops_per_s": 2 * FMA_CHAIN * x.size * reps / s["min"], "packed_fmas_in_asm": len(fmas),
+            "register": fmas[0][1:4] if fmas else None}
+
+
+def fma_kernels(numba):
+    """fma_peak's loop: (one row, every row of x in parallel)."""
+    @numba.njit(fastmath={"contract"})
+    def chains(x, reps, m, c):
+        h = x.shape[0] // 4
+        for _ in range(reps):
+            for j in range(h):
+                a, b, d, e = x[j], x[j + h], x[j + 2 * h], x[j + 3 * h]
+                for _ in range(FMA_CHAIN):
+                    a, b, d, e = a * m + c, b * m + c, d * m + c, e * m + c
+                x[j], x[j + h], x[j + 2 * h], x[j + 3 * h] = a, b, d, e
+
+    @numba.njit(parallel=True)
+    def on_all_cores(x, reps, m, c):
+        for t in numba.prange(x.shape[0]):
+            chains(x[t], reps, m, c)
+    return chains, on_all_cores
 
 
 def roofline_row(name, samples, flops, nbytes, roof, **extra):

@@ -15,6 +15,7 @@ import pytest
 
 from pyregnet import model, resnet
 from pyregnet.engine import MODELS
+from pyregnet.extras import missing
 from pyregnet.launch import Launch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -62,6 +63,24 @@ def test_roofline_row_and_measurements():
     assert common.roofline_row("y", [1.0], 0, 1, roof)["gflops_per_s"] is None
     measured = common.roofline("cpu", quick=True)
     assert measured["bytes_per_s"] > 1e8 and measured["peak_flops_per_s"] > 1e8
+
+
+def test_fma_peak_loop_counts_its_fmas_and_reaches_the_matmul(monkeypatch):
+    numba = pytest.importorskip("numba", reason=missing("numba"))
+    x = np.zeros((3, 64), np.float32)
+    common.fma_kernels(numba)[1](x, 5, np.float32(1), np.float32(1))   # x*1 + 1: every FMA adds exactly 1
+    assert (x == 5 * common.FMA_CHAIN).all()          # each element: FMA_CHAIN FMAs per pass, 2 FLOPs each
+    roof = common.roofline("cpu", quick=True)
+    fma, mm = roof["fma"], roof["matmul"]
+    reps = int(fma["method"].rsplit(" x ", 1)[1])
+    assert fma["flops_per_s"] * fma["stats_s"]["min"] == pytest.approx(2 * common.FMA_CHAIN * 1024 * reps * numba.get_num_threads())
+    assert fma["register"] in ("ymm", "zmm") and fma["packed_fmas_in_asm"] >= 4 * common.FMA_CHAIN   # vectorized, unrolled
+    assert fma["flops_per_s"] > 0.5 * mm["flops_per_s"]   # near the peak (a busy machine moves either)
+    assert roof["peak_flops_per_s"] == max(fma["flops_per_s"], mm["flops_per_s"])
+    monkeypatch.setitem(sys.modules, "numba", None)   # not installed: the matmul, and the JSON says so
+    roof = common.roofline("cpu", quick=True)
+    assert roof["fma"] is None and roof["peak_flops_per_s"] == roof["matmul"]["flops_per_s"]
+    assert "numba is not installed" in roof["peak_method"]
 
 
 def test_target_verdicts():

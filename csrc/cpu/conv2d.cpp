@@ -1,14 +1,17 @@
 // conv2d on the CPU: any stride, zero padding, PyTorch layouts, through im2col + packed GEMM.
 // Shape letters: N, C, H, W (input), K (output channels), R, S (filter), P, Q (output H, W).
 //   forward:   y[n] (K x PQ)   = w (K x CRS) . col(x[n]) (CRS x PQ) + b
-//   backward:  dw   (K x CRS)  = sum_n dy[n] (K x PQ) . col(x[n])^T
+//   backward:  dw^T (CRS x K)  = sum_n col(x[n]) (CRS x PQ) . dy[n]^T   (wide tiles: weight_grad_tile)
 //              dx[n]           = col2im( w^T (CRS x K) . dy[n] (K x PQ) )
 //              db[k]           = sum_n sum_pq dy[n, k]
 // col is never built whole (it has C·R·S·P·Q elements, unbounded): each thread fills one tile
 // of it at a time, in a scratch buffer of at most kScratchBytes, allocated before the parallel
 // region. The tiles are cut so that every output element is still summed in the order of one
-// untiled GEMM (see the tile functions), so tiling changes no bit of any result.
+// untiled GEMM (see the tile functions), so tiling changes no bit of a result computed by GEMMs.
+// weight_grad_tile reduces its lanes per tile: where P·Q needs column tiles, dw's bits depend on
+// the tile width, which is a function of the shape and dtype alone, never of the thread count.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -30,11 +33,22 @@ namespace {
 constexpr int64_t kScratchBytes = int64_t(1) << 20;
 // Narrower column tiles than this would leave the micro-kernel's columns mostly empty.
 constexpr int64_t kMinColumns = 64;
+// The weight gradient of a tile this wide or wider is summed along its rows (weight_grad_tile),
+// of a narrower one as a GEMM: each block's reduction of its lanes is a fixed cost, which a
+// short row does not repay. On one Zen 3 core (batch 64): conv1's dw (900 columns) took 4.1 ms
+// as GEMMs and 2.1 ms along the rows, in blocks of 4 channels x 3 rows (the form below is
+// faster still); conv2's backward pass (169 columns) 8.3 ms with GEMMs and 15.7 ms along the
+// rows (docs/results.md, CPU speed work). The choice depends on the shape alone, not the threads.
+constexpr int64_t kMinDotColumns = 512;
+
+// Elements of T in a vector register.
+template <class T>
+constexpr int64_t lanes() { return kVectorBytes / int64_t(sizeof(T)); }
 
 // A tile of col: rows [row0, row0 + rows) of the CRS rows (c, r, s) and columns [col0, col0 + cols)
-// of the PQ columns (p, q), stored row-major with leading dimension `cols`.
+// of the PQ columns (p, q), stored row-major with leading dimension ld >= cols.
 struct Tile {
-  int64_t row0, rows, col0, cols;
+  int64_t row0, rows, col0, cols, ld;
 };
 
 // ceil(a / d) for d > 0 and a of either sign (C++ division truncates toward zero).
@@ -59,7 +73,7 @@ void for_each_segment(const ConvShape& sh, const Tile& t, E* tile, Segment&& seg
     const int64_t index = t.row0 + i;
     ColRow row{index / (sh.S * sh.R), index / sh.S % sh.R, index % sh.S, 0, 0};
     valid_range(row.s, sh, &row.q0, &row.q1);
-    E* at = tile + i * t.cols;
+    E* at = tile + i * t.ld;
     int64_t p = t.col0 / sh.Q, qa = t.col0 % sh.Q;
     for (int64_t left = t.cols; left > 0; ++p, qa = 0) {
       const int64_t qb = std::min(sh.Q, qa + left);
@@ -69,10 +83,53 @@ void for_each_segment(const ConvShape& sh, const Tile& t, E* tile, Segment&& seg
   }
 }
 
+// dst[0, n) = src[0, n) for the short runs of im2col (13 floats for conv2): whole vectors, the
+// last one overlapping the one before, rather than a call to memcpy per run.
+template <class T>
+inline void copy_run(T* dst, const T* src, int64_t n) {
+  constexpr int64_t L = lanes<T>();
+  if (n < L) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+    return;
+  }
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  Vec v;
+  for (int64_t i = 0; i + L < n; i += L) {
+    std::memcpy(&v, src + i, sizeof v);
+    std::memcpy(dst + i, &v, sizeof v);
+  }
+  std::memcpy(&v, src + n - L, sizeof v);
+  std::memcpy(dst + n - L, &v, sizeof v);
+}
+
 // The tile of col(x): element ((c, r, s), (p, q)) is x[c, p*stride + r - pad, q*stride + s - pad],
 // or 0 outside x.
 template <class T>
 void im2col(const T* x, const ConvShape& sh, const Tile& t, T* tile) {
+  // Stride 1 and whole output rows (the CNN's convs): the same values as the general path below,
+  // with each row's valid columns found once rather than per run. With copy_run it took conv2's
+  // im2col (3,744 runs of 13 floats per image) from 1.62 to 1.10 ms per batch of 64, conv1's
+  // from 0.38 to 0.28, on one Zen 3 core.
+  if (sh.stride == 1 && t.col0 % sh.Q == 0 && t.cols % sh.Q == 0) {
+    for (int64_t i = 0; i < t.rows; ++i) {
+      const int64_t index = t.row0 + i, c = index / (sh.S * sh.R), r = index / sh.S % sh.R, s = index % sh.S;
+      int64_t q0, q1;
+      valid_range(s, sh, &q0, &q1);
+      T* out = tile + i * t.ld;
+      const T* in = x + c * sh.H * sh.W + s - sh.pad;
+      for (int64_t p = t.col0 / sh.Q; p < (t.col0 + t.cols) / sh.Q; ++p, out += sh.Q) {
+        const int64_t h = p + r - sh.pad;
+        if (h < 0 || h >= sh.H || q0 >= q1) {
+          std::fill(out, out + sh.Q, T(0));
+          continue;
+        }
+        std::fill(out, out + q0, T(0));
+        copy_run(out + q0, in + h * sh.W + q0, q1 - q0);
+        std::fill(out + q1, out + sh.Q, T(0));
+      }
+    }
+    return;
+  }
   for_each_segment(sh, t, tile, [&](const ColRow& row, int64_t p, int64_t qa, int64_t qb, T* out) {
     const int64_t h = p * sh.stride + row.r - sh.pad;
     const int64_t q0 = std::clamp(row.q0, qa, qb), q1 = std::clamp(row.q1, qa, qb);
@@ -83,7 +140,7 @@ void im2col(const T* x, const ConvShape& sh, const Tile& t, T* tile) {
     const T* in = x + (row.c * sh.H + h) * sh.W + (q0 * sh.stride + row.s - sh.pad);
     std::fill(out, out + (q0 - qa), T(0));
     if (sh.stride == 1) {
-      std::memcpy(out + (q0 - qa), in, sizeof(T) * (q1 - q0));
+      copy_run(out + (q0 - qa), in, q1 - q0);
     } else {
       for (int64_t q = q0; q < q1; ++q) out[q - qa] = in[(q - q0) * sh.stride];
     }
@@ -96,6 +153,22 @@ void im2col(const T* x, const ConvShape& sh, const Tile& t, T* tile) {
 // its additions in the order of the rows, whatever the stride.
 template <class T>
 void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
+  if (sh.stride == 1 && t.col0 % sh.Q == 0 && t.cols % sh.Q == 0) {  // as in im2col; the same order
+    for (int64_t i = 0; i < t.rows; ++i) {
+      const int64_t index = t.row0 + i, c = index / (sh.S * sh.R), r = index / sh.S % sh.R, s = index % sh.S;
+      int64_t q0, q1;
+      valid_range(s, sh, &q0, &q1);
+      const T* in = tile + i * t.ld;
+      T* const plane = dx + c * sh.H * sh.W + s - sh.pad;
+      for (int64_t p = t.col0 / sh.Q; p < (t.col0 + t.cols) / sh.Q; ++p, in += sh.Q) {
+        const int64_t h = p + r - sh.pad;
+        if (h < 0 || h >= sh.H) continue;
+        T* const out = plane + h * sh.W;
+        for (int64_t q = q0; q < q1; ++q) out[q] += in[q];
+      }
+    }
+    return;
+  }
   for_each_segment(sh, t, tile, [&](const ColRow& row, int64_t p, int64_t qa, int64_t qb, const T* in) {
     const int64_t h = p * sh.stride + row.r - sh.pad;
     if (h < 0 || h >= sh.H) return;
@@ -110,32 +183,95 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
   });
 }
 
+// One block of weight_grad_tile: one output channel's row of dy against RB rows of the tile,
+// each sum in L lanes: RB vector accumulators, a dy vector loaded once per step, the tile's rows
+// at aligned addresses (ld: see backward_tile_size). GCC's vector types rather than arrays of
+// lanes, which the compiler kept reloading from memory (conv1's shape, one Zen 3 core: 40
+// GFLOP/s as arrays, 48 with vector types in blocks of 4 channels x 3 rows, 65 in this form).
+template <int64_t RB, class T>
+void weight_grad_block(const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, int64_t ld_dw, bool add) {
+  constexpr int64_t L = lanes<T>();
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  const auto load = [](const T* p) { Vec v; std::memcpy(&v, p, sizeof v); return v; };
+  Vec acc[RB] = {};
+  int64_t j = 0;
+  for (; j + L <= cols; j += L) {
+    const Vec d = load(dy + j);
+    for (int64_t b = 0; b < RB; ++b) acc[b] += d * load(tile + b * ld + j);
+  }
+  for (int64_t b = 0; b < RB; ++b) {
+    for (int64_t l = 0; j + l < cols; ++l) acc[b][l] += dy[j + l] * tile[b * ld + j + l];
+    T sum = acc[b][0];
+    for (int64_t l = 1; l < L; ++l) sum += acc[b][l];
+    dw[b * ld_dw] = add ? dw[b * ld_dw] + sum : sum;
+  }
+}
+
+// weight_grad_block<r> for the last r rows, 1 <= r <= RB (a block's shape is a template argument).
+template <int64_t RB, class T>
+void weight_grad_rows(int64_t r, const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, int64_t ld_dw,
+                      bool add) {
+  if constexpr (RB > 1)
+    if (r < RB) return weight_grad_rows<RB - 1>(r, dy, tile, ld, cols, dw, ld_dw, add);
+  weight_grad_block<RB>(dy, tile, ld, cols, dw, ld_dw, add);
+}
+
+// dwt[t.row0 + i, k] (+)= sum over the tile's columns j of dy[k, t.col0 + j] * tile[i, j] (dwt:
+// dw transposed, CRS x K, as conv2d_backward keeps its partial sums). The
+// contraction runs along (p, q), contiguous in both dy and the tile, so nothing is packed or
+// transposed: as a GEMM (dy . col^T) both operands had to be transposed into packed panels,
+// which cost conv1 (27 rows of 900 columns, 32 channels) more than its arithmetic. Each sum is
+// kept in L lanes (column j in lane j % L), the lanes added in order at the end: one fixed
+// order whatever the block and the thread count. Blocks of up to 9 rows (9 accumulators cover
+// the FMA latency of two pipes), as many as fit in L1 beside a row of dy, shared out evenly: a
+// short last block (3 rows) cannot cover the latency. The rows' loop is the outer one, so a
+// block's rows stay in L1 while every channel's dy row streams past them. For conv1 (27 rows
+// of 900 floats), standalone on one Zen 3 core: blocks of 9 ran at 54 GFLOP/s (36 KB: more
+// than L1), of 8 (8, 8, 8, 3) at 59, of 7 (7, 7, 7, 6; the choice below) at 64.
+template <class T>
+void weight_grad_tile(const T* dyn, int64_t PQ, int64_t K, const T* tile, const Tile& t, T* dwt, bool add) {
+  constexpr int64_t RB = 9, kL1Bytes = 32 << 10;
+  const int64_t fit = std::clamp<int64_t>(kL1Bytes / (t.ld * int64_t(sizeof(T))) - 1, 1, RB);
+  const int64_t blocks = (t.rows + fit - 1) / fit, per_block = (t.rows + blocks - 1) / blocks;
+  for (int64_t i = 0; i < t.rows; i += per_block)
+    for (int64_t k = 0; k < K; ++k)
+      weight_grad_rows<RB>(std::min(per_block, t.rows - i), dyn + k * PQ + t.col0, tile + i * t.ld, t.ld, t.cols,
+                           dwt + (t.row0 + i) * K + k, K, add);
+}
+
 template <class T>
 constexpr int64_t scratch_elements() { return kScratchBytes / int64_t(sizeof(T)); }
 
 // Forward tiles. The GEMM sums over the rows of col (CRS) in slices of KC, adding each slice's
 // product to y: a tile boundary at a multiple of KC only splits that sequence of additions
 // between calls, so each y element sees the same additions in the same order. Columns are
-// independent outputs and may be cut anywhere.
+// independent outputs and may be cut anywhere. Rows are stored a multiple of NR apart, so that
+// a tile of at most KC rows is read by the GEMM in place (MatrixView::in_place) instead of
+// being copied into packed panels: conv1's forward pass (27 rows) took 7% less time on one
+// Zen 3 core; for conv2's 288 rows, read in two slices, it made no difference.
 template <class T>
 Tile forward_tile_size(const ConvShape& sh) {
-  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC;
+  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC, NR = GemmTiles<T>::NR;
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
-  const int64_t min_cols = std::min(PQ, kMinColumns);
-  const int64_t rows = CRS * min_cols <= cap ? CRS : std::max(KC, cap / min_cols / KC * KC);
-  return {0, rows, 0, std::min(PQ, std::max<int64_t>(1, cap / rows))};
+  const int64_t min_ld = (std::min(PQ, kMinColumns) + NR - 1) / NR * NR;
+  const int64_t rows = CRS * min_ld <= cap ? CRS : std::max(KC, cap / min_ld / KC * KC);
+  const int64_t cols = std::min(PQ, cap / rows / NR * NR);   // cap / rows >= min_ld >= NR
+  return {0, rows, 0, cols, (cols + NR - 1) / NR * NR};
 }
 
 // Backward tiles. dw sums over the columns of col (PQ) in slices of KC, as above: a column
 // tile narrower than PQ is a multiple of KC. col2im adds into each dx element once per row
 // (r, s) of col, in row order: a tile narrower than PQ holds a single row, so that no later
 // row's addition can come before an earlier row's.
+// Rows are stored whole vectors apart (ld: PQ rounded up to the vector), in a vector-aligned
+// buffer: weight_grad_tile's loads are then aligned, which took conv1's weight gradient from 54
+// to 65 GFLOP/s on one Zen 3 core (unaligned rows straddle cache lines every other load).
 template <class T>
 Tile backward_tile_size(const ConvShape& sh) {
-  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC;
-  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
-  if (PQ <= cap) return {0, std::min(CRS, cap / PQ), 0, PQ};
-  return {0, 1, 0, cap / KC * KC};
+  constexpr int64_t cap = scratch_elements<T>(), KC = GemmTiles<T>::KC, L = lanes<T>();
+  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q, ld = (PQ + L - 1) / L * L;
+  if (ld <= cap) return {0, std::min(CRS, cap / ld), 0, PQ, ld};
+  return {0, 1, 0, cap / KC * KC, cap / KC * KC};
 }
 
 // Calls body(tile) for every tile of size `size` covering col (CRS x PQ): rows in order, and
@@ -145,7 +281,7 @@ void for_each_tile(const ConvShape& sh, const Tile& size, Body&& body) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
   for (int64_t r0 = 0; r0 < CRS; r0 += size.rows)
     for (int64_t c0 = 0; c0 < PQ; c0 += size.cols)
-      body(Tile{r0, std::min(size.rows, CRS - r0), c0, std::min(size.cols, PQ - c0)});
+      body(Tile{r0, std::min(size.rows, CRS - r0), c0, std::min(size.cols, PQ - c0), size.ld});
 }
 
 // A buffer of n elements; std::bad_alloc (MemoryError in Python) when n is beyond any allocation.
@@ -153,6 +289,13 @@ template <class T>
 std::vector<T> buffer(int64_t n) {
   if (n < 0 || uint64_t(n) > std::vector<T>().max_size()) throw std::bad_alloc();
   return std::vector<T>(size_t(n));
+}
+
+// The first element of v at a vector boundary, v having lanes<T>() elements to spare.
+template <class T>
+T* vector_aligned(std::vector<T>& v) {
+  const int64_t L = lanes<T>(), misaligned = int64_t(reinterpret_cast<uintptr_t>(v.data()) / sizeof(T) % L);
+  return v.data() + (L - misaligned) % L;
 }
 
 int max_threads() {
@@ -211,10 +354,14 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
   const Tile size = forward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
-  std::vector<T> scratch = buffer<T>(threads * size.rows * size.cols);
+  std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld + lanes<T>());
+  T* const aligned = vector_aligned(scratch);   // size.rows * size.ld is a multiple of the lanes
+  std::vector<T> w_packed = buffer<T>(packed_a_size<T>(sh.K, CRS));
+  pack_a_whole<T>({w, CRS, false}, sh.K, CRS, w_packed.data());
+  const int64_t m_rows = packed_a_size<T>(sh.K, 1);   // w_packed's elements per column of w
   RegionErrors errors;
   parallel([&] {
-    T* const col = scratch.data() + thread_id() * size.rows * size.cols;
+    T* const col = aligned + thread_id() * size.rows * size.ld;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < sh.N; ++n) {
       errors.run([&] {
@@ -222,8 +369,9 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
         T* yn = y + n * sh.K * PQ;
         for_each_tile(sh, size, [&](const Tile& t) {
           im2col(xn, sh, t, col);
-          gemm<T>(sh.K, t.cols, t.rows, {w + t.row0, CRS, false}, {col, t.cols, false}, yn + t.col0, PQ,
-                  t.row0 > 0, false);
+          // a row band starts at a multiple of KC (forward_tile_size): its packed slices are w_packed's
+          gemm<T>(sh.K, t.cols, t.rows, {w_packed.data() + m_rows * t.row0, CRS, false, false, true},
+                  {col, t.ld, false, t.rows <= GemmTiles<T>::KC}, yn + t.col0, PQ, t.row0 > 0, false);
         });
         for (int64_t k = 0; k < sh.K; ++k)
           for (int64_t i = 0; i < PQ; ++i) {
@@ -242,27 +390,44 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int64_t n_partials = (sh.N + kImagesPerPartial - 1) / kImagesPerPartial;
   const Tile size = backward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
-  std::vector<T> dw_partial = buffer<T>(n_partials * sh.K * CRS);
-  std::vector<T> scratch = buffer<T>(threads * size.rows * size.cols);
+  std::vector<T> dwt_partial = buffer<T>(n_partials * sh.K * CRS);   // each CRS x K: dw transposed
+  std::vector<double> plane_sums = buffer<double>(sh.N * sh.K);  // db's terms, one per (n, k)
+  // w^T packed once when a tile holds every row of col (then each gemm multiplies all of it)
+  const bool pack_wt = dx != nullptr && size.rows == CRS;
+  std::vector<T> wt_packed = buffer<T>(pack_wt ? packed_a_size<T>(CRS, sh.K) : 0);
+  if (pack_wt) pack_a_whole<T>({w, CRS, true}, CRS, sh.K, wt_packed.data());
+  std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld + lanes<T>());
+  T* const aligned = vector_aligned(scratch);   // size.rows * size.ld is a multiple of the lanes
   RegionErrors errors;
   parallel([&] {
-    T* const col = scratch.data() + thread_id() * size.rows * size.cols;
+    T* const col = aligned + thread_id() * size.rows * size.ld;
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < n_partials; ++part) {
       errors.run([&] {
-        T* dw_part = dw_partial.data() + part * sh.K * CRS;
+        T* dwt_part = dwt_partial.data() + part * sh.K * CRS;
         const int64_t n_first = part * kImagesPerPartial, n_end = std::min(sh.N, n_first + kImagesPerPartial);
         for (int64_t n = n_first; n < n_end; ++n) {
           const T* dyn = dy + n * sh.K * PQ;
+          // Each plane in fixed lanes (lane_sum); the planes are added in order of n after the
+          // region. One running sum kept this loop scalar, a chain of N*P*Q dependent additions
+          // (1.8M for conv1, about 1 ms); summed here, dy[n] is read once more while in cache
+          // rather than in a pass of its own over all of dy.
+          for (int64_t k = 0; k < sh.K; ++k)
+            plane_sums[n * sh.K + k] = lane_sum(0, PQ, [&](int64_t i) { return double(dyn[k * PQ + i]); });
           if (dx != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {
             im2col(x + n * CHW, sh, t, col);
-            gemm<T>(sh.K, t.rows, t.cols, {dyn + t.col0, PQ, false}, {col, t.cols, true}, dw_part + t.row0, CRS,
-                    n > n_first || t.col0 > 0, false);
+            const bool add = n > n_first || t.col0 > 0;
+            if (t.cols >= kMinDotColumns)
+              weight_grad_tile(dyn, PQ, sh.K, col, t, dwt_part, add);
+            else  // dw^T = col . dy^T: the tile, the larger operand, packed as A, whose packing reads rows
+              gemm<T>(t.rows, sh.K, t.cols, {col, t.ld, false}, {dyn + t.col0, PQ, true}, dwt_part + t.row0 * sh.K, sh.K,
+                      add, false);
             if (dx == nullptr) return;  // the first layer needs no input gradient
             // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
-            gemm<T>(t.rows, t.cols, sh.K, {w + t.row0, CRS, true}, {dyn + t.col0, PQ, false}, col, t.cols, false,
-                    false);
+            const MatrixView<T> wt = pack_wt ? MatrixView<T>{wt_packed.data(), CRS, true, false, true}
+                                             : MatrixView<T>{w + t.row0, CRS, true};
+            gemm<T>(t.rows, t.cols, sh.K, wt, {dyn + t.col0, PQ, false}, col, t.ld, false, false);
             col2im_add(col, sh, t, dx + n * CHW);
           });
         }
@@ -272,20 +437,13 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   errors.rethrow();
   std::fill(dw, dw + sh.K * CRS, T(0));
   for (int64_t part = 0; part < n_partials; ++part)
-    for (int64_t i = 0; i < sh.K * CRS; ++i) dw[i] += dw_partial[part * sh.K * CRS + i];
-  parallel([&] {
-#pragma omp for schedule(static)
-    for (int64_t k = 0; k < sh.K; ++k) {
-      // Each plane in fixed lanes (lane_sum), the planes in order of n: one running sum kept this
-      // loop scalar, a chain of N*P*Q dependent additions (1.8M for conv1, about 1 ms).
-      double sum = 0.0;
-      for (int64_t n = 0; n < sh.N; ++n) {
-        const T* plane = dy + (n * sh.K + k) * PQ;
-        sum += lane_sum(0, PQ, [&](int64_t i) { return double(plane[i]); });
-      }
-      db[k] = T(sum);
-    }
-  });
+    for (int64_t c = 0; c < CRS; ++c)
+      for (int64_t k = 0; k < sh.K; ++k) dw[k * CRS + c] += dwt_partial[(part * CRS + c) * sh.K + k];
+  for (int64_t k = 0; k < sh.K; ++k) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < sh.N; ++n) sum += plane_sums[n * sh.K + k];
+    db[k] = T(sum);
+  }
 }
 
 template void conv2d_forward<float>(const float*, const float*, const float*, float*, const ConvShape&, bool);

@@ -35,12 +35,19 @@ struct GemmTiles {
 };
 
 // Row-major matrix view with an optional transpose: at(i, k) = data[i*ld + k], or
-// data[k*ld + i] when transposed.
+// data[k*ld + i] when transposed. `in_place` (B only, not transposed): the micro-kernels read B
+// where it is instead of from packed panels; the caller guarantees every row readable up to N
+// rounded up to NR (ld >= that; the columns past N are read but their sums are never stored).
+// For a short K the copy into panels is a large share of the time: conv1's forward pass (K =
+// 27) took 5% less without it (docs/results.md, CPU speed work).
+// `packed` (A only): data holds pack_a_whole's panels of op(A), shared by many calls.
 template <class T>
 struct MatrixView {
   const T* data;
   int64_t ld;
   bool transposed;
+  bool in_place = false;
+  bool packed = false;
   T at(int64_t i, int64_t k) const { return transposed ? data[k * ld + i] : data[i * ld + k]; }
 };
 
@@ -79,18 +86,32 @@ void pack_b(const MatrixView<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t 
   }
 }
 
-// acc = Ap (MR x kc panel) . Bp (kc x NR panel); C[:rows, :cols] = acc, or += acc when `add`.
+// acc = Ap (MR x kc panel) . Bp (kc x NR panel, rows ldb apart); C[:rows, :cols] = acc, or
+// += acc when `add`.
 template <class T>
-void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, int64_t rows,
+void micro_kernel(int64_t kc, const T* ap, const T* bp, int64_t ldb, T* c, int64_t ldc, int64_t rows,
                   int64_t cols, bool add) {
   constexpr int64_t MR = GemmTiles<T>::MR, NR = GemmTiles<T>::NR;
   T acc[MR][NR] = {};
   for (int64_t k = 0; k < kc; ++k) {
     const T* a = ap + k * MR;
-    const T* b = bp + k * NR;
+    const T* b = bp + k * ldb;
     for (int64_t i = 0; i < MR; ++i)
 #pragma omp simd
       for (int64_t j = 0; j < NR; ++j) acc[i][j] += a[i] * b[j];
+  }
+  if (rows == MR && cols == NR) {  // a full tile: constant bounds, so whole vectors are stored
+    for (int64_t i = 0; i < MR; ++i) {
+      T* row = c + i * ldc;
+      if (add) {
+#pragma omp simd
+        for (int64_t j = 0; j < NR; ++j) row[j] += acc[i][j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < NR; ++j) row[j] = acc[i][j];
+      }
+    }
+    return;
   }
   for (int64_t i = 0; i < rows; ++i) {
     T* row = c + i * ldc;
@@ -132,26 +153,44 @@ void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* 
     return;
   }
   const int64_t m_panels = (M + MR - 1) / MR, kc_max = std::min(K, KC);
-  T* ap = detail::pack_buffer<T, 0>(m_panels * MR * kc_max);
-  T* bp = detail::pack_buffer<T, 1>(((std::min(N, NC) + NR - 1) / NR) * NR * kc_max);
+  const bool direct = b.in_place && !b.transposed;
+  T* ap = a.packed ? nullptr : detail::pack_buffer<T, 0>(m_panels * MR * kc_max);
+  T* bp = direct ? nullptr : detail::pack_buffer<T, 1>(((std::min(N, NC) + NR - 1) / NR) * NR * kc_max);
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
     const int64_t cols = std::min(NC, N - j0);
     const int64_t n_panels = (cols + NR - 1) / NR;
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int64_t kc = std::min(KC, K - k0);
       const bool add = accumulate || k0 > 0;
-      detail::pack_a(a, 0, M, k0, kc, ap);
-      detail::pack_b(b, k0, kc, j0, cols, bp);
+      const T* const a_slice = a.packed ? a.data + m_panels * MR * k0 : ap;
+      if (!a.packed) detail::pack_a(a, 0, M, k0, kc, ap);
+      if (!direct) detail::pack_b(b, k0, kc, j0, cols, bp);
       parallel([&] {
 #pragma omp for collapse(2) schedule(static)
         for (int64_t jp = 0; jp < n_panels; ++jp)
           for (int64_t ip = 0; ip < m_panels; ++ip)
-            detail::micro_kernel(kc, ap + ip * MR * kc, bp + jp * NR * kc,
+            detail::micro_kernel(kc, a_slice + ip * MR * kc,
+                                 direct ? b.data + k0 * b.ld + j0 + jp * NR : bp + jp * NR * kc, direct ? b.ld : NR,
                                  c + ip * MR * ldc + j0 + jp * NR, ldc,
                                  std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
       }, threaded && m_panels * n_panels > 1);
     }
   }
+}
+
+// op(A) (M x K) packed once for gemm calls that share it (MatrixView::packed): pack_a's panels
+// of each KC slice in turn, packed_a_size(M, K) elements. A conv multiplies the same weights
+// with every image: packing them per call took conv2 0.3 ms per batch of 64 on one core.
+template <class T>
+int64_t packed_a_size(int64_t M, int64_t K) {
+  return (M + GemmTiles<T>::MR - 1) / GemmTiles<T>::MR * GemmTiles<T>::MR * K;
+}
+
+template <class T>
+void pack_a_whole(const MatrixView<T>& a, int64_t M, int64_t K, T* out) {
+  constexpr int64_t MR = GemmTiles<T>::MR, KC = GemmTiles<T>::KC;
+  for (int64_t k0 = 0; k0 < K; k0 += KC)
+    detail::pack_a(a, 0, M, k0, std::min(KC, K - k0), out + (M + MR - 1) / MR * MR * k0);
 }
 
 }  // namespace pyregnet::cpu
