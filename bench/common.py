@@ -47,8 +47,8 @@ def gpu_description():
 
 
 def git_commit(root=ROOT):
-    """HEAD's hash, with '-dirty' when the working tree differs from it (benchmark results under
-    bench/results/ do not count). Outside a git checkout (the GPU machine gets a copy of the tree
+    """HEAD's hash, with '-dirty' when the working tree differs from it (results do not count:
+    benchmarks' under bench/results/, experiment runs' under docs/results/). Outside a git checkout (the GPU machine gets a copy of the tree
     without .git) it is $PYREGNET_COMMIT, set by whoever sent the copy, or 'unknown'."""
     if os.environ.get("PYREGNET_COMMIT"):
         return os.environ["PYREGNET_COMMIT"]
@@ -56,10 +56,10 @@ def git_commit(root=ROOT):
         def git(*args):
             return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30,
                                   check=True).stdout
-        head, status = git("rev-parse", "HEAD").strip(), git("status", "--porcelain")
+        head, status = git("rev-parse", "HEAD").strip(), git("status", "--porcelain", "--untracked-files=all")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    changed = [line for line in status.splitlines() if not line[3:].startswith("bench/results/")]
+    changed = [line for line in status.splitlines() if not line[3:].startswith(("bench/results/", "docs/results/"))]
     return head + ("-dirty" if changed else "")
 
 

@@ -7,6 +7,7 @@ ResNet-20, and with PyTorch made unimportable (the comparison is skipped, and th
 import datetime
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -275,3 +276,20 @@ def test_bad_weights_exit_2(tmp_path, capsys):
         assert step_time.main(["--weights", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("step_time: error: --weights:") and why in err and err.count("\n") == 1, err
+
+
+def test_git_commit_is_dirty_for_code_not_for_results(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "a")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    for results in ("bench/results/r.json", "docs/results/E2/run/metrics.jsonl"):   # results: still clean
+        (tmp_path / results).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / results).write_text("{}\n")
+    assert common.git_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert common.git_commit(tmp_path) == head + "-dirty"
