@@ -48,8 +48,9 @@ def gpu_description():
 
 def git_commit(root=ROOT):
     """HEAD's hash, with '-dirty' when the working tree differs from it (results do not count:
-    benchmarks' under bench/results/, experiment runs' under docs/results/). Outside a git checkout (the GPU machine gets a copy of the tree
-    without .git) it is $PYREGNET_COMMIT, set by whoever sent the copy, or 'unknown'."""
+    benchmarks' under bench/results/, experiment runs' under docs/results/). Outside a git
+    checkout (the GPU machine gets a copy of the tree without .git) it is $PYREGNET_COMMIT, set by
+    whoever sent the copy, or 'unknown'."""
     if os.environ.get("PYREGNET_COMMIT"):
         return os.environ["PYREGNET_COMMIT"]
     try:
@@ -256,7 +257,7 @@ def roofline(device, quick=False):
     mm = stats(timeit(lambda: xp.matmul(a, a, out=out), device, 1, 2 if quick else 5))
     mm = {"method": f"{xp.__name__} float32 matmul {n}x{n}", "stats_s": mm, "flops_per_s": 2.0 * n ** 3 / mm["min"]}
     fma = fma_peak(quick) if device == "cpu" else None
-    peak = max(fma or mm, mm, key=lambda p: p["flops_per_s"])
+    peak = fma if fma and fma["flops_per_s"] > mm["flops_per_s"] else mm
     method = peak["method"] + (" (numba is not installed: no FMA loop)" if device == "cpu" and not fma else "")
     print(f"FP32 peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s: {method}; the matmul's {mm['flops_per_s'] / 1e9:.1f}")
     return {"bytes_per_s": 2 * src.nbytes / copy["min"], "peak_flops_per_s": peak["flops_per_s"], "peak_method": method,

@@ -188,7 +188,7 @@ def main(argv=None):
                    "repeats": args.repeats, "op_repeats": args.op_repeats, "quick": args.quick, "regs": list(REGS),
                    "weights": args.weights, "kernel_weights_at_start": kernels,
                    "timer": "CUDA events" if device == "cuda" else "time.perf_counter"},
-        "flops": MODELS[args.model].step_flops(args.batch_size), "roofline": roof, "torch": info,
+        "flops": net.step_flops(args.batch_size), "roofline": roof, "torch": info,
         "same_network_check": check, "results": results, "ops": ops[0], "ops_sum": sums},
         args.json, args.check, tag="" if args.model == "cnn" else f"_{args.model}")
 

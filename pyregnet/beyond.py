@@ -5,6 +5,7 @@ ResNet-20, whose conv kernels feed batch normalization. Same statistics as the
 claims table: paired by seed, 95% paired-t intervals, Holm across one table's comparisons."""
 
 import math
+import statistics
 from pathlib import Path
 
 from . import report
@@ -158,8 +159,7 @@ def norms_table(groups):
     head = ["method", "‖BN-fed conv kernels‖", "× none's", "‖dense kernel‖", "× none's"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     norms = {m: [n for n in map(kernel_norms, runs) if n is not None] for m, runs in groups.items()}
-    base = [sum(n[i] for n in norms.get("none", [])) / len(norms["none"]) if norms.get("none") else None
-            for i in (0, 1)]
+    base = [statistics.fmean(n[i] for n in norms["none"]) if norms.get("none") else None for i in (0, 1)]
     for method, values in norms.items():
         if not values:
             continue
@@ -167,7 +167,7 @@ def norms_table(groups):
         for i in (0, 1):
             mine = [n[i] for n in values]
             cells += [report.mean_std_text(mine, scale=1.0, digits=2),
-                      f"{sum(mine) / len(mine) / base[i]:.3f}" if base[i] else "-"]
+                      f"{statistics.fmean(mine) / base[i]:.3f}" if base[i] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -182,10 +182,7 @@ def e8_section(root):
     lines = ["Grid (ResNet-20, seed 0, 5,000 training images held out, 10 epochs; the held-out score chooses, the "
              "test accuracy is shown):", "", *runs_table({k: [r] for k, r in keys.items()},
                                                         {k: tables.METHOD_NAMES[r["config"]["reg"]] for k, r in keys.items()})]
-    groups = {}
-    for r in sorted(finished(root, "E8", model="resnet20"), key=lambda r: r["config"]["seed"]):
-        groups.setdefault(r["config"]["reg"], []).append(r)
-    groups = {m: groups[m] for m in report.METHODS if m in groups}
+    groups = report.load_regime(root, "E8")
     if not groups:
         return lines + ["", "E8's seed runs have not finished."]
     lines += ["", "Seed runs (all 50,000 training images, 10 epochs, no augmentation; endpoint = mean of the last "

@@ -10,16 +10,17 @@ named kernel launches (launch.Launch) over those buffers:
     -> clock += (1, batch) -> the optimizer's update launches in its mode (optim.UPDATE_MODES;
     step t read from the clock, the penalty value summed into `metrics`)
 
-Engine.step() hands out that list (a benchmark times each launch of the real step), so on the GPU it is captured once as a CUDA graph (CuPy stream capture) and replayed: each
-replay reads the clock that the previous one advanced, so it gathers the next batch with fresh
-random draws and applies the next Adam step. An epoch launches the full-batch graph
-n // batch times and a second graph for the smaller last batch, then reads the metric sums
-once. The first call of each program runs eagerly (it loads the kernels and sizes the scratch
-workspace), later calls replay the capture: the results are the same bits either way (tests/test_engine.py). On the CPU the
+Engine.step() hands out that list (a benchmark times each launch of the real step), so on the
+GPU it is captured once as a CUDA graph (CuPy stream capture) and replayed: each replay reads
+the clock that the previous one advanced, so it gathers the next batch with fresh random draws
+and applies the next Adam step. An epoch launches the full-batch graph n // batch times and a
+second graph for the smaller last batch, then reads the metric sums once. The first call of each
+program runs eagerly (it loads the kernels and sizes the scratch workspace), later calls replay
+the capture: the results are the same bits either way (tests/test_engine.py). On the CPU the
 same programs simply run, so one code path trains on both devices. Evaluation programs run the
 forward pass (evaluation mode: BN reads the running statistics) and the loss over one image set
-each (the validation set, the test set, the fixed clean-train subset: train.Run.eval_sets), built
-on first use and sharing their activations.
+each (the validation set, the test set, the fixed clean-train subset: train.Run.eval_sets),
+built on first use and sharing their activations.
 
 The network is a module with pyregnet.model's interface (MODELS: the CNN, pyregnet.resnet's
 ResNet-20): N_PARAMS, N_KERNEL (the leading, penalized range), N_STATE and init_state,

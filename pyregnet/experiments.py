@@ -9,8 +9,8 @@ its choice goes to DIR/E2/chosen.json. E3 (no augmentation, seeds 0-4) and E4 (a
 seeds 0-2) compare none, L1, L2 and L1L2 at E2's λ; E3's baseline runs are E1's. E5 chooses
 the proximal step's λ like E2 (E5-grid) and runs it at seeds 0-2; E6 trains with SGD; E7 prunes
 the finished runs; E8 chooses ResNet-20's λ on held-out images (E8-grid) and compares the four
-methods at seeds 0-1 for 10 epochs (a CPU's budget). Running the same command again skips finished runs and resumes interrupted
-ones.
+methods at seeds 0-1 for 10 epochs (a CPU's budget). Running the same command again skips
+finished runs and resumes interrupted ones.
 """
 
 import argparse

@@ -252,9 +252,10 @@ def weight_stats(params, thresholds=SPARSITY_THRESHOLDS, kernels=KERNEL_SLOTS):
 
     sparsity as :func:`sparsity` returns it; histograms {layer: {"zeros": n, "counts": [...],
     "norm": the layer's Euclidean norm, summed in float64}} over HIST_LOG10_EDGES (the norm shows
-    what a penalty does to a kernel whose output batch norm rescales anyway). Magnitudes are compared as bit patterns (for non-negative IEEE floats
-    the integer order is the numeric order), so no floating-point mode (flush-to-zero,
-    denormals-are-zero) can turn a subnormal weight into a zero here."""
+    what a penalty does to a kernel whose output batch norm rescales anyway). Magnitudes are
+    compared as bit patterns (for non-negative IEEE floats the integer order is the numeric
+    order), so no floating-point mode (flush-to-zero, denormals-are-zero) can turn a subnormal
+    weight into a zero here."""
     host = params.get() if hasattr(params, "get") else np.asarray(params)
     layers = views(host, kernels)
     mags = {name: _magnitude_bits(w) for name, w in layers.items()}
