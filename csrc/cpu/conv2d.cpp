@@ -183,64 +183,136 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
   });
 }
 
-// One block of weight_grad_tile: one output channel's row of dy against RB rows of the tile,
-// each sum in L lanes: RB vector accumulators, a dy vector loaded once per step, the tile's rows
-// at aligned addresses (ld: see backward_tile_size). GCC's vector types rather than arrays of
-// lanes, which the compiler kept reloading from memory (conv1's shape, one Zen 3 core: 40
-// GFLOP/s as arrays, 48 with vector types in blocks of 4 channels x 3 rows, 65 in this form).
-template <int64_t RB, class T>
-void weight_grad_block(const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, int64_t ld_dw, bool add) {
+// One block of weight_grad_tile: KB output channels' rows of dy (ldy apart) against RB rows of
+// the tile (ld apart, at aligned addresses: see backward_tile_size), the KB x RB sums each in L
+// lanes of a vector register. Per step KB + RB loads feed KB x RB FMAs. With 3 x 4 that is 7
+// loads for 12 FMAs, where blocks of one channel (7 rows: 8 loads for 7 FMAs) were bound by
+// Zen 3's two vector loads per cycle. Two things the compiler must be kept from:
+// - folding each load into every FMA that uses it (a memory operand per use: 16 loads for 12
+//   FMAs, conv1's weight gradient 2.13 ms instead of 1.53): in_register pins the loaded vector;
+// - inlining the block into conv2d_backward, where with the rest of that function's values live
+//   it kept the row pointers, and even the pinned vectors, on the stack and reloaded them every
+//   step (1.76 ms); compiled on its own, all 16 vector registers and the pointers stay put.
+// Two Zen 3 cores, batch 64: conv1's weight gradient 1.00 ms (99 GFLOP/s) against 1.47 with
+// blocks of 7 rows x 1 channel inlined, ResNet-20's stage-1 conv's 3.3 ms against 5.0 (GCC's
+// vector types rather than arrays of lanes, which the compiler kept reloading from memory).
+template <int64_t KB, int64_t RB, class T>
+__attribute__((noinline)) void weight_grad_block(const T* dy, int64_t ldy, const T* tile, int64_t ld,
+                                                 int64_t cols, T* dw, int64_t ld_dw, bool add) {
   constexpr int64_t L = lanes<T>();
   typedef T Vec __attribute__((vector_size(kVectorBytes)));
   const auto load = [](const T* p) { Vec v; std::memcpy(&v, p, sizeof v); return v; };
-  Vec acc[RB] = {};
+  const auto in_register = [](Vec v) { asm("" : "+x"(v)); return v; };   // an opaque change of v
+  Vec acc[KB][RB] = {};
   int64_t j = 0;
   for (; j + L <= cols; j += L) {
-    const Vec d = load(dy + j);
-    for (int64_t b = 0; b < RB; ++b) acc[b] += d * load(tile + b * ld + j);
+    Vec d[KB];
+    for (int64_t c = 0; c < KB; ++c) d[c] = in_register(load(dy + c * ldy + j));
+    for (int64_t b = 0; b < RB; ++b) {
+      const Vec t = in_register(load(tile + b * ld + j));
+      for (int64_t c = 0; c < KB; ++c) acc[c][b] += d[c] * t;
+    }
   }
-  for (int64_t b = 0; b < RB; ++b) {
-    for (int64_t l = 0; j + l < cols; ++l) acc[b][l] += dy[j + l] * tile[b * ld + j + l];
-    T sum = acc[b][0];
-    for (int64_t l = 1; l < L; ++l) sum += acc[b][l];
-    dw[b * ld_dw] = add ? dw[b * ld_dw] + sum : sum;
-  }
+  for (int64_t c = 0; c < KB; ++c)
+    for (int64_t b = 0; b < RB; ++b) {
+      for (int64_t l = 0; j + l < cols; ++l) acc[c][b][l] += dy[c * ldy + j + l] * tile[b * ld + j + l];
+      T sum = acc[c][b][0];
+      for (int64_t l = 1; l < L; ++l) sum += acc[c][b][l];
+      T& out = dw[b * ld_dw + c];
+      out = add ? out + sum : sum;
+    }
 }
 
-// weight_grad_block<r> for the last r rows, 1 <= r <= RB (a block's shape is a template argument).
-template <int64_t RB, class T>
-void weight_grad_rows(int64_t r, const T* dy, const T* tile, int64_t ld, int64_t cols, T* dw, int64_t ld_dw,
-                      bool add) {
+// weight_grad_block<kb, rb> for the last kb <= KB channels and rb <= RB rows (a block's shape is
+// a template argument).
+template <int64_t KB, int64_t RB, class T>
+void weight_grad_edge(int64_t kb, int64_t rb, const T* dy, int64_t ldy, const T* tile, int64_t ld, int64_t cols,
+                      T* dw, int64_t ld_dw, bool add) {
+  if constexpr (KB > 1)
+    if (kb < KB) return weight_grad_edge<KB - 1, RB>(kb, rb, dy, ldy, tile, ld, cols, dw, ld_dw, add);
   if constexpr (RB > 1)
-    if (r < RB) return weight_grad_rows<RB - 1>(r, dy, tile, ld, cols, dw, ld_dw, add);
-  weight_grad_block<RB>(dy, tile, ld, cols, dw, ld_dw, add);
+    if (rb < RB) return weight_grad_edge<KB, RB - 1>(kb, rb, dy, ldy, tile, ld, cols, dw, ld_dw, add);
+  weight_grad_block<KB, RB>(dy, ldy, tile, ld, cols, dw, ld_dw, add);
 }
 
 // dwt[t.row0 + i, k] (+)= sum over the tile's columns j of dy[k, t.col0 + j] * tile[i, j] (dwt:
-// dw transposed, CRS x K, as conv2d_backward keeps its partial sums). The
-// contraction runs along (p, q), contiguous in both dy and the tile, so nothing is packed or
-// transposed: as a GEMM (dy . col^T) both operands had to be transposed into packed panels,
-// which cost conv1 (27 rows of 900 columns, 32 channels) more than its arithmetic. Each sum is
-// kept in L lanes (column j in lane j % L), the lanes added in order at the end: one fixed
-// order whatever the block and the thread count. Blocks of up to 9 rows (9 accumulators cover
-// the FMA latency of two pipes), as many as fit in L1 beside a row of dy, shared out evenly: a
-// short last block (3 rows) cannot cover the latency. The rows' loop is the outer one, so a
-// block's rows stay in L1 while every channel's dy row streams past them. For conv1 (27 rows
-// of 900 floats), standalone on one Zen 3 core: blocks of 9 ran at 54 GFLOP/s (36 KB: more
-// than L1), of 8 (8, 8, 8, 3) at 59, of 7 (7, 7, 7, 6; the choice below) at 64.
+// dw transposed, CRS x K, as conv2d_backward keeps its partial sums). The contraction runs along
+// (p, q), contiguous in both dy and the tile, so nothing is packed or transposed: as a GEMM
+// (dy . col^T) both operands had to be transposed into packed panels, which cost conv1 (27 rows
+// of 900 columns, 32 channels) more than its arithmetic. Each sum is kept in L lanes (column j
+// in lane j % L), the lanes added in order at the end: one fixed order whatever the block and
+// the thread count. The rows' loop is the outer one, so a block's 4 rows stay in L1 while the
+// channels' dy rows stream past them.
 template <class T>
 void weight_grad_tile(const T* dyn, int64_t PQ, int64_t K, const T* tile, const Tile& t, T* dwt, bool add) {
-  constexpr int64_t RB = 9, kL1Bytes = 32 << 10;
-  const int64_t fit = std::clamp<int64_t>(kL1Bytes / (t.ld * int64_t(sizeof(T))) - 1, 1, RB);
-  const int64_t blocks = (t.rows + fit - 1) / fit, per_block = (t.rows + blocks - 1) / blocks;
-  for (int64_t i = 0; i < t.rows; i += per_block)
-    for (int64_t k = 0; k < K; ++k)
-      weight_grad_rows<RB>(std::min(per_block, t.rows - i), dyn + k * PQ + t.col0, tile + i * t.ld, t.ld, t.cols,
-                           dwt + (t.row0 + i) * K + k, K, add);
+  constexpr int64_t KB = 3, RB = 4;
+  for (int64_t i = 0; i < t.rows; i += RB)
+    for (int64_t k = 0; k < K; k += KB)
+      weight_grad_edge<KB, RB>(std::min(KB, K - k), std::min(RB, t.rows - i), dyn + k * PQ + t.col0, PQ,
+                               tile + i * t.ld, t.ld, t.cols, dwt + (t.row0 + i) * K + k, K, add);
 }
 
 template <class T>
 constexpr int64_t scratch_elements() { return kScratchBytes / int64_t(sizeof(T)); }
+
+// The implicit GEMM of a stride-1 conv. Row (c, r, s) of col at output row p is the run
+// xp[c, p + r, s : s + Q] of the zero-padded image xp (Hp x Wp per channel): with the image padded
+// once (C*Hp*Wp elements, against the C*R*S*P*Q of col), one GEMM per output row reads B where it
+// lies, through a table of row offsets (MatrixView::row_offsets), and nothing is copied per (r, s).
+// Each output element is summed over the same rows in the same order as through im2col, zeros
+// included: the same bits. Two Zen 3 cores, batch 64: ResNet-20's stage-1 conv (16 -> 16
+// channels, 32 x 32) 2.08 ms instead of 4.1, conv1 1.03 instead of 1.42 (docs/results.md).
+struct PaddedImage {
+  int64_t C, Hp, Wp, pad;
+  int64_t elements() const { return C * Hp * Wp; }
+};
+
+// Elements of a padded image's buffer: the micro-kernel reads whole NR-column panels, so the last
+// row's panel runs up to NR - 1 elements past the image (columns whose sums are never stored).
+template <class T>
+int64_t padded_buffer_size(const PaddedImage& im) { return im.elements() + GemmTiles<T>::NR; }
+
+// Whether an implicit GEMM over this padded image, computing `outputs` elements per plane in rows
+// of Q, is worth it: the image fits the per-thread scratch, and at least 3/4 of the arithmetic is
+// useful. The rest is the unstored columns of each row's last NR-column panel and, where the
+// padding is wider than the output needs (dx of a 'valid' conv), the products with the zeros
+// around the image that a GEMM over col would not do. Two Zen 3 cores, batch 64: conv2's forward
+// pass (13 of 16 columns used: 0.81) took 3.07 ms instead of 3.45 through im2col; ResNet-20's
+// stage-3 forward (8 of 16: 0.5) 3.43 instead of 2.90, and conv2's dx (0.94 x 169/225 = 0.70)
+// was slower too. A function of the shape alone, so a conv's bits never depend on the machine.
+template <class T>
+bool implicit_pays(const PaddedImage& im, int64_t Q, double outputs_used) {
+  constexpr int64_t NR = GemmTiles<T>::NR;
+  const double useful = double(Q) / double((Q + NR - 1) / NR * NR) * outputs_used;
+  return padded_buffer_size<T>(im) <= scratch_elements<T>() && useful >= 0.75;
+}
+
+// The interior of xp (whose border and tail stay zero from its allocation) = x (C x H x W).
+template <class T>
+void pad_image(const T* x, int64_t H, int64_t W, const PaddedImage& im, T* xp) {
+  for (int64_t c = 0; c < im.C; ++c)
+    for (int64_t h = 0; h < H; ++h) copy_run(xp + (c * im.Hp + h + im.pad) * im.Wp + im.pad, x + (c * H + h) * W, W);
+}
+
+// Offsets of the rows (c, r, s) of col in a padded image, at output row 0.
+inline std::vector<int64_t> implicit_rows(const PaddedImage& im, int64_t R, int64_t S) {
+  std::vector<int64_t> rows;
+  rows.reserve(size_t(im.C * R * S));
+  for (int64_t c = 0; c < im.C; ++c)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s) rows.push_back((c * im.Hp + r) * im.Wp + s);
+  return rows;
+}
+
+// out (M x P x Q) = a (M x CRS, pack_a_whole's panels) . col(xp), one GEMM per output row p.
+template <class T>
+void implicit_gemm(const T* a_packed, int64_t M, const std::vector<int64_t>& rows, const T* xp, int64_t Wp,
+                   int64_t P, int64_t Q, T* out) {
+  const int64_t CRS = int64_t(rows.size());
+  for (int64_t p = 0; p < P; ++p)
+    gemm<T>(M, Q, CRS, {a_packed, CRS, false, false, true}, {xp + p * Wp, Wp, false, true, false, rows.data()},
+            out + p * Q, P * Q, false, false);
+}
 
 // Forward tiles. The GEMM sums over the rows of col (CRS) in slices of KC, adding each slice's
 // product to y: a tile boundary at a multiple of KC only splits that sequence of additions
@@ -349,8 +421,45 @@ constexpr int64_t kImagesPerPartial = 4;
 
 }  // namespace
 
+// y[k] = act(y[k] + b[k]) over one image's K planes of PQ.
+template <class T>
+void add_bias(T* yn, const T* b, int64_t K, int64_t PQ, bool relu_out) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t i = 0; i < PQ; ++i) {
+      const T z = yn[k * PQ + i] + b[k];
+      yn[k * PQ + i] = relu_out ? relu(z) : z;
+    }
+}
+
+// The forward pass of a stride-1 conv as an implicit GEMM (see PaddedImage).
+template <class T>
+void forward_implicit(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, bool relu_out) {
+  const PaddedImage im{sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad};
+  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q, image = padded_buffer_size<T>(im);
+  std::vector<T> scratch = buffer<T>(max_threads() * image);   // zero: the padding stays so
+  std::vector<T> w_packed = buffer<T>(packed_a_size<T>(sh.K, CRS));
+  pack_a_whole<T>({w, CRS, false}, sh.K, CRS, w_packed.data());
+  const std::vector<int64_t> rows = implicit_rows(im, sh.R, sh.S);
+  RegionErrors errors;
+  parallel([&] {
+    T* const xp = scratch.data() + thread_id() * image;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < sh.N; ++n) {
+      errors.run([&] {
+        T* yn = y + n * sh.K * PQ;
+        pad_image(x + n * sh.C * sh.H * sh.W, sh.H, sh.W, im, xp);
+        implicit_gemm(w_packed.data(), sh.K, rows, xp, im.Wp, sh.P, sh.Q, yn);
+        add_bias(yn, b, sh.K, PQ, relu_out);
+      });
+    }
+  });
+  errors.rethrow();
+}
+
 template <class T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, bool relu_out) {
+  if (sh.stride == 1 && implicit_pays<T>({sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad}, sh.Q, 1.0))
+    return forward_implicit(x, w, b, y, sh, relu_out);
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
   const Tile size = forward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
@@ -373,11 +482,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& s
           gemm<T>(sh.K, t.cols, t.rows, {w_packed.data() + m_rows * t.row0, CRS, false, false, true},
                   {col, t.ld, false, t.rows <= GemmTiles<T>::KC}, yn + t.col0, PQ, t.row0 > 0, false);
         });
-        for (int64_t k = 0; k < sh.K; ++k)
-          for (int64_t i = 0; i < PQ; ++i) {
-            const T z = yn[k * PQ + i] + b[k];
-            yn[k * PQ + i] = relu_out ? relu(z) : z;
-          }
+        add_bias(yn, b, sh.K, PQ, relu_out);
       });
     }
   });
@@ -392,8 +497,33 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
   std::vector<T> dwt_partial = buffer<T>(n_partials * sh.K * CRS);   // each CRS x K: dw transposed
   std::vector<double> plane_sums = buffer<double>(sh.N * sh.K);  // db's terms, one per (n, k)
+  // dx of a stride-1 conv is the stride-1 conv of dy, zero-padded by R-1-pad, with the filter
+  // turned by 180 degrees and its channels swapped, wt[c, k, r, s] = w[k, c, R-1-r, S-1-s]: an
+  // implicit GEMM of C rows, K*R*S deep. Through col2im it was a GEMM only K deep, whose C*R*S
+  // rows were then scattered into dx: for ResNet-20's stage-1 conv (K = 16) 2.0 ms instead of
+  // 6.6 on two Zen 3 cores. Each dx element is then one sum over (k, r, s) rather than a sum of
+  // K-long sums added row by row: other bits than col2im's, the same to rounding.
+  const PaddedImage dyim{sh.K, sh.P + 2 * (sh.R - 1 - sh.pad), sh.Q + 2 * (sh.S - 1 - sh.pad), sh.R - 1 - sh.pad};
+  const bool implicit_dx = dx != nullptr && sh.stride == 1 && sh.R == sh.S && sh.pad < sh.R &&
+                           implicit_pays<T>(dyim, sh.W, double(PQ) / double(sh.H * sh.W));
+  const int64_t dy_image = implicit_dx ? padded_buffer_size<T>(dyim) : 0;
+  std::vector<T> dy_padded = buffer<T>(threads * dy_image);   // zero: the padding stays so
+  std::vector<T> wt_turned = buffer<T>(implicit_dx ? packed_a_size<T>(sh.C, sh.K * sh.R * sh.S) : 0);
+  std::vector<int64_t> dy_rows;
+  if (implicit_dx) {
+    std::vector<T> turned = buffer<T>(sh.C * sh.K * sh.R * sh.S);
+    for (int64_t k = 0; k < sh.K; ++k)
+      for (int64_t c = 0; c < sh.C; ++c)
+        for (int64_t r = 0; r < sh.R; ++r)
+          for (int64_t s = 0; s < sh.S; ++s)
+            turned[((c * sh.K + k) * sh.R + r) * sh.S + s] =
+                w[((k * sh.C + c) * sh.R + sh.R - 1 - r) * sh.S + sh.S - 1 - s];
+    pack_a_whole<T>({turned.data(), sh.K * sh.R * sh.S, false}, sh.C, sh.K * sh.R * sh.S, wt_turned.data());
+    dy_rows = implicit_rows(dyim, sh.R, sh.S);
+  }
+  T* const dx_col2im = implicit_dx ? nullptr : dx;
   // w^T packed once when a tile holds every row of col (then each gemm multiplies all of it)
-  const bool pack_wt = dx != nullptr && size.rows == CRS;
+  const bool pack_wt = dx_col2im != nullptr && size.rows == CRS;
   std::vector<T> wt_packed = buffer<T>(pack_wt ? packed_a_size<T>(CRS, sh.K) : 0);
   if (pack_wt) pack_a_whole<T>({w, CRS, true}, CRS, sh.K, wt_packed.data());
   std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld + lanes<T>());
@@ -414,7 +544,12 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
           // rather than in a pass of its own over all of dy.
           for (int64_t k = 0; k < sh.K; ++k)
             plane_sums[n * sh.K + k] = lane_sum(0, PQ, [&](int64_t i) { return double(dyn[k * PQ + i]); });
-          if (dx != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
+          if (implicit_dx) {
+            T* const dyp = dy_padded.data() + thread_id() * dy_image;
+            pad_image(dyn, sh.P, sh.Q, dyim, dyp);
+            implicit_gemm(wt_turned.data(), sh.C, dy_rows, dyp, dyim.Wp, sh.H, sh.W, dx + n * CHW);
+          }
+          if (dx_col2im != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {
             im2col(x + n * CHW, sh, t, col);
             const bool add = n > n_first || t.col0 > 0;
@@ -423,7 +558,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
             else  // dw^T = col . dy^T: the tile, the larger operand, packed as A, whose packing reads rows
               gemm<T>(t.rows, sh.K, t.cols, {col, t.ld, false}, {dyn + t.col0, PQ, true}, dwt_part + t.row0 * sh.K, sh.K,
                       add, false);
-            if (dx == nullptr) return;  // the first layer needs no input gradient
+            if (dx_col2im == nullptr) return;  // the first layer needs no input gradient, or it is done
             // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
             const MatrixView<T> wt = pack_wt ? MatrixView<T>{wt_packed.data(), CRS, true, false, true}
                                              : MatrixView<T>{w + t.row0, CRS, true};

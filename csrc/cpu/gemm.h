@@ -41,6 +41,8 @@ struct GemmTiles {
 // For a short K the copy into panels is a large share of the time: conv1's forward pass (K =
 // 27) took 5% less without it (docs/results.md, CPU speed work).
 // `packed` (A only): data holds pack_a_whole's panels of op(A), shared by many calls.
+// `row_offsets` (B in place only): row k starts at data + row_offsets[k] instead of data + k*ld:
+// the rows of an implicit im2col matrix, read where they lie in the image (conv2d.cpp).
 template <class T>
 struct MatrixView {
   const T* data;
@@ -48,6 +50,7 @@ struct MatrixView {
   bool transposed;
   bool in_place = false;
   bool packed = false;
+  const int64_t* row_offsets = nullptr;
   T at(int64_t i, int64_t k) const { return transposed ? data[k * ld + i] : data[i * ld + k]; }
 };
 
@@ -86,16 +89,15 @@ void pack_b(const MatrixView<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t 
   }
 }
 
-// acc = Ap (MR x kc panel) . Bp (kc x NR panel, rows ldb apart); C[:rows, :cols] = acc, or
+// acc = Ap (MR x kc panel) . B (kc x NR panel, row k at b_row(k)); C[:rows, :cols] = acc, or
 // += acc when `add`.
-template <class T>
-void micro_kernel(int64_t kc, const T* ap, const T* bp, int64_t ldb, T* c, int64_t ldc, int64_t rows,
-                  int64_t cols, bool add) {
+template <class T, class BRow>
+void micro_kernel(int64_t kc, const T* ap, BRow b_row, T* c, int64_t ldc, int64_t rows, int64_t cols, bool add) {
   constexpr int64_t MR = GemmTiles<T>::MR, NR = GemmTiles<T>::NR;
   T acc[MR][NR] = {};
   for (int64_t k = 0; k < kc; ++k) {
     const T* a = ap + k * MR;
-    const T* b = bp + k * ldb;
+    const T* b = b_row(k);
     for (int64_t i = 0; i < MR; ++i)
 #pragma omp simd
       for (int64_t j = 0; j < NR; ++j) acc[i][j] += a[i] * b[j];
@@ -165,15 +167,37 @@ void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* 
       const T* const a_slice = a.packed ? a.data + m_panels * MR * k0 : ap;
       if (!a.packed) detail::pack_a(a, 0, M, k0, kc, ap);
       if (!direct) detail::pack_b(b, k0, kc, j0, cols, bp);
-      parallel([&] {
+      // The micro-kernel over every tile, its B rows found by b_row(jp)(k). Unthreaded (called in
+      // a conv's parallel region, in its FTZ/DAZ mode) without a region of its own: an inactive
+      // nested region still costs the OpenMP runtime about a microsecond per call, which doubled
+      // conv1's forward pass when it took one GEMM per output row (30 per image).
+      const auto tiles = [&](auto b_row) {
+        const auto tile = [&](int64_t jp, int64_t ip) {
+          detail::micro_kernel(kc, a_slice + ip * MR * kc, b_row(jp), c + ip * MR * ldc + j0 + jp * NR, ldc,
+                               std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
+        };
+        if (!threaded) {
+          for (int64_t jp = 0; jp < n_panels; ++jp)
+            for (int64_t ip = 0; ip < m_panels; ++ip) tile(jp, ip);
+          return;
+        }
+        parallel([&] {
 #pragma omp for collapse(2) schedule(static)
-        for (int64_t jp = 0; jp < n_panels; ++jp)
-          for (int64_t ip = 0; ip < m_panels; ++ip)
-            detail::micro_kernel(kc, a_slice + ip * MR * kc,
-                                 direct ? b.data + k0 * b.ld + j0 + jp * NR : bp + jp * NR * kc, direct ? b.ld : NR,
-                                 c + ip * MR * ldc + j0 + jp * NR, ldc,
-                                 std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
-      }, threaded && m_panels * n_panels > 1);
+          for (int64_t jp = 0; jp < n_panels; ++jp)
+            for (int64_t ip = 0; ip < m_panels; ++ip) tile(jp, ip);
+        }, m_panels * n_panels > 1);
+      };
+      if (!direct) {
+        tiles([&](int64_t jp) { return [p = bp + jp * NR * kc](int64_t k) { return p + k * Tiles::NR; }; });
+      } else if (b.row_offsets == nullptr) {
+        tiles([&](int64_t jp) {
+          return [p = b.data + k0 * b.ld + j0 + jp * NR, ld = b.ld](int64_t k) { return p + k * ld; };
+        });
+      } else {
+        tiles([&](int64_t jp) {
+          return [p = b.data + j0 + jp * NR, rows = b.row_offsets + k0](int64_t k) { return p + rows[k]; };
+        });
+      }
     }
   }
 }
