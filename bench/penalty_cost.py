@@ -1,16 +1,12 @@
 """What the weight penalty costs: per epoch of training, and in the update kernel alone.
 
-    python bench/penalty_cost.py [--device auto|cpu|cuda] [--quick] [--json PATH] [--optimizers LIST]
-        [--epoch-images N] [--epochs N] [--warmup-epochs N] [--batch-size N] [--sizes LIST]
-        [--repeats N] [--peers LIST] [--no-epochs] [--no-update]
-
 1. Epochs: Engine.train_epoch on synthetic images for each optimizer, penalty (default λ) and
    update mode (optim.UPDATE_MODES), beside the optimizer's baseline (fused, no penalty) and an A/A
    copy of it (how far alike cases land apart), taking turns epoch by epoch.
 2. The update alone, float32, every parameter penalized, at each --sizes: each optimizer's own
    launches in each mode, against the bytes the fused update must move over the measured copy
-   bandwidth; beside peers of the fused Adam update (PyTorch fused and foreach, NumPy, numba), each
-   first checked against pyregnet.reference (or skipped with the reason).
+   bandwidth; beside PyTorch's Adam (fused and foreach, the peers), each first checked against
+   pyregnet.reference (or skipped with the reason).
 Targets: GPU: the fused Adam update moves >= 90% of the copy bandwidth at >= 16M parameters and
 beats every peer; fused l1l2 adds <= 1% to Adam's epoch (within noise). CPU: the fused penalty adds
 <= 1% to Adam's epoch (l1, l2, l1l2). Results: bench/results/penalty_cost_<device>[_quick].json.
@@ -75,54 +71,10 @@ def torch_build(impl):
     return build
 
 
-def _alpha(step):
-    h = HYPER["adam"]
-    return h["lr"] * math.sqrt(1.0 - h["beta2"] ** step) / (1.0 - h["beta1"] ** step)
-
-
-def numpy_build(w, g, state, pen, step0, into):
-    """Plain NumPy, vectorized, in place, two preallocated scratch arrays: a fair one thread."""
-    (m, v), gp, tmp = state, np.empty_like(w), np.empty_like(w)
-    steps, h = itertools.count(step0 + 1), HYPER["adam"]
-
-    def update():
-        np.sign(w, out=gp)
-        np.multiply(gp, pen.l1, out=gp)
-        np.add(gp, g, out=gp)
-        np.add(gp, np.multiply(w, 2.0 * pen.l2, out=tmp), out=gp)
-        np.add(np.multiply(m, h["beta1"], out=m), np.multiply(gp, 1.0 - h["beta1"], out=tmp), out=m)
-        np.multiply(np.square(gp, out=tmp), 1.0 - h["beta2"], out=tmp)
-        np.add(np.multiply(v, h["beta2"], out=v), tmp, out=v)
-        np.add(np.sqrt(v, out=tmp), h["eps"], out=tmp)
-        np.subtract(w, np.multiply(np.divide(m, tmp, out=tmp), _alpha(next(steps)), out=tmp), out=w)
-    return update
-
-
-def numba_build(w, g, state, pen, step0, into):
-    """The same fused update as a numba @njit(parallel=True) loop: what a Python user would write
-    for one pass over memory on the CPU (compiled on the first call, in the warm-up)."""
-    import numba
-    (m, v), steps, h = state, itertools.count(step0 + 1), HYPER["adam"]
-    b1, b2, eps, l1, l2 = h["beta1"], h["beta2"], h["eps"], pen.l1, pen.l2
-
-    @numba.njit(parallel=True, cache=False)
-    def kernel(w, g, m, v, alpha):
-        for i in numba.prange(w.size):
-            gi = g[i] + l1 * np.sign(w[i]) + 2.0 * l2 * w[i]
-            m[i] = b1 * m[i] + (1.0 - b1) * gi
-            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi
-            w[i] -= alpha * m[i] / (np.sqrt(v[i]) + eps)
-
-    return lambda: kernel(w, g, m, v, _alpha(next(steps)))
-
-
 def implementations(optimizers):
-    """[(name, optimizer, mode, build, device or None, module needed or None)]."""
-    ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m), None, None) for o in optimizers for m in optim.UPDATE_MODES]
-    peers = [("torch-fused", "adam", "fused", torch_build("fused"), None, "torch"),
-             ("torch-foreach", "adam", "fused", torch_build("foreach"), None, "torch"),
-             ("numpy", "adam", "fused", numpy_build, "cpu", None),
-             ("numba", "adam", "fused", numba_build, "cpu", "numba")]
+    """[(name, optimizer, mode, build, module needed or None)]: pyregnet's, then PyTorch's Adam."""
+    ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m), None) for o in optimizers for m in optim.UPDATE_MODES]
+    peers = [(f"torch-{impl}", "adam", "fused", torch_build(impl), "torch") for impl in ("fused", "foreach")]
     return ours + (peers if "adam" in optimizers else [])
 
 
@@ -167,12 +119,10 @@ def check(build, optimizer, mode, xp, ours):
 def prepare(device, optimizers, peers):
     """(runnable [(name, optimizer, mode, build)], report {name: {available, skipped, check}})."""
     runnable, report = [], {}
-    for name, optimizer, mode, build, where, module in implementations(optimizers):
+    for name, optimizer, mode, build, module in implementations(optimizers):
         ours, entry = name.startswith("pyregnet"), {"skipped": None, "max_abs_err": None}
         if not ours and name not in peers:
             entry["skipped"] = "not selected (--peers)"
-        elif where not in (None, device):
-            entry["skipped"] = f"runs on the {where.upper()} only"
         elif module:
             try:
                 __import__(module)
