@@ -1,9 +1,7 @@
 """What every benchmark shares (docs/design.md §3, convention 9): where and on what a number was
-measured; one sync and one timer (perf_counter on the CPU, CUDA events on the GPU, or the replay
-of a CUDA graph captured through pyregnet.engine.Program); statistics and the roofline; one
-PASS/FAIL verdict; one line and exit 2 for a bad argument; atomic JSON under bench/results/.
-Nothing here imports pyregnet, CuPy or PyTorch at module level: the GPU suite uses it before
-pyregnet is built.
+measured, one sync and one timer, statistics and the roofline, one PASS/FAIL verdict, the common
+options, atomic JSON under bench/results/. Nothing here imports pyregnet, CuPy or PyTorch at module
+level: the GPU suite uses it before pyregnet is built.
 """
 
 import argparse
@@ -99,15 +97,6 @@ def start(name, device, quick):
 
 
 # ---------------------------------------------------------------- devices and timing
-
-def resolve_device(choice):
-    """'cpu' or 'cuda' for --device auto|cpu|cuda, as the trainer resolves it; raises UsageError."""
-    from pyregnet.train import UsageError as TrainUsage, resolve_device as resolve
-    try:
-        return resolve(choice)
-    except TrainUsage as e:
-        raise UsageError(str(e)) from None
-
 
 def array_module(device):
     if device == "cuda":
@@ -356,24 +345,28 @@ def finish(name, meta, notes, targets, payload, path, check=False, tag=""):
 
 # ---------------------------------------------------------------- command line and output
 
-class UsageError(Exception):
-    """A bad argument: one line, exit 2."""
+def parser(prog, doc, out="--json"):
+    """The benchmarks' options --device, --batch-size, --quick, --check and the output path (`out`);
+    a bad one raises pyregnet.options.UsageError (usage_exit: one line, exit 2)."""
+    from pyregnet.options import DEVICES, Parser, positive_int
+    p = Parser(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
+    p.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
+    return p
 
 
-class Parser(argparse.ArgumentParser):
-    """The benchmarks' options: --device, --batch-size, --quick, --check and the output path (`out`) first."""
-
-    def __init__(self, prog, doc, out="--json"):
-        from pyregnet.options import positive_int
-        super().__init__(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
-        self.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-        self.add_argument("--batch-size", type=positive_int, default=64)
-        self.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
-        self.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
-        self.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
-
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise UsageError(message)
+def parse(p, argv, full, quick):
+    """(args, device): the options left unset take the full run's default, or --quick's; the device
+    resolved as the trainer resolves --device."""
+    from pyregnet.train import resolve_device
+    args = p.parse_args(argv)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args, resolve_device(args.device)
 
 
 def names(choices):

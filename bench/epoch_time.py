@@ -1,10 +1,6 @@
 """Epoch time, side by side in one run: pyregnet (CUDA graph and eager) against PyTorch (eager and
 torch.compile).
 
-    python bench/epoch_time.py [--device auto|cuda|cpu] [--data PATH] [--train-size N] [--val-size N]
-        [--batch-size 64] [--reg KIND] [--epochs N] [--warmup N] [--contenders LIST] [--[no-]compile]
-        [--compile-mode MODE] [--[no-]torch-flush-denormal] [--quick] [--out PATH] [--check]
-
 One epoch: the training images (50,000 synthetic, or CIFAR-10's with --data, where weights evolve
 as in training and subnormals can appear: docs/results.md, "Subnormal floats") in batches,
 augmented, with the --reg penalty, then the evaluation of 10,000 images. pyregnet-graph and
@@ -28,7 +24,7 @@ import common  # noqa: E402
 import torch_net  # noqa: E402
 from pyregnet import build_info  # noqa: E402
 from pyregnet import data as datasets  # noqa: E402
-from pyregnet.options import count, positive_int  # noqa: E402
+from pyregnet.options import UsageError, count, positive_int  # noqa: E402
 from pyregnet.regularizers import KINDS, Penalty  # noqa: E402
 from pyregnet.train import Config, Run  # noqa: E402
 
@@ -39,7 +35,7 @@ FULL, QUICK = dict(epochs=5, warmup=1), dict(epochs=1, warmup=0)
 
 
 def parser():
-    p = common.Parser("epoch_time", __doc__, out="--out")
+    p = common.parser("epoch_time", __doc__, out="--out")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 (any source the trainer's --data takes) instead of "
                    "synthetic images")
     p.add_argument("--train-size", type=positive_int, help=f"training images (default {TRAIN_IMAGES:,})")
@@ -196,10 +192,7 @@ def report(records, mine, ratios, n_train, n_val):
 
 def main(argv=None):
     try:
-        args = parser().parse_args(argv)
-        device = common.resolve_device(args.device)
-        d = QUICK if args.quick else FULL
-        args.epochs, args.warmup = args.epochs or d["epochs"], d["warmup"] if args.warmup is None else args.warmup
+        args, device = common.parse(parser(), argv, FULL, QUICK)
         args.compile = device == "cuda" if args.compile is None else args.compile
         if args.data:
             dataset = datasets.load(args.data, train_size=args.train_size, val_size=args.val_size, seed=common.SEED)
@@ -207,8 +200,8 @@ def main(argv=None):
             dataset = datasets.synthetic(n_train=args.train_size or TRAIN_IMAGES, n_test=args.val_size or VAL_IMAGES,
                                          seed=common.SEED)
         if len(dataset.y_train) < args.batch_size:
-            raise common.UsageError(f"--train-size: {len(dataset.y_train)} is less than one batch ({args.batch_size})")
-    except common.UsageError as e:
+            raise UsageError(f"--train-size: {len(dataset.y_train)} is less than one batch ({args.batch_size})")
+    except UsageError as e:
         return common.usage_exit("epoch_time", e)
     except datasets.DataError as e:
         return common.usage_exit("epoch_time", f"--data: {e}")

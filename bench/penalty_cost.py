@@ -25,7 +25,7 @@ import common  # noqa: E402
 from pyregnet import data as datasets, model, optim, reference  # noqa: E402
 from pyregnet.extras import missing  # noqa: E402
 from pyregnet.launch import run  # noqa: E402
-from pyregnet.options import count, positive_int  # noqa: E402
+from pyregnet.options import UsageError, count, positive_int  # noqa: E402
 from pyregnet.regularizers import Penalty  # noqa: E402
 
 PENALIZED = ("l1", "l2", "l1l2")
@@ -249,13 +249,13 @@ def _size(text):
 
 
 def parser():
-    p = common.Parser("penalty_cost", __doc__)
+    p = common.parser("penalty_cost", __doc__)
     p.add_argument("--optimizers", type=common.names(optim.OPTIMIZERS), default=list(optim.OPTIMIZERS),
                    help="adam,sgd (default both)")
     p.add_argument("--epoch-images", type=positive_int, help="images per epoch (default 50,000, --quick 1,024)")
     p.add_argument("--epochs", type=positive_int, help="timed epochs per case (default 5, --quick 3)")
     p.add_argument("--warmup-epochs", type=count, help="untimed epochs per case first (default 1)")
-    p.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",") if s.strip()],
+    p.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",")],
                    help="parameter counts of the update sweep (K/M = 2^10/2^20; default 315722,1M,4M,16M,64M,1e8)")
     p.add_argument("--repeats", type=positive_int, help="timed updates per case (default 20, --quick 5)")
     p.add_argument("--peers", type=lambda t: common.names(PEERS)(t) if t.strip() else [], default=PEERS,
@@ -282,15 +282,12 @@ def report(over, rows, copy_bw):
 
 def main(argv=None):
     try:
-        args = parser().parse_args(argv)
-        device = common.resolve_device(args.device)
-        d = QUICK if args.quick else FULL
-        images, rounds = args.epoch_images or d["epoch_images"], args.epochs or d["epochs"]
+        args, device = common.parse(parser(), argv, FULL, QUICK)
+        images, rounds, warmup = args.epoch_images, args.epochs, args.warmup_epochs
         if args.epochs_on and images < args.batch_size:
-            raise common.UsageError(f"--epoch-images: {images} is less than one batch ({args.batch_size})")
-    except common.UsageError as e:
+            raise UsageError(f"--epoch-images: {images} is less than one batch ({args.batch_size})")
+    except UsageError as e:
         return common.usage_exit("penalty_cost", e)
-    warmup = d["warmup_epochs"] if args.warmup_epochs is None else args.warmup_epochs
     meta, notes = common.start("penalty_cost", device, args.quick)
     samples = over = None
     if args.epochs_on:   # first: nothing else has started thread pools yet
@@ -303,14 +300,14 @@ def main(argv=None):
     if args.update_on:
         print("implementations of the update, checked against pyregnet.reference:", flush=True)
         runnable, impls = prepare(device, args.optimizers, args.peers)
-        rows = sweep(device, runnable, args.sizes or d["sizes"], args.repeats or d["repeats"], roof)
+        rows = sweep(device, runnable, args.sizes, args.repeats, roof)
     if device == "cpu":
         notes.append("the CPU copy bandwidth is one NumPy thread's: multithreaded updates can exceed 100% of it")
     report(over, rows, roof["bytes_per_s"])
     return common.finish("penalty_cost", meta, notes, targets_of(device, rows, over), {
         "config": {"device": device, "quick": args.quick, "optimizers": args.optimizers, "batch_size": args.batch_size,
                    "epoch_images": images if args.epochs_on else None, "epochs": rounds, "warmup_epochs": warmup,
-                   "sizes": args.sizes or list(d["sizes"]), "repeats": args.repeats or d["repeats"], "hyper": HYPER},
+                   "sizes": list(args.sizes), "repeats": args.repeats, "hyper": HYPER},
         "roofline": roof, "implementations": impls, "update": rows,
         "epochs": None if samples is None else {"cases": [{"optimizer": o, "mode": m, "reg": r, "samples_s": t}
                                                           for (o, m, r), t in samples.items()], "overheads": over}},

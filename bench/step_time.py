@@ -1,10 +1,6 @@
 """Time per training step, pyregnet against PyTorch on the same network and device, and each launch
 of pyregnet's step against its roofline.
 
-    python bench/step_time.py [--device auto|cpu|cuda] [--model cnn|resnet20] [--batch-size 64] [--steps N]
-                              [--repeats R] [--warmup N] [--weights CHECKPOINT] [--no-ops] [--quick]
-                              [--json PATH] [--check]
-
 pyregnet's step is the engine's, as the trainer builds it for --model (the paper's CNN, or
 ResNet-20): a sample is Engine.train_epoch over --steps synthetic batches (on the GPU: CUDA graph
 replays). PyTorch (bench/torch_net.py: the same network and initial weights) steps on one batch
@@ -31,7 +27,7 @@ from pyregnet import data as datasets  # noqa: E402
 from pyregnet import ops  # noqa: E402
 from pyregnet.engine import MAX_SHIFT, MODELS  # noqa: E402
 from pyregnet.launch import run  # noqa: E402
-from pyregnet.options import count, positive_int  # noqa: E402
+from pyregnet.options import UsageError, count, positive_int  # noqa: E402
 
 REGS = ("none", "l1l2")     # none is the main number
 # the CPU backend's goals: a step at most this many times PyTorch CPU's (docs/results.md, CPU speed)
@@ -41,7 +37,7 @@ QUICK = dict(steps=3, repeats=3, warmup=1, op_repeats=3)
 
 
 def parser():
-    p = common.Parser("step_time", __doc__)
+    p = common.parser("step_time", __doc__)
     p.add_argument("--model", choices=MODELS, default="cnn", help="the network (default cnn, the paper's)")
     p.add_argument("--steps", type=positive_int, help="steps per timed sample (default 20, --quick 3)")
     p.add_argument("--repeats", type=positive_int, help="timed samples per case (default 7, --quick 3)")
@@ -58,10 +54,10 @@ def trained_weights(path, net):
         with np.load(path, allow_pickle=False) as z:
             params = z["params"]
     except Exception as e:  # noqa: BLE001 -- one line, whatever is wrong with the file
-        raise common.UsageError(f"--weights: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise UsageError(f"--weights: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if params.shape != (MODELS[net].N_PARAMS,):
-        raise common.UsageError(f"--weights: {path} holds {params.size} parameters but --model {net} has "
-                                f"{MODELS[net].N_PARAMS}")
+        raise UsageError(f"--weights: {path} holds {params.size} parameters but --model {net} has "
+                         f"{MODELS[net].N_PARAMS}")
     return params
 
 
@@ -168,14 +164,10 @@ def report(results, ops_rows, sums, check):
 
 def main(argv=None):
     try:
-        args = parser().parse_args(argv)
-        device = common.resolve_device(args.device)
+        args, device = common.parse(parser(), argv, FULL, QUICK)
         args.params = None if args.weights is None else trained_weights(args.weights, args.model)
-    except common.UsageError as e:
+    except UsageError as e:
         return common.usage_exit("step_time", e)
-    d = QUICK if args.quick else FULL
-    args.steps, args.repeats = args.steps or d["steps"], args.repeats or d["repeats"]
-    args.warmup, args.op_repeats = d["warmup"] if args.warmup is None else args.warmup, d["op_repeats"]
     meta, notes = common.start("step_time", device, args.quick)
     net = MODELS[args.model]
     kernels = common.census((net.init_params(common.SEED) if args.params is None else args.params)[:net.N_KERNEL])
