@@ -1,16 +1,13 @@
 """Epoch time, side by side in one run: pyregnet (CUDA graph and eager) against PyTorch (eager and
 torch.compile).
 
-One epoch: the training images (50,000 synthetic, or CIFAR-10's with --data, where weights evolve
-as in training and subnormals can appear: docs/results.md, "Subnormal floats") in batches,
-augmented, with the --reg penalty, then the evaluation of 10,000 images. pyregnet-graph and
-pyregnet-eager: train.Run's train_epoch() + evaluate(), as the trainer runs them (the graph needs
-the GPU); torch-eager and torch-compile: bench/torch_net.py's baseline, compiled in the warm-up,
-flushing subnormals as this pyregnet build does. The contenders take turns epoch by epoch, timed
-with perf_counter between device synchronizations; each ends with a census of its kernel weights
-(exact zeros, subnormals). Targets (the H200's; informational on the CPU): the pyregnet-graph
-epoch, scaled to 50,000 + 10,000 images, takes <= 0.2 s, is >= 3x faster than torch-eager and
-faster than torch-compile. A contender that fails is reported and the others run.
+One epoch: the training images (synthetic, or CIFAR-10's with --data) in batches, augmented, with
+the --reg penalty, then the evaluation. pyregnet: train.Run's train_epoch() + evaluate(), as the
+trainer runs them; PyTorch: bench/torch_net.py's baseline, compiled in the warm-up, flushing
+subnormals as this pyregnet build does. The contenders take turns epoch by epoch, timed with
+perf_counter between device synchronizations, and end with a census of their kernel weights.
+Targets (the H200's): the pyregnet-graph epoch, scaled to 50,000 + 10,000 images, <= 0.2 s, >= 3x
+faster than torch-eager, faster than torch-compile. A contender that fails is reported; the others run.
 """
 
 import argparse
@@ -37,7 +34,7 @@ FULL, QUICK = dict(epochs=5, warmup=1), dict(epochs=1, warmup=0)
 def parser():
     p = common.parser("epoch_time", __doc__, out="--out")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 (any source the trainer's --data takes) instead of "
-                   "synthetic images")
+                   "synthetic images: weights evolve as in training, so subnormals can appear")
     p.add_argument("--train-size", type=positive_int, help=f"training images (default {TRAIN_IMAGES:,})")
     p.add_argument("--val-size", type=positive_int, help=f"evaluated images (default {VAL_IMAGES:,})")
     p.add_argument("--reg", choices=KINDS, default="l1l2", help="every contender's penalty, default λ")

@@ -72,9 +72,9 @@ def torch_build(impl):
 
 
 def implementations(optimizers):
-    """[(name, optimizer, mode, build, module needed or None)]: pyregnet's, then PyTorch's Adam."""
-    ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m), None) for o in optimizers for m in optim.UPDATE_MODES]
-    peers = [(f"torch-{impl}", "adam", "fused", torch_build(impl), "torch") for impl in ("fused", "foreach")]
+    """[(name, optimizer, mode, build)]: pyregnet's, then PyTorch's Adam."""
+    ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m)) for o in optimizers for m in optim.UPDATE_MODES]
+    peers = [(f"torch-{impl}", "adam", "fused", torch_build(impl)) for impl in ("fused", "foreach")]
     return ours + (peers if "adam" in optimizers else [])
 
 
@@ -119,21 +119,18 @@ def check(build, optimizer, mode, xp, ours):
 def prepare(device, optimizers, peers):
     """(runnable [(name, optimizer, mode, build)], report {name: {available, skipped, check}})."""
     runnable, report = [], {}
-    for name, optimizer, mode, build, module in implementations(optimizers):
+    for name, optimizer, mode, build in implementations(optimizers):
         ours, entry = name.startswith("pyregnet"), {"skipped": None, "max_abs_err": None}
         if not ours and name not in peers:
             entry["skipped"] = "not selected (--peers)"
-        elif module:
-            try:
-                __import__(module)
-            except ImportError:
-                entry["skipped"] = missing(module)
-        if entry["skipped"] is None:
+        else:
             try:
                 ok, entry["max_abs_err"] = check(build, optimizer, mode, common.array_module(device), ours)
                 if not ok:
                     entry["skipped"] = (f"computes something else: errors vs pyregnet.reference beyond atol "
                                         f"{CHECK_ATOL:g} + rtol {CHECK_RTOL:g}·|ref|: {entry['max_abs_err']}")
+            except ImportError:   # the peers' only optional module
+                entry["skipped"] = missing("torch")
             except Exception as e:  # noqa: BLE001 -- e.g. fused Adam unsupported on this device
                 entry["skipped"] = f"raised here: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         entry["available"] = entry["skipped"] is None

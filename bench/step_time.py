@@ -1,18 +1,12 @@
 """Time per training step, pyregnet against PyTorch on the same network and device, and each launch
 of pyregnet's step against its roofline.
 
-pyregnet's step is the engine's, as the trainer builds it for --model (the paper's CNN, or
-ResNet-20): a sample is Engine.train_epoch over --steps synthetic batches (on the GPU: CUDA graph
-replays). PyTorch (bench/torch_net.py: the same network and initial weights) steps on one batch
-on the device, its best case. Both with reg none and l1l2, taking turns; a first-batch loss check
-in training mode shows they are the same network. The per-op table times each launch of the
-engine's real step (on the CPU inside the running step, on the GPU alone as a replayed CUDA graph)
-beside its roofline: max(FLOPs / measured FP32 peak, bytes / measured copy bandwidth). Targets on
-the CPU: pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20). --weights starts both from
-a finished run's weights instead of the initial ones: an L2 run's, many of them subnormal, timed
-in a PYREGNET_FLUSH_DENORMALS=OFF build against the default one, is what IEEE subnormals cost each
-launch of a step as training makes them (the weights' census is printed and kept). Results:
-bench/results/step_time_<device>[_resnet20][_quick].json.
+A pyregnet sample is Engine.train_epoch over --steps synthetic batches, the step as the trainer
+builds it (on the GPU: CUDA graph replays); PyTorch (bench/torch_net.py: the same network and
+weights) steps on one batch on the device, its best case. Both with reg none and l1l2, taking turns,
+after a first-batch loss check that they are the same network. The per-op table times each launch
+of the engine's step (on the CPU inside the running step, on the GPU alone as a replayed CUDA graph)
+beside its roofline. Targets (CPU): pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20).
 """
 
 import sys
@@ -42,7 +36,8 @@ def parser():
     p.add_argument("--steps", type=positive_int, help="steps per timed sample (default 20, --quick 3)")
     p.add_argument("--repeats", type=positive_int, help="timed samples per case (default 7, --quick 3)")
     p.add_argument("--warmup", type=count, help="untimed steps per case first (default 5, --quick 1)")
-    p.add_argument("--weights", metavar="CHECKPOINT", help="start from this run's checkpoint.npz (its params)")
+    p.add_argument("--weights", metavar="CHECKPOINT", help="start both from this run's checkpoint.npz (its params): "
+                   "an L2 run's subnormal weights show what IEEE subnormals cost each launch")
     p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the per-op table")
     return p
 

@@ -345,7 +345,7 @@ def test_missing_requirements_names_what_this_machine_lacks(monkeypatch):
 
 
 STAGE_STEPS = {   # stage: [(function in gpu_suite, step name in the summary)] in order
-    "first": [("machine", "machine"), ("build", "build"), ("smoke", "smoke"), ("first_cuda_tests", "cuda_tests"),
+    "first": [("machine", "machine"), ("build", "build"), ("smoke", "smoke"), ("cuda_tests", "cuda_tests"),
               ("real_data", "real_data"), ("epoch_time", "epoch_time"), ("harnesses", "harnesses")],
     "second": [("machine", "machine"), ("build", "build"), ("cuda_tests", "cuda_tests"), ("harnesses", "harnesses"),
                ("sanitize", "sanitize"), ("kernel_tables", "kernel_tables")],
