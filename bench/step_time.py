@@ -43,8 +43,7 @@ def parser():
 
 
 def trained_weights(path, net):
-    """The flat parameters of a finished run's checkpoint.npz for --weights; UsageError if it has none
-    of `net`'s size."""
+    """The flat parameters of a finished run's checkpoint.npz for --weights, `net`'s size or UsageError."""
     try:
         with np.load(path, allow_pickle=False) as z:
             params = z["params"]
@@ -56,21 +55,16 @@ def trained_weights(path, net):
     return params
 
 
-def first_loss_check(eng, net, x, labels):
-    """Both losses of the first batch at the initial weights in training mode (BN normalizes with
-    the batch's statistics): the same network or not."""
+def first_loss_check(eng, net, x, labels, tx, ty):
+    """Both losses of the first batch (x, labels; PyTorch's copy tx, ty) at the same weights in
+    training mode (BN normalizes with the batch's statistics): the same network or not."""
     act = eng.net.Activations(eng.xp, len(labels), x.dtype, backward=False)
     act.input = x
     run(eng.net.forward_launches(eng.params, eng.state.copy(), act, training=True))   # the engine's state stays
     mine = float(ops.softmax_cross_entropy(act.logits, labels)[0])
-    theirs = float(net.loss(*net_batch(net.torch, x, labels))[0].detach())
+    theirs = float(net.loss(tx, ty)[0].detach())
     return {"what": "first-batch loss, same weights", "pyregnet": mine, "torch": theirs,
             "abs_diff": abs(mine - theirs), "ok": abs(mine - theirs) < 1e-4}
-
-
-def net_batch(torch, x, labels):
-    dev = "cuda" if hasattr(x, "__cuda_array_interface__") else "cpu"
-    return torch.as_tensor(x, device=dev).clone(), torch.as_tensor(labels, device=dev).long().clone()
 
 
 def measure(args, device, notes):
@@ -85,12 +79,13 @@ def measure(args, device, notes):
                for reg in REGS}
     x = ops.augment_batch(images, xp.asarray(order[:batch]), seed=common.SEED, step=0, max_shift=MAX_SHIFT)
     y = labels[xp.asarray(order[:batch])]
-    tx, ty = net_batch(torch, x, y) if torch is not None else (None, None)
+    if torch is not None:   # PyTorch's copy of the batch
+        tx, ty = torch.as_tensor(x, device=device).clone(), torch.as_tensor(y, device=device).long()
     for reg, eng in engines.items():
         cases[("pyregnet", reg)] = lambda e=eng: e.train_epoch(order)
         if torch is not None:
             net = torch_net.TorchNet(torch, device, reg, net=args.model, params=args.params)
-            check = check or first_loss_check(eng, net, x, y)
+            check = check or first_loss_check(eng, net, x, y, tx, ty)
             cases[("torch", reg)] = lambda n=net: [n.step(tx, ty) for _ in range(steps)]
             info.update(version=torch.__version__, threads=torch.get_num_threads(), **net.setup)
     if check and not check["ok"]:
