@@ -136,7 +136,7 @@ def take_turns(cases, rounds, time_one, warmup=0, log=False):
     round, each round starting one case later, so that none always runs first."""
     samples = {case: [] for case in cases}
     for r in range(-warmup, rounds):
-        k = r % len(cases)
+        k = r % max(len(cases), 1)
         for case in cases[k:] + cases[:k]:
             t = time_one(case)
             if r >= 0:

@@ -122,22 +122,25 @@ def run_epochs(args, device, dataset, torch, why_no_torch):
             rec["skipped"] = str(s)
         except Exception as e:  # noqa: BLE001 -- one contender's failure must not stop the others
             rec["error"] = f"setup: {type(e).__name__}: {e}"[:2000]
-    for r in range(args.epochs):
-        names = list(live)
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            rec = records[name]
+
+    def turn(name):   # one that fails sits out the other turns
+        rec, done = records[name], records[name]["samples"]
+        if rec["error"] is None:
             try:
                 t, e, rec["metrics_last_epoch"] = timed_epoch(live[name], device)
             except Exception as ex:  # noqa: BLE001
-                rec["error"] = f"timed epoch {r + 1}: {type(ex).__name__}: {ex}"[:2000]
-                del live[name]
-                continue
-            rec["samples"]["train_s"].append(t)
-            rec["samples"]["eval_s"].append(e)
-            print(f"  epoch {r + 1}/{args.epochs} {name}: train {t:.3f} s, eval {e:.3f} s", file=sys.stderr, flush=True)
+                rec["error"] = f"timed epoch {len(done['train_s']) + 1}: {type(ex).__name__}: {ex}"[:2000]
+                return
+            done["train_s"].append(t)
+            done["eval_s"].append(e)
+            print(f"  epoch {len(done['train_s'])}/{args.epochs} {name}: train {t:.3f} s, eval {e:.3f} s",
+                  file=sys.stderr, flush=True)
+
+    common.take_turns(list(live), args.epochs, turn)
     for name, obj in live.items():
-        records[name].update(ran=True, **summary(records[name], len(dataset.y_train), len(dataset.y_test)))
-        records[name]["kernel_weights_at_end"] = common.census(obj.kernel_weights())
+        if records[name]["error"] is None:
+            records[name].update(ran=True, **summary(records[name], len(dataset.y_train), len(dataset.y_test)))
+            records[name]["kernel_weights_at_end"] = common.census(obj.kernel_weights())
     return records
 
 
