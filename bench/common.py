@@ -47,7 +47,7 @@ def gpu_description():
 
 def git_commit(root=ROOT):
     """HEAD's hash, '-dirty' when files other than results (bench/results/, docs/results/) differ;
-    $PYREGNET_COMMIT instead when set (the GPU machine's copy of the tree has no .git)."""
+    $PYREGNET_COMMIT when set (the GPU machine's copy of the tree has no .git); else 'unknown' outside git."""
     if os.environ.get("PYREGNET_COMMIT"):
         return os.environ["PYREGNET_COMMIT"]
     try:

@@ -94,10 +94,8 @@ def test_epoch_targets_by_hand():
 
 
 class FakeContender:
-    setup = {}
-
     def __init__(self, fail_at=None):
-        self.epochs, self.fail_at = 0, fail_at
+        self.epochs, self.fail_at, self.setup = 0, fail_at, {}
 
     def train_epoch(self):
         self.epochs += 1
