@@ -1,13 +1,12 @@
 """What every benchmark shares (docs/design.md §3, convention 9): where and on what a number was
-measured; one sync and one timer (perf_counter on the CPU, CUDA events on the GPU, or the replay
-of a CUDA graph captured through pyregnet.engine.Program); statistics and the roofline; one
-PASS/FAIL verdict; one line and exit 2 for a bad argument; atomic JSON under bench/results/.
-Nothing here imports pyregnet, CuPy or PyTorch at module level: the GPU suite uses it before
-pyregnet is built.
+measured, one sync and one timer, statistics and the roofline, one PASS/FAIL verdict, the common
+options, atomic JSON under bench/results/. Nothing here imports pyregnet, CuPy or PyTorch at module
+level: the GPU suite uses it before pyregnet is built.
 """
 
 import argparse
 import datetime
+import importlib
 import importlib.metadata
 import json
 import math
@@ -47,10 +46,8 @@ def gpu_description():
 
 
 def git_commit(root=ROOT):
-    """HEAD's hash, with '-dirty' when the working tree differs from it (results do not count:
-    benchmarks' under bench/results/, experiment runs' under docs/results/). Outside a git
-    checkout (the GPU machine gets a copy of the tree without .git) it is $PYREGNET_COMMIT, set by
-    whoever sent the copy, or 'unknown'."""
+    """HEAD's hash, '-dirty' when files other than results (bench/results/, docs/results/) differ;
+    $PYREGNET_COMMIT when set (the GPU machine's copy of the tree has no .git); else 'unknown' outside git."""
     if os.environ.get("PYREGNET_COMMIT"):
         return os.environ["PYREGNET_COMMIT"]
     try:
@@ -85,8 +82,7 @@ def metadata(device):
 
 
 def start(name, device, quick):
-    """A benchmark's opening: (metadata, notes). Notes a busy machine and a --quick run, which the
-    results must carry."""
+    """A benchmark's opening: (metadata, notes), noting a busy machine and a --quick run."""
     meta = metadata(device)
     print(f"{name}: {meta['device_description']}; commit {meta['commit']}; {meta['date']}")
     load, cores = meta["load_average"][0], meta["cpu_count"]
@@ -100,20 +96,8 @@ def start(name, device, quick):
 
 # ---------------------------------------------------------------- devices and timing
 
-def resolve_device(choice):
-    """'cpu' or 'cuda' for --device auto|cpu|cuda, as the trainer resolves it; raises UsageError."""
-    from pyregnet.train import UsageError as TrainUsage, resolve_device as resolve
-    try:
-        return resolve(choice)
-    except TrainUsage as e:
-        raise UsageError(str(e)) from None
-
-
 def array_module(device):
-    if device == "cuda":
-        import cupy
-        return cupy
-    return np
+    return importlib.import_module("cupy") if device == "cuda" else np
 
 
 def sync(device):
@@ -124,9 +108,8 @@ def sync(device):
 
 
 def timeit(fn, device, warmup=1, repeats=5, calls=1):
-    """Seconds per call of fn: `repeats` samples of `calls` consecutive calls after `warmup`
-    untimed ones; perf_counter on the CPU, CUDA events on the current stream (which PyTorch's
-    default stream shares) on the GPU."""
+    """Seconds per call of fn: `repeats` samples of `calls` calls after `warmup` untimed ones;
+    perf_counter on the CPU, CUDA events on the current stream (PyTorch's default one too) on the GPU."""
     if repeats < 1:
         raise ValueError(f"repeats: expected >= 1 but got {repeats}")
     for _ in range(warmup):
@@ -153,7 +136,7 @@ def take_turns(cases, rounds, time_one, warmup=0, log=False):
     round, each round starting one case later, so that none always runs first."""
     samples = {case: [] for case in cases}
     for r in range(-warmup, rounds):
-        k = r % len(cases)
+        k = r % max(len(cases), 1)
         for case in cases[k:] + cases[:k]:
             t = time_one(case)
             if r >= 0:
@@ -164,10 +147,9 @@ def take_turns(cases, rounds, time_one, warmup=0, log=False):
 
 
 def graph_time(fn, repeats):
-    """(seconds per call, how): the GPU time of a launch as a captured step runs it: `reps` calls
-    (>= GPU_SAMPLE_S of work) captured as one CUDA graph by engine.Program and its replays timed
-    with CUDA events, without the host's launch overhead (timed eagerly, with the reason, if the
-    capture fails)."""
+    """(seconds per call, how): a launch's GPU time as a captured step runs it, without the host's
+    launch overhead: `reps` calls (>= GPU_SAMPLE_S of work) captured by engine.Program, replays
+    timed with CUDA events (eagerly, with the reason, if the capture fails)."""
     from pyregnet.engine import Program, capture_stream
     from pyregnet.launch import Launch
     one = timeit(fn, "cuda", 1, 1)[0]
@@ -184,10 +166,9 @@ def graph_time(fn, repeats):
 
 
 def time_launches(launches, device, repeats, start):
-    """([(seconds per call, how)] for each launch of a step, [seconds per whole step] or None). On
-    the CPU each launch is timed where it runs, inside the whole step, which runs `repeats` times
-    after one warm-up, each time from start(); the step's own time is kept beside. On the GPU each
-    launch alone: graph_time."""
+    """([(seconds per call, how)] per launch of a step, [seconds per whole step] or None): on the CPU
+    each launch inside the step, run `repeats` times after a warm-up, each from start(); on the GPU
+    each launch alone (graph_time)."""
     if device == "cuda":
         start()
         return [graph_time(launch.fn, repeats) for launch in launches], None
@@ -203,18 +184,17 @@ def time_launches(launches, device, repeats, start):
     return [(samples[1:], "perf_counter around the launch inside the step") for samples in times], steps[1:]
 
 
-def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", capture=True, net="cnn", params=None):
-    """An Engine over data = (uint8 images, labels) already on the device, the network `net` (a key
-    of engine.MODELS) at its initial weights (or at `params`) and `optimizer` with its default learning rate,
-    penalty `reg` (its default λ) applied in `mode` (optim.UPDATE_MODES): the training step as the
-    trainer builds it."""
+def pyregnet_engine(device, data, reg, batch, optimizer="adam", mode="fused", net="cnn", params=None):
+    """The training step as the trainer builds it: an Engine over data (on the device), `net` (a key
+    of engine.MODELS) at its initial weights or `params`, `optimizer` at its default learning rate,
+    penalty `reg` (default λ) applied in `mode` (optim.UPDATE_MODES)."""
     from pyregnet import optim
     from pyregnet.engine import MODELS, Engine
     from pyregnet.regularizers import Penalty
     xp, net = array_module(device), MODELS[net]
     params = xp.array(net.init_params(SEED) if params is None else params, dtype=np.float32)
     return Engine(params, xp.zeros_like(params), optim.make(optimizer, params, optim.DEFAULT_LR[optimizer]),
-                  Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, capture=capture, net=net)
+                  Penalty.with_defaults(reg), data, batch_size=batch, seed=SEED, mode=mode, net=net)
 
 
 def stats(samples):
@@ -243,10 +223,9 @@ def census(weights):
 # ---------------------------------------------------------------- roofline
 
 def roofline(device, quick=False):
-    """The roofline's denominators, measured: copy bandwidth (a 256 MiB float32 copy, bytes read
-    + written over the best time; one NumPy thread on the CPU) and the FP32 peak: on the CPU the
-    larger of fma_peak() and a square BLAS matmul on all cores (the matmul alone without numba),
-    on the GPU a cuBLAS matmul (2 n^3 over the best time); `peak_method` says which gave it."""
+    """The roofline's denominators, measured: copy bandwidth (a 256 MiB float32 copy, bytes read +
+    written over the best time; one NumPy thread on the CPU) and the FP32 peak: a square matmul (2
+    n^3 over the best time; BLAS on all cores, or cuBLAS), on the CPU fma_peak() if larger."""
     xp = array_module(device)
     src = xp.ones(64 * 2**20, dtype=np.float32)
     dst = xp.empty_like(src)
@@ -269,13 +248,11 @@ FMA_CHAIN = 16   # dependent FMAs per element and pass of fma_peak's loop
 
 
 def fma_peak(quick=False, elements=1024):
-    """FP32 FLOP/s of an FMA-throughput loop on all cores (numba, a row per thread; 2 FLOPs per
-    element per FMA), best of the samples; None without numba. Each row (in L1) is updated as
-    four interleaved chains of FMA_CHAIN dependent x = x*m + c: LLVM vectorizes the element loop
-    and out-of-order execution overlaps iterations, enough FMAs in flight for latency x pipes
-    (Zen 3: 4 x 2). fastmath 'contract' only: FMAs, but no reassociation to fold a chain. The
-    asm's packed FMAs are counted; `register` says ymm or zmm (LLVM keeps 256-bit vectors on most
-    AVX-512 CPUs: there the matmul gives the peak)."""
+    """FP32 FLOP/s of an FMA-throughput loop on all cores (numba, a row per thread, 2 FLOPs per FMA),
+    best of the samples; None without numba. Each row (in L1) holds four interleaved chains of
+    FMA_CHAIN dependent x = x*m + c: vectorized, with enough FMAs in flight for latency x pipes (Zen
+    3: 4 x 2); fastmath 'contract' only, so no chain is folded. `register` (ymm or zmm) is read from
+    the asm: LLVM keeps 256-bit vectors on most AVX-512 CPUs, where the matmul gives the peak."""
     try:
         import numba
     except ImportError:
@@ -323,9 +300,8 @@ def roofline_row(name, samples, flops, nbytes, roof, **extra):
 # ---------------------------------------------------------------- verdicts
 
 def target(key, what, value, threshold, op, device, applies_to, detail="", noise=None):
-    """One target: value `op` threshold ('<=', '<', '>=' or '>'); value None = not measured (n/a). With
-    `noise` (a '<=' target), a value above the threshold but within the noise passes 'within
-    noise'. It counts (`applies`) only on the device it is set for."""
+    """value `op` threshold ('<=', '<', '>=', '>'; value None: n/a), counting (`applies`) only on the
+    device it is set for; with `noise` (a '<=' target) a value above but within it passes."""
     ops = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
     if op not in ops:
         raise ValueError(f"op: expected one of {', '.join(ops)} but got {op!r}")
@@ -338,9 +314,9 @@ def target(key, what, value, threshold, op, device, applies_to, detail="", noise
 
 
 def finish(name, meta, notes, targets, payload, path, check=False, tag=""):
-    """A benchmark's ending: prints its targets and notes, writes its JSON (path: --json/--out, or
-    bench/results/<name>_<device><tag>[_quick].json), returns the exit status: 1 with --check when
-    a target that applies to this device fails."""
+    """A benchmark's ending: prints its targets and notes, writes its JSON (to `path`, or
+    bench/results/<name>_<device><tag>[_quick].json); exit status 1 with --check when a target for
+    this device fails."""
     print()
     for t in targets:
         scope = "" if t["applies"] else "  (informational: a target for the other device)"
@@ -356,24 +332,28 @@ def finish(name, meta, notes, targets, payload, path, check=False, tag=""):
 
 # ---------------------------------------------------------------- command line and output
 
-class UsageError(Exception):
-    """A bad argument: one line, exit 2."""
+def parser(prog, doc, out="--json"):
+    """The benchmarks' options --device, --batch-size, --quick, --check and the output path (`out`);
+    a bad one raises pyregnet.options.UsageError (usage_exit: one line, exit 2)."""
+    from pyregnet.options import DEVICES, Parser, positive_int
+    p = Parser(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
+    p.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
+    return p
 
 
-class Parser(argparse.ArgumentParser):
-    """The benchmarks' options: --device, --batch-size, --quick, --check and the output path (`out`) first."""
-
-    def __init__(self, prog, doc, out="--json"):
-        from pyregnet.options import positive_int
-        super().__init__(prog=f"python bench/{prog}.py", description=doc.split("\n\n")[0])
-        self.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-        self.add_argument("--batch-size", type=positive_int, default=64)
-        self.add_argument("--quick", action="store_true", help="few samples: a smoke run, not a measurement")
-        self.add_argument("--check", action="store_true", help="exit 1 when a target for this device fails")
-        self.add_argument(out, metavar="PATH", help=f"output (default bench/results/{prog}_<device>[_quick].json)")
-
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise UsageError(message)
+def parse(p, argv, full, quick):
+    """(args, device): the options left unset take the full run's default, or --quick's; the device
+    resolved as the trainer resolves --device."""
+    from pyregnet.train import resolve_device
+    args = p.parse_args(argv)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args, resolve_device(args.device)
 
 
 def names(choices):
@@ -401,12 +381,11 @@ def _plain(o):
         return {k: _plain(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
         return [_plain(v) for v in o]
-    return str(o) if isinstance(o, Path) else o
+    return o
 
 
 def write_json(path, payload, log=True):
-    """payload as indented JSON at path, atomically (a temporary file renamed into place: no
-    pyregnet needed, the GPU suite writes before the build), creating the folder."""
+    """payload as indented JSON at path, atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")

@@ -1,20 +1,13 @@
 """Epoch time, side by side in one run: pyregnet (CUDA graph and eager) against PyTorch (eager and
 torch.compile).
 
-    python bench/epoch_time.py [--device auto|cuda|cpu] [--data PATH] [--train-size N] [--val-size N]
-        [--batch-size 64] [--reg KIND] [--epochs N] [--warmup N] [--contenders LIST] [--[no-]compile]
-        [--compile-mode MODE] [--[no-]torch-flush-denormal] [--quick] [--out PATH] [--check]
-
-One epoch: the training images (50,000 synthetic, or CIFAR-10's with --data, where weights evolve
-as in training and subnormals can appear: docs/results.md, "Subnormal floats") in batches,
-augmented, with the --reg penalty, then the evaluation of 10,000 images. pyregnet-graph and
-pyregnet-eager: train.Run's train_epoch() + evaluate(), as the trainer runs them (the graph needs
-the GPU); torch-eager and torch-compile: bench/torch_net.py's baseline, compiled in the warm-up,
-flushing subnormals as this pyregnet build does. The contenders take turns epoch by epoch, timed
-with perf_counter between device synchronizations; each ends with a census of its kernel weights
-(exact zeros, subnormals). Targets (the H200's; informational on the CPU): the pyregnet-graph
-epoch, scaled to 50,000 + 10,000 images, takes <= 0.2 s, is >= 3x faster than torch-eager and
-faster than torch-compile. A contender that fails is reported and the others run.
+One epoch: the training images (synthetic, or CIFAR-10's with --data) in batches, augmented, with
+the --reg penalty, then the evaluation. pyregnet: train.Run's train_epoch() + evaluate(), as the
+trainer runs them; PyTorch: bench/torch_net.py's baseline, compiled in the warm-up, flushing
+subnormals as this pyregnet build does. The contenders take turns epoch by epoch, timed with
+perf_counter between device synchronizations, and end with a census of their kernel weights.
+Targets (the H200's): the pyregnet-graph epoch, scaled to 50,000 + 10,000 images, <= 0.2 s, >= 3x
+faster than torch-eager, faster than torch-compile. A contender that fails is reported; the others run.
 """
 
 import argparse
@@ -28,7 +21,7 @@ import common  # noqa: E402
 import torch_net  # noqa: E402
 from pyregnet import build_info  # noqa: E402
 from pyregnet import data as datasets  # noqa: E402
-from pyregnet.options import count, positive_int  # noqa: E402
+from pyregnet.options import UsageError, count, positive_int  # noqa: E402
 from pyregnet.regularizers import KINDS, Penalty  # noqa: E402
 from pyregnet.train import Config, Run  # noqa: E402
 
@@ -39,9 +32,9 @@ FULL, QUICK = dict(epochs=5, warmup=1), dict(epochs=1, warmup=0)
 
 
 def parser():
-    p = common.Parser("epoch_time", __doc__, out="--out")
+    p = common.parser("epoch_time", __doc__, out="--out")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 (any source the trainer's --data takes) instead of "
-                   "synthetic images")
+                   "synthetic images: weights evolve as in training, so subnormals can appear")
     p.add_argument("--train-size", type=positive_int, help=f"training images (default {TRAIN_IMAGES:,})")
     p.add_argument("--val-size", type=positive_int, help=f"evaluated images (default {VAL_IMAGES:,})")
     p.add_argument("--reg", choices=KINDS, default="l1l2", help="every contender's penalty, default λ")
@@ -129,22 +122,25 @@ def run_epochs(args, device, dataset, torch, why_no_torch):
             rec["skipped"] = str(s)
         except Exception as e:  # noqa: BLE001 -- one contender's failure must not stop the others
             rec["error"] = f"setup: {type(e).__name__}: {e}"[:2000]
-    for r in range(args.epochs):
-        names = list(live)
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            rec = records[name]
+
+    def turn(name):   # one that fails sits out the other turns
+        rec, done = records[name], records[name]["samples"]
+        if rec["error"] is None:
             try:
                 t, e, rec["metrics_last_epoch"] = timed_epoch(live[name], device)
             except Exception as ex:  # noqa: BLE001
-                rec["error"] = f"timed epoch {r + 1}: {type(ex).__name__}: {ex}"[:2000]
-                del live[name]
-                continue
-            rec["samples"]["train_s"].append(t)
-            rec["samples"]["eval_s"].append(e)
-            print(f"  epoch {r + 1}/{args.epochs} {name}: train {t:.3f} s, eval {e:.3f} s", file=sys.stderr, flush=True)
+                rec["error"] = f"timed epoch {len(done['train_s']) + 1}: {type(ex).__name__}: {ex}"[:2000]
+                return
+            done["train_s"].append(t)
+            done["eval_s"].append(e)
+            print(f"  epoch {len(done['train_s'])}/{args.epochs} {name}: train {t:.3f} s, eval {e:.3f} s",
+                  file=sys.stderr, flush=True)
+
+    common.take_turns(list(live), args.epochs, turn)
     for name, obj in live.items():
-        records[name].update(ran=True, **summary(records[name], len(dataset.y_train), len(dataset.y_test)))
-        records[name]["kernel_weights_at_end"] = common.census(obj.kernel_weights())
+        if records[name]["error"] is None:
+            records[name].update(ran=True, **summary(records[name], len(dataset.y_train), len(dataset.y_test)))
+            records[name]["kernel_weights_at_end"] = common.census(obj.kernel_weights())
     return records
 
 
@@ -196,10 +192,7 @@ def report(records, mine, ratios, n_train, n_val):
 
 def main(argv=None):
     try:
-        args = parser().parse_args(argv)
-        device = common.resolve_device(args.device)
-        d = QUICK if args.quick else FULL
-        args.epochs, args.warmup = args.epochs or d["epochs"], d["warmup"] if args.warmup is None else args.warmup
+        args, device = common.parse(parser(), argv, FULL, QUICK)
         args.compile = device == "cuda" if args.compile is None else args.compile
         if args.data:
             dataset = datasets.load(args.data, train_size=args.train_size, val_size=args.val_size, seed=common.SEED)
@@ -207,8 +200,8 @@ def main(argv=None):
             dataset = datasets.synthetic(n_train=args.train_size or TRAIN_IMAGES, n_test=args.val_size or VAL_IMAGES,
                                          seed=common.SEED)
         if len(dataset.y_train) < args.batch_size:
-            raise common.UsageError(f"--train-size: {len(dataset.y_train)} is less than one batch ({args.batch_size})")
-    except common.UsageError as e:
+            raise UsageError(f"--train-size: {len(dataset.y_train)} is less than one batch ({args.batch_size})")
+    except UsageError as e:
         return common.usage_exit("epoch_time", e)
     except datasets.DataError as e:
         return common.usage_exit("epoch_time", f"--data: {e}")

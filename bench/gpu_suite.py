@@ -1,10 +1,8 @@
-"""The GPU verification of pyregnet in three device-tool calls (stages: README, "On a GPU"), each
-under one shared deadline, run through bench/gpu_suite.sh (which first checks that there is a GPU).
-Each step takes the stage's Suite (suite_record.py) and returns a dict for the summary JSON in
---out, or raises (Stop when the suite cannot go on); a step that cannot run records null and why.
-The steps that run programs take the device (and the data) as arguments, so that
-tests/test_gpu_suite.py runs them on the CPU. At most 8 files land in --out. Imports neither
-pyregnet nor CuPy at module level (the build step installs them).
+"""The GPU verification of pyregnet, one device-tool call per stage (README, "On a GPU"), each under
+one shared deadline, run through bench/gpu_suite.sh. A step takes the stage's Suite and returns a
+dict for the summary JSON in --out (at most 8 files land there), or raises (Stop: the suite cannot
+go on). The steps that run programs take the device (and data) as arguments, so that
+tests/test_gpu_suite.py runs them on the CPU. Imports neither pyregnet nor CuPy at module level.
 """
 
 import argparse
@@ -22,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from suite_record import (ROOT, Stop, Suite, compare_histories, epoch_seconds, failures, first_contact,  # noqa: E402
-                          read_metrics, spills)
+                          spills)
 
 STATE = Path(os.environ.get("PYREGNET_SUITE_STATE", "/tmp/pyregnet-gpu-suite"))   # kept while the machine is warm
 DATA = ROOT / ".data" / "cifar10-jpeg.tar.gz"
@@ -39,8 +37,7 @@ VERSIONS = ("numpy", "cupy-cuda13x", "torch", "scikit-build-core", "pybind11", "
 # ---------------------------------------------------------------- the machine and the build
 
 def tree_digest(root=ROOT):
-    """A digest of what the compiled module is built from: a warm machine reuses its build only
-    while these files are unchanged."""
+    """A digest of what the compiled module is built from (a warm machine reuses its build)."""
     h = hashlib.sha256()
     files = sorted(p for p in (root / "csrc").rglob("*") if p.is_file())
     for p in files + [root / "CMakeLists.txt", root / "pyproject.toml"]:
@@ -95,8 +92,7 @@ def missing_requirements():
 
 
 def build(suite):
-    """The editable install with the CUDA backend required, on all cores; reused on a warm machine
-    while csrc/, CMakeLists.txt and pyproject.toml are unchanged."""
+    """The editable install with the CUDA backend required, on all cores (reused: tree_digest)."""
     marker = STATE / f"installed-{tree_digest()}"
     result = {"reused": marker.exists()}
     if not marker.exists():
@@ -140,17 +136,10 @@ def cuda_tests(suite, record, skip=(), reserve_s=0):
     return suite.pytest(args, record, "pytest.log", reserve_s=reserve_s)
 
 
-def first_cuda_tests(suite):
-    """The CUDA cases but the smoke test's, leaving time for the real-data and epoch steps
-    (second runs the rest)."""
-    return cuda_tests(suite, STATE / "first-cuda.jsonl", [STATE / "first-smoke.jsonl"],
-                      reserve_s=max(0, min(170, suite.left() - 60)))
-
-
 def train_runs(suite, runs, epochs, reg, log_name, data_args=None, reserve_s=0, limit_s=None):
-    """python -m pyregnet.train --reg reg for each {name: (seed, extra arguments)}, on the carried
-    real CIFAR-10 unless data_args names other data; returns {name: metrics history}.
-    Each run ends after limit_s or reserve_s before the deadline at the latest; one that fails raises."""
+    """{name: metrics history} of python -m pyregnet.train --reg reg for each {name: (seed, extra
+    arguments)}, on the carried CIFAR-10 unless data_args says otherwise; each bounded by limit_s and
+    reserve_s before the deadline; one that fails raises."""
     if data_args is None:
         if not DATA.exists():
             raise FileNotFoundError(f"{DATA.relative_to(ROOT)} is missing: copy /work/shared/data/cifar10-jpeg.tar.gz "
@@ -166,15 +155,15 @@ def train_runs(suite, runs, epochs, reg, log_name, data_args=None, reserve_s=0, 
         rc, seconds = suite.run(cmd, log_name, env=env, reserve_s=reserve_s, limit_s=limit_s)
         if rc != 0:
             raise RuntimeError(f"{name} exited {rc} after {seconds} s (see {log_name})")
-        histories[name] = read_metrics(out)
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        histories[name] = [json.loads(line) for line in lines if line.strip()]
         suite.say(f"   {name}: val_acc {histories[name][-1]['val_acc']:.4f} after {seconds} s")
     return histories
 
 
 def real_data(suite, epochs=2, device="cuda", data_args=None):
-    """epochs of real CIFAR-10 with the captured graph, then --no-graph: the metrics must be the
-    same bits, timing fields aside. L1L2, so that the penalty's passes are compared too. (device
-    and data_args: the CPU test's.)"""
+    """epochs of real CIFAR-10 with the captured graph, then --no-graph: the same bits, timing fields
+    aside. L1L2, so that the penalty's passes are compared too. (device, data_args: the CPU test's.)"""
     runs = {"graph": (0, ["--device", device]), "eager": (0, ["--device", device, "--no-graph"])}
     histories = train_runs(suite, runs, epochs, "l1l2", f"{suite.stage}.log", data_args, reserve_s=30, limit_s=150)
     same, difference = compare_histories(histories["graph"], histories["eager"])
@@ -182,9 +171,8 @@ def real_data(suite, epochs=2, device="cuda", data_args=None):
 
 
 def determinism(suite, epochs=20, seeds=(0, 1, 2), device="cuda", data_args=None):
-    """epochs-long real runs without a penalty (the CPU baseline of docs/results.md) for each
-    seed, then the first seed again: the repeat must give the same bits. (device and data_args:
-    the CPU test's.)"""
+    """Real runs without a penalty (docs/results.md's CPU baseline) for each seed, then the first
+    seed again, which must give the same bits. (device, data_args: the CPU test's.)"""
     runs = {f"seed{seed}": (seed, ["--device", device]) for seed in seeds}
     runs[f"seed{seeds[0]}-again"] = (seeds[0], ["--device", device])
     histories = train_runs(suite, runs, epochs, "none", "train.log", data_args)
@@ -209,18 +197,16 @@ def _benchmark(suite, name, device, args, log_name):
 
 
 def epoch_time(suite, contenders=EPOCH_CONTENDERS, extra=("--no-compile",), device="cuda"):
-    """bench/epoch_time.py: 50,000 training images, batch 64, augmentation on, plus 10,000
-    evaluated; 1 warm-up and 3 timed epochs per contender, bounded by the deadline. (extra: more
-    epoch_time arguments, later ones winning, by default no torch.compile; device: the CPU test's.)"""
+    """bench/epoch_time.py at its full sizes, 1 warm-up and 3 timed epochs per contender. (extra:
+    more arguments, later ones winning, by default no torch.compile; device: the CPU test's.)"""
     rc, result = _benchmark(suite, "epoch_time", device, ["--contenders", contenders, "--epochs", "3", "--warmup", "1",
                                                           *extra], "epoch_time.log")
     return {"exit": rc, "epoch_s": epoch_seconds(result)}
 
 
 def kernel_tables(suite, extra=None, device="cuda"):
-    """bench/step_time.py (the step against PyTorch's, each launch of it against its roofline) and
-    bench/penalty_cost.py --no-epochs (the update against the copy bandwidth and its peers): their
-    targets. (extra: {benchmark: arguments} replacing KERNEL_TABLES'; device: the CPU test's.)"""
+    """The targets of bench/step_time.py and bench/penalty_cost.py --no-epochs. (extra: {benchmark:
+    arguments} replacing KERNEL_TABLES'; device: the CPU test's.)"""
     result = {}
     for name, args in {**KERNEL_TABLES, **(extra or {})}.items():
         rc, out = _benchmark(suite, name, device, args, "kernel_tables.log")
@@ -230,8 +216,7 @@ def kernel_tables(suite, extra=None, device="cuda"):
 
 
 def harnesses(suite, names=None, limit_s=None):
-    """dev/cuda/run_all.sh for `names` (default: all): each kernel version validated, then timed;
-    its three logs appended to dev_cuda.log."""
+    """dev/cuda/run_all.sh for `names` (default: all), its three logs appended to dev_cuda.log."""
     logs = STATE / "dev_cuda"
     shutil.rmtree(logs, ignore_errors=True)
     env = {"JOBS": str(os.cpu_count()), "NVCC": find_tool("nvcc") or "nvcc", "BUILD": str(STATE / "dev_cuda_build"),
@@ -247,8 +232,8 @@ def harnesses(suite, names=None, limit_s=None):
 
 
 def sanitize(suite, limit_s=100, device="cuda"):
-    """compute-sanitizer memcheck over a short synthetic run (5 steps: the graph is captured at the
-    second and replayed), eager launches and then the graph. (device: the CPU test's.)"""
+    """compute-sanitizer memcheck over a short synthetic run (5 steps: the graph captured at the
+    second), eager and then the graph. (device: the CPU test's.)"""
     tool = find_tool("compute-sanitizer")
     if tool is None:
         raise FileNotFoundError("compute-sanitizer is not on PATH or in /usr/local/cuda/bin")
@@ -275,7 +260,9 @@ def first(suite):
     suite.step("machine", lambda: machine(suite))
     suite.step("build", lambda: build(suite))
     suite.step("smoke", lambda: smoke(suite), need_s=30)
-    suite.step("cuda_tests", lambda: first_cuda_tests(suite), need_s=30)
+    # the CUDA cases but the smoke test's, leaving time for the steps after them (second runs the rest)
+    suite.step("cuda_tests", lambda: cuda_tests(suite, STATE / "first-cuda.jsonl", [STATE / "first-smoke.jsonl"],
+                                                reserve_s=max(0, min(170, suite.left() - 60))), need_s=30)
     suite.step("real_data", lambda: real_data(suite), need_s=60)
     suite.step("epoch_time", lambda: epoch_time(suite), need_s=40)
     suite.step("harnesses", lambda: harnesses(suite, ["conv2d", "dense"]), need_s=60)

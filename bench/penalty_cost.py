@@ -1,16 +1,12 @@
 """What the weight penalty costs: per epoch of training, and in the update kernel alone.
 
-    python bench/penalty_cost.py [--device auto|cpu|cuda] [--quick] [--json PATH] [--optimizers LIST]
-        [--epoch-images N] [--epochs N] [--warmup-epochs N] [--batch-size N] [--sizes LIST]
-        [--repeats N] [--peers LIST] [--no-epochs] [--no-update]
-
 1. Epochs: Engine.train_epoch on synthetic images for each optimizer, penalty (default λ) and
    update mode (optim.UPDATE_MODES), beside the optimizer's baseline (fused, no penalty) and an A/A
    copy of it (how far alike cases land apart), taking turns epoch by epoch.
 2. The update alone, float32, every parameter penalized, at each --sizes: each optimizer's own
    launches in each mode, against the bytes the fused update must move over the measured copy
-   bandwidth; beside peers of the fused Adam update (PyTorch fused and foreach, NumPy, numba), each
-   first checked against pyregnet.reference (or skipped with the reason).
+   bandwidth; beside PyTorch's Adam (fused and foreach, the peers), each first checked against
+   pyregnet.reference (or skipped with the reason).
 Targets: GPU: the fused Adam update moves >= 90% of the copy bandwidth at >= 16M parameters and
 beats every peer; fused l1l2 adds <= 1% to Adam's epoch (within noise). CPU: the fused penalty adds
 <= 1% to Adam's epoch (l1, l2, l1l2). Results: bench/results/penalty_cost_<device>[_quick].json.
@@ -29,7 +25,7 @@ import common  # noqa: E402
 from pyregnet import data as datasets, model, optim, reference  # noqa: E402
 from pyregnet.extras import missing  # noqa: E402
 from pyregnet.launch import run  # noqa: E402
-from pyregnet.options import count, positive_int  # noqa: E402
+from pyregnet.options import UsageError, count, positive_int  # noqa: E402
 from pyregnet.regularizers import Penalty  # noqa: E402
 
 PENALIZED = ("l1", "l2", "l1l2")
@@ -75,54 +71,10 @@ def torch_build(impl):
     return build
 
 
-def _alpha(step):
-    h = HYPER["adam"]
-    return h["lr"] * math.sqrt(1.0 - h["beta2"] ** step) / (1.0 - h["beta1"] ** step)
-
-
-def numpy_build(w, g, state, pen, step0, into):
-    """Plain NumPy, vectorized, in place, two preallocated scratch arrays: a fair one thread."""
-    (m, v), gp, tmp = state, np.empty_like(w), np.empty_like(w)
-    steps, h = itertools.count(step0 + 1), HYPER["adam"]
-
-    def update():
-        np.sign(w, out=gp)
-        np.multiply(gp, pen.l1, out=gp)
-        np.add(gp, g, out=gp)
-        np.add(gp, np.multiply(w, 2.0 * pen.l2, out=tmp), out=gp)
-        np.add(np.multiply(m, h["beta1"], out=m), np.multiply(gp, 1.0 - h["beta1"], out=tmp), out=m)
-        np.multiply(np.square(gp, out=tmp), 1.0 - h["beta2"], out=tmp)
-        np.add(np.multiply(v, h["beta2"], out=v), tmp, out=v)
-        np.add(np.sqrt(v, out=tmp), h["eps"], out=tmp)
-        np.subtract(w, np.multiply(np.divide(m, tmp, out=tmp), _alpha(next(steps)), out=tmp), out=w)
-    return update
-
-
-def numba_build(w, g, state, pen, step0, into):
-    """The same fused update as a numba @njit(parallel=True) loop: what a Python user would write
-    for one pass over memory on the CPU (compiled on the first call, in the warm-up)."""
-    import numba
-    (m, v), steps, h = state, itertools.count(step0 + 1), HYPER["adam"]
-    b1, b2, eps, l1, l2 = h["beta1"], h["beta2"], h["eps"], pen.l1, pen.l2
-
-    @numba.njit(parallel=True, cache=False)
-    def kernel(w, g, m, v, alpha):
-        for i in numba.prange(w.size):
-            gi = g[i] + l1 * np.sign(w[i]) + 2.0 * l2 * w[i]
-            m[i] = b1 * m[i] + (1.0 - b1) * gi
-            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi
-            w[i] -= alpha * m[i] / (np.sqrt(v[i]) + eps)
-
-    return lambda: kernel(w, g, m, v, _alpha(next(steps)))
-
-
 def implementations(optimizers):
-    """[(name, optimizer, mode, build, device or None, module needed or None)]."""
-    ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m), None, None) for o in optimizers for m in optim.UPDATE_MODES]
-    peers = [("torch-fused", "adam", "fused", torch_build("fused"), None, "torch"),
-             ("torch-foreach", "adam", "fused", torch_build("foreach"), None, "torch"),
-             ("numpy", "adam", "fused", numpy_build, "cpu", None),
-             ("numba", "adam", "fused", numba_build, "cpu", "numba")]
+    """[(name, optimizer, mode, build)]: pyregnet's, then PyTorch's Adam."""
+    ours = [(f"pyregnet-{o}-{m}", o, m, pyregnet_build(o, m)) for o in optimizers for m in optim.UPDATE_MODES]
+    peers = [(f"torch-{impl}", "adam", "fused", torch_build(impl)) for impl in ("fused", "foreach")]
     return ours + (peers if "adam" in optimizers else [])
 
 
@@ -167,23 +119,18 @@ def check(build, optimizer, mode, xp, ours):
 def prepare(device, optimizers, peers):
     """(runnable [(name, optimizer, mode, build)], report {name: {available, skipped, check}})."""
     runnable, report = [], {}
-    for name, optimizer, mode, build, where, module in implementations(optimizers):
+    for name, optimizer, mode, build in implementations(optimizers):
         ours, entry = name.startswith("pyregnet"), {"skipped": None, "max_abs_err": None}
         if not ours and name not in peers:
             entry["skipped"] = "not selected (--peers)"
-        elif where not in (None, device):
-            entry["skipped"] = f"runs on the {where.upper()} only"
-        elif module:
-            try:
-                __import__(module)
-            except ImportError:
-                entry["skipped"] = missing(module)
-        if entry["skipped"] is None:
+        else:
             try:
                 ok, entry["max_abs_err"] = check(build, optimizer, mode, common.array_module(device), ours)
                 if not ok:
                     entry["skipped"] = (f"computes something else: errors vs pyregnet.reference beyond atol "
                                         f"{CHECK_ATOL:g} + rtol {CHECK_RTOL:g}·|ref|: {entry['max_abs_err']}")
+            except ImportError:   # the peers' only optional module
+                entry["skipped"] = missing("torch")
             except Exception as e:  # noqa: BLE001 -- e.g. fused Adam unsupported on this device
                 entry["skipped"] = f"raised here: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         entry["available"] = entry["skipped"] is None
@@ -299,13 +246,13 @@ def _size(text):
 
 
 def parser():
-    p = common.Parser("penalty_cost", __doc__)
+    p = common.parser("penalty_cost", __doc__)
     p.add_argument("--optimizers", type=common.names(optim.OPTIMIZERS), default=list(optim.OPTIMIZERS),
                    help="adam,sgd (default both)")
     p.add_argument("--epoch-images", type=positive_int, help="images per epoch (default 50,000, --quick 1,024)")
     p.add_argument("--epochs", type=positive_int, help="timed epochs per case (default 5, --quick 3)")
     p.add_argument("--warmup-epochs", type=count, help="untimed epochs per case first (default 1)")
-    p.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",") if s.strip()],
+    p.add_argument("--sizes", type=lambda t: [_size(s) for s in t.split(",")],
                    help="parameter counts of the update sweep (K/M = 2^10/2^20; default 315722,1M,4M,16M,64M,1e8)")
     p.add_argument("--repeats", type=positive_int, help="timed updates per case (default 20, --quick 5)")
     p.add_argument("--peers", type=lambda t: common.names(PEERS)(t) if t.strip() else [], default=PEERS,
@@ -332,15 +279,12 @@ def report(over, rows, copy_bw):
 
 def main(argv=None):
     try:
-        args = parser().parse_args(argv)
-        device = common.resolve_device(args.device)
-        d = QUICK if args.quick else FULL
-        images, rounds = args.epoch_images or d["epoch_images"], args.epochs or d["epochs"]
+        args, device = common.parse(parser(), argv, FULL, QUICK)
+        images, rounds, warmup = args.epoch_images, args.epochs, args.warmup_epochs
         if args.epochs_on and images < args.batch_size:
-            raise common.UsageError(f"--epoch-images: {images} is less than one batch ({args.batch_size})")
-    except common.UsageError as e:
+            raise UsageError(f"--epoch-images: {images} is less than one batch ({args.batch_size})")
+    except UsageError as e:
         return common.usage_exit("penalty_cost", e)
-    warmup = d["warmup_epochs"] if args.warmup_epochs is None else args.warmup_epochs
     meta, notes = common.start("penalty_cost", device, args.quick)
     samples = over = None
     if args.epochs_on:   # first: nothing else has started thread pools yet
@@ -353,14 +297,14 @@ def main(argv=None):
     if args.update_on:
         print("implementations of the update, checked against pyregnet.reference:", flush=True)
         runnable, impls = prepare(device, args.optimizers, args.peers)
-        rows = sweep(device, runnable, args.sizes or d["sizes"], args.repeats or d["repeats"], roof)
+        rows = sweep(device, runnable, args.sizes, args.repeats, roof)
     if device == "cpu":
         notes.append("the CPU copy bandwidth is one NumPy thread's: multithreaded updates can exceed 100% of it")
     report(over, rows, roof["bytes_per_s"])
     return common.finish("penalty_cost", meta, notes, targets_of(device, rows, over), {
         "config": {"device": device, "quick": args.quick, "optimizers": args.optimizers, "batch_size": args.batch_size,
                    "epoch_images": images if args.epochs_on else None, "epochs": rounds, "warmup_epochs": warmup,
-                   "sizes": args.sizes or list(d["sizes"]), "repeats": args.repeats or d["repeats"], "hyper": HYPER},
+                   "sizes": list(args.sizes), "repeats": args.repeats, "hyper": HYPER},
         "roofline": roof, "implementations": impls, "update": rows,
         "epochs": None if samples is None else {"cases": [{"optimizer": o, "mode": m, "reg": r, "samples_s": t}
                                                           for (o, m, r), t in samples.items()], "overheads": over}},

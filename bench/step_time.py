@@ -1,22 +1,12 @@
 """Time per training step, pyregnet against PyTorch on the same network and device, and each launch
 of pyregnet's step against its roofline.
 
-    python bench/step_time.py [--device auto|cpu|cuda] [--model cnn|resnet20] [--batch-size 64] [--steps N]
-                              [--repeats R] [--warmup N] [--weights CHECKPOINT] [--no-ops] [--quick]
-                              [--json PATH] [--check]
-
-pyregnet's step is the engine's, as the trainer builds it for --model (the paper's CNN, or
-ResNet-20): a sample is Engine.train_epoch over --steps synthetic batches (on the GPU: CUDA graph
-replays). PyTorch (bench/torch_net.py: the same network and initial weights) steps on one batch
-on the device, its best case. Both with reg none and l1l2, taking turns; a first-batch loss check
-in training mode shows they are the same network. The per-op table times each launch of the
-engine's real step (on the CPU inside the running step, on the GPU alone as a replayed CUDA graph)
-beside its roofline: max(FLOPs / measured FP32 peak, bytes / measured copy bandwidth). Targets on
-the CPU: pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20). --weights starts both from
-a finished run's weights instead of the initial ones: an L2 run's, many of them subnormal, timed
-in a PYREGNET_FLUSH_DENORMALS=OFF build against the default one, is what IEEE subnormals cost each
-launch of a step as training makes them (the weights' census is printed and kept). Results:
-bench/results/step_time_<device>[_resnet20][_quick].json.
+A pyregnet sample is Engine.train_epoch over --steps synthetic batches, the step as the trainer
+builds it (on the GPU: CUDA graph replays); PyTorch (bench/torch_net.py: the same network and
+weights) steps on one batch on the device, its best case. Both with reg none and l1l2, taking turns,
+after a first-batch loss check that they are the same network. The per-op table times each launch
+of the engine's step (on the CPU inside the running step, on the GPU alone as a replayed CUDA graph)
+beside its roofline. Targets (CPU): pyregnet's step <= 0.85x PyTorch's (cnn), <= 1.2x (resnet20).
 """
 
 import sys
@@ -31,7 +21,7 @@ from pyregnet import data as datasets  # noqa: E402
 from pyregnet import ops  # noqa: E402
 from pyregnet.engine import MAX_SHIFT, MODELS  # noqa: E402
 from pyregnet.launch import run  # noqa: E402
-from pyregnet.options import count, positive_int  # noqa: E402
+from pyregnet.options import UsageError, count, positive_int  # noqa: E402
 
 REGS = ("none", "l1l2")     # none is the main number
 # the CPU backend's goals: a step at most this many times PyTorch CPU's (docs/results.md, CPU speed)
@@ -41,45 +31,40 @@ QUICK = dict(steps=3, repeats=3, warmup=1, op_repeats=3)
 
 
 def parser():
-    p = common.Parser("step_time", __doc__)
+    p = common.parser("step_time", __doc__)
     p.add_argument("--model", choices=MODELS, default="cnn", help="the network (default cnn, the paper's)")
     p.add_argument("--steps", type=positive_int, help="steps per timed sample (default 20, --quick 3)")
     p.add_argument("--repeats", type=positive_int, help="timed samples per case (default 7, --quick 3)")
     p.add_argument("--warmup", type=count, help="untimed steps per case first (default 5, --quick 1)")
-    p.add_argument("--weights", metavar="CHECKPOINT", help="start from this run's checkpoint.npz (its params)")
+    p.add_argument("--weights", metavar="CHECKPOINT", help="start both from this run's checkpoint.npz (its params): "
+                   "an L2 run's subnormal weights show what IEEE subnormals cost each launch")
     p.add_argument("--no-ops", dest="ops", action="store_false", help="skip the per-op table")
     return p
 
 
 def trained_weights(path, net):
-    """The flat parameters of a finished run's checkpoint.npz for --weights; UsageError if it has none
-    of `net`'s size."""
+    """The flat parameters of a finished run's checkpoint.npz for --weights, `net`'s size or UsageError."""
     try:
         with np.load(path, allow_pickle=False) as z:
             params = z["params"]
     except Exception as e:  # noqa: BLE001 -- one line, whatever is wrong with the file
-        raise common.UsageError(f"--weights: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise UsageError(f"--weights: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if params.shape != (MODELS[net].N_PARAMS,):
-        raise common.UsageError(f"--weights: {path} holds {params.size} parameters but --model {net} has "
-                                f"{MODELS[net].N_PARAMS}")
+        raise UsageError(f"--weights: {path} holds {params.size} parameters but --model {net} has "
+                         f"{MODELS[net].N_PARAMS}")
     return params
 
 
-def first_loss_check(eng, net, x, labels):
-    """Both losses of the first batch at the initial weights in training mode (BN normalizes with
-    the batch's statistics): the same network or not."""
+def first_loss_check(eng, net, x, labels, tx, ty):
+    """Both losses of the first batch (x, labels; PyTorch's copy tx, ty) at the same weights in
+    training mode (BN normalizes with the batch's statistics): the same network or not."""
     act = eng.net.Activations(eng.xp, len(labels), x.dtype, backward=False)
     act.input = x
     run(eng.net.forward_launches(eng.params, eng.state.copy(), act, training=True))   # the engine's state stays
     mine = float(ops.softmax_cross_entropy(act.logits, labels)[0])
-    theirs = float(net.loss(*net_batch(net.torch, x, labels))[0].detach())
+    theirs = float(net.loss(tx, ty)[0].detach())
     return {"what": "first-batch loss, same weights", "pyregnet": mine, "torch": theirs,
             "abs_diff": abs(mine - theirs), "ok": abs(mine - theirs) < 1e-4}
-
-
-def net_batch(torch, x, labels):
-    dev = "cuda" if hasattr(x, "__cuda_array_interface__") else "cpu"
-    return torch.as_tensor(x, device=dev).clone(), torch.as_tensor(labels, device=dev).long().clone()
 
 
 def measure(args, device, notes):
@@ -94,12 +79,13 @@ def measure(args, device, notes):
                for reg in REGS}
     x = ops.augment_batch(images, xp.asarray(order[:batch]), seed=common.SEED, step=0, max_shift=MAX_SHIFT)
     y = labels[xp.asarray(order[:batch])]
-    tx, ty = net_batch(torch, x, y) if torch is not None else (None, None)
+    if torch is not None:   # PyTorch's copy of the batch
+        tx, ty = torch.as_tensor(x, device=device).clone(), torch.as_tensor(y, device=device).long()
     for reg, eng in engines.items():
         cases[("pyregnet", reg)] = lambda e=eng: e.train_epoch(order)
         if torch is not None:
             net = torch_net.TorchNet(torch, device, reg, net=args.model, params=args.params)
-            check = check or first_loss_check(eng, net, x, y)
+            check = check or first_loss_check(eng, net, x, y, tx, ty)
             cases[("torch", reg)] = lambda n=net: [n.step(tx, ty) for _ in range(steps)]
             info.update(version=torch.__version__, threads=torch.get_num_threads(), **net.setup)
     if check and not check["ok"]:
@@ -168,14 +154,10 @@ def report(results, ops_rows, sums, check):
 
 def main(argv=None):
     try:
-        args = parser().parse_args(argv)
-        device = common.resolve_device(args.device)
+        args, device = common.parse(parser(), argv, FULL, QUICK)
         args.params = None if args.weights is None else trained_weights(args.weights, args.model)
-    except common.UsageError as e:
+    except UsageError as e:
         return common.usage_exit("step_time", e)
-    d = QUICK if args.quick else FULL
-    args.steps, args.repeats = args.steps or d["steps"], args.repeats or d["repeats"]
-    args.warmup, args.op_repeats = d["warmup"] if args.warmup is None else args.warmup, d["op_repeats"]
     meta, notes = common.start("step_time", device, args.quick)
     net = MODELS[args.model]
     kernels = common.census((net.init_params(common.SEED) if args.params is None else args.params)[:net.N_KERNEL])

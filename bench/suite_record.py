@@ -1,14 +1,9 @@
 """The record of a bench/gpu_suite.py stage: one shared deadline, a log, and a summary JSON rewritten
 after every step (so a deadline or a crash still leaves what was done); the pure helpers that read
-the steps' outputs and make gpu-first-contact.json's headline; and the pytest plugin (`-p
-suite_record`, bench/ on PYTHONPATH) that appends each test's outcome to a JSON-lines file as it
-finishes, so that a run stopped by a deadline or killed still leaves its counts:
-
-    --record PATH         append {"collected": n}, then {"nodeid", "outcome", "reason"} per deciding phase
-    --stop-at EPOCH_S     stop after the test that ends past this time.time() ("interrupted")
-    --skip-recorded PATH  deselect the tests PATH records (may be repeated; a missing file: none)
-
-Imports neither pyregnet nor CuPy: it runs before the build.
+the steps' outputs; and the pytest plugin (`-p suite_record`, bench/ on PYTHONPATH) that appends each
+test's outcome to a JSON-lines file as it finishes (--record), stops at a deadline (--stop-at) and
+deselects what an earlier record holds (--skip-recorded). Imports neither pyregnet nor CuPy: it
+runs before the build.
 """
 
 import datetime
@@ -37,8 +32,8 @@ RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}   # a test's worst p
 
 
 class Stop(Exception):
-    """A step found the suite cannot go on (no CUDA build): the later steps record null with this
-    reason; `result` is what the step had found by then."""
+    """The suite cannot go on (no CUDA build): later steps record null and this; `result`: what the
+    step had found."""
 
     def __init__(self, message, result=None):
         super().__init__(message)
@@ -74,8 +69,8 @@ def read_records(path):
 
 
 def count_outcomes(record_path):
-    """{passed, failed, errors, skipped, not_run, failed_tests, skip_reasons} from a --record file
-    (not_run: collected but stopped before; skip_reasons: the three commonest with their counts)."""
+    """{passed, failed, errors, skipped, not_run (collected, never run), failed_tests, skip_reasons
+    (the three commonest, counted)} of a --record file."""
     collected, tests = read_records(record_path)
     outcomes = Counter("errors" if r["outcome"] == "error" else r["outcome"] for r in tests.values())
     reasons = Counter(r["reason"] for r in tests.values() if r["outcome"] == "skipped")
@@ -85,14 +80,9 @@ def count_outcomes(record_path):
             "skip_reasons": dict(reasons.most_common(3))}
 
 
-def read_metrics(run_dir):
-    with open(Path(run_dir) / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def compare_histories(a, b):
-    """(identical, first difference) of two metrics histories, timing fields aside; the
-    difference names the epoch and the fields, with both values."""
+    """(identical, the first differing epoch's fields with both values) of two metrics histories,
+    timing fields aside."""
     if len(a) != len(b):
         return False, f"{len(a)} epochs against {len(b)}"
     for ma, mb in zip(a, b):
@@ -103,17 +93,15 @@ def compare_histories(a, b):
 
 
 def epoch_seconds(epoch_json):
-    """{contender: its median epoch (train + evaluation, s), None where it did not run} from
-    bench/epoch_time.py's JSON, names with underscores (pyregnet_graph, torch_eager, ...)."""
+    """{contender (pyregnet_graph, ...): median epoch in s, or None} of bench/epoch_time.py's JSON."""
     contenders = (epoch_json.get("epoch") or {}).get("contenders", {})
     return {name.replace("-", "_"): rec["median_s"]["total_s"] if rec.get("ran") else None
             for name, rec in contenders.items()}
 
 
 def first_contact(summary):
-    """The headline of gpu-first-contact.json from its steps' results: device, build_s,
-    smoke_passed, cuda_tests (the smoke and CUDA steps' counts together), graph_equals_eager and
-    epoch_s; None where the step did not run or did not get that far."""
+    """gpu-first-contact.json's headline from its steps' results (cuda_tests: the smoke and CUDA
+    steps' counts together); None where a step did not get that far."""
     def result(name):
         return (summary["steps"].get(name) or {}).get("result") or {}
 
@@ -130,9 +118,8 @@ def first_contact(summary):
 
 
 def failures(summary):
-    """Why a stage's run is not a success: failed steps, failed or skipped tests, spills, runs that
-    should have given the same bits and did not, programs that exited non-zero, and which steps did
-    not run (their reasons are in the summary)."""
+    """Why a stage's run is not a success: failed steps, failed or skipped tests, spills, different
+    bits, non-zero exits, and the steps that did not run."""
     steps = summary["steps"]
     why = [f"{name}: {s['why']}" for name, s in steps.items() if s.get("why") and not s["why"].startswith("not run")]
     skipped = [name for name, s in steps.items() if (s.get("why") or "").startswith("not run")]
@@ -184,8 +171,8 @@ class Suite:
         common.write_json(self.out / SUMMARY[self.stage], self.summary, log=False)
 
     def step(self, name, fn, need_s=10):
-        """Runs fn() -> dict, recorded under steps[name] with its seconds; records null and why
-        when the suite stopped, too little time is left (need_s) or fn raises."""
+        """fn() -> dict under steps[name] with its seconds; null and why when the suite stopped,
+        less than need_s is left or fn raises."""
         why = (f"not run: {self.stopped}" if self.stopped else
                f"not run: {self.left():.0f} s left of the deadline, {need_s} s needed" if self.left() < need_s else None)
         if why:

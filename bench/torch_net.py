@@ -1,9 +1,7 @@
-"""The PyTorch baseline of every benchmark: pyregnet's network (the CNN or ResNet-20, NETS), initial
-weights, loss, penalty (on the conv and dense kernels, in the loss: autograd differentiates it) and
-Adam (fused where this PyTorch has it, else foreach), eager or compiled; float32 (no TF32),
-cudnn.benchmark on the GPU, the uint8 data on the device, each batch gathered and augmented there
-through a (shift, flip) -> pixel table that reproduces pyregnet's augmentation
-(tests/test_bench_epoch_time.py), sums read once an epoch.
+"""The PyTorch baseline of every benchmark: pyregnet's network (NETS), weights, loss, penalty (on the
+kernels, in the loss) and Adam (fused, else foreach), eager or compiled, float32 (no TF32); the uint8
+data on the device, each batch augmented there through a (shift, flip) -> pixel table that
+reproduces pyregnet's augmentation; sums read once an epoch.
 """
 
 import numpy as np
@@ -53,8 +51,7 @@ def gather_augment(images_flat, index, draws, table, channels):
 
 
 def _copy(torch, layer, **named):
-    """Copies the NumPy arrays `named` into the layer's parameters of those names (the same layouts:
-    conv (K, C, R, S), dense (out, in))."""
+    """The layer with the NumPy arrays `named` copied into its parameters of those names (same layouts)."""
     with torch.no_grad():
         for name, array in named.items():
             getattr(layer, name).copy_(torch.from_numpy(array))
@@ -73,9 +70,8 @@ def cnn(torch, params):
 
 
 def resnet20(torch, params):
-    """pyregnet.resnet's ResNet-20 (He et al. 2016, option-A shortcuts: subsample, zero channels
-    appended) with pyregnet's flat parameters `params`; BN as pyregnet's (momentum, eps, running
-    statistics from mean 0, variance 1: PyTorch's)."""
+    """pyregnet.resnet's ResNet-20 (option-A shortcuts: subsample, zero channels appended) with
+    pyregnet's flat parameters `params`; BN's momentum, eps and initial statistics are PyTorch's."""
     nn, v = torch.nn, resnet.param_views(params)
 
     def conv_bn(c):
@@ -103,9 +99,8 @@ NETS = {"cnn": cnn, "resnet20": resnet20}   # the keys of pyregnet.engine.MODELS
 
 
 class TorchNet:
-    """The baseline for penalty `reg` (its default λ), at pyregnet's initial weights for `seed` or
-    at `params`. step(x, y) takes one optimizer step on a float batch; with data(dataset),
-    train_epoch() and evaluate() run whole epochs."""
+    """The baseline for penalty `reg` (default λ) at pyregnet's initial weights for `seed`, or `params`:
+    step(x, y) on a float batch; after data(dataset), train_epoch() and evaluate()."""
 
     def __init__(self, torch, device, reg, seed=0, compile_mode=None, net="cnn", params=None):
         self.torch, self.dev = torch, torch.device(device)

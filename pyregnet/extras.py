@@ -1,8 +1,8 @@
 """Optional packages and the extra of pyproject.toml that installs each.
 
 The package's own commands need only its dependencies; these drive the CUDA backend from Python
-(CuPy) or are the benchmarks' peers (PyTorch, Numba). A missing one is reported in one line that
-names the command installing it, never as a traceback.
+(CuPy) or serve the benchmarks (PyTorch, their baseline; Numba, the CPU's FMA peak). A missing one
+is reported in one line that names the command installing it, never as a traceback.
 """
 
 # import name: (what users call it, the extra that installs it)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -90,6 +91,36 @@ def test_epoch_targets_by_hand():
     assert "pyregnet-eager" in epoch["detail"] and eager["value"] == pytest.approx(3.5 / 2.5)
     nothing = {name: {"ran": False} for name in et.CONTENDERS}
     assert [t["verdict"] for t in et.epoch_targets(nothing, "cuda")[2]] == ["n/a"] * 3
+
+
+class FakeContender:
+    def __init__(self, fail_at=None):
+        self.epochs, self.fail_at, self.setup = 0, fail_at, {}
+
+    def train_epoch(self):
+        self.epochs += 1
+        if self.epochs == self.fail_at:
+            raise RuntimeError("boom")
+        return {}
+
+    def evaluate(self):
+        return {}
+
+    def kernel_weights(self):
+        return np.zeros(3, np.float32)
+
+
+def test_a_contender_that_fails_sits_out_and_none_left_is_no_crash(monkeypatch):
+    monkeypatch.setattr(et, "build", lambda name, *rest: FakeContender(2 if name == "torch-eager" else None))
+    sizes = SimpleNamespace(y_train=[0] * 64, y_test=[0] * 10)
+    args = SimpleNamespace(contenders=["pyregnet-eager", "torch-eager"], warmup=0, epochs=3)
+    records = et.run_epochs(args, "cpu", sizes, None, None)
+    assert records["pyregnet-eager"]["ran"] and len(records["pyregnet-eager"]["samples"]["train_s"]) == 3
+    failed = records["torch-eager"]
+    assert not failed["ran"] and failed["error"] == "timed epoch 2: RuntimeError: boom"
+    assert len(failed["samples"]["train_s"]) == 1
+    args.contenders = []   # nothing to time: every contender reported as skipped
+    assert not any(r["ran"] for r in et.run_epochs(args, "cpu", sizes, None, None).values())
 
 
 # ---------------------------------------------------------------- PyTorch's augmentation

@@ -3,6 +3,7 @@ implementation of the update, pyregnet's modes included, checked against pyregne
 a peer that computes something else refused); peers skipped with a reason when they cannot be
 imported; and the JSON of a small --quick run."""
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 
 from pyregnet import optim
-from pyregnet.extras import missing
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 import penalty_cost as pc  # noqa: E402
+
+TORCH = importlib.util.find_spec("torch")
 
 
 def test_sizes_parse():
@@ -51,7 +53,7 @@ def test_targets_by_hand():
     rows = [_row("pyregnet-adam-fused", "l1l2", big, 1.0, 0.93), _row("pyregnet-adam-fused", "none", big, 0.9, 0.95),
             _row("pyregnet-adam-fused", "l1l2", 1000, 0.01, 0.10),    # small sizes do not count for bandwidth
             _row("pyregnet-adam-unfused", "l1l2", big, 2.0, 0.5),     # nor do the other modes
-            _row("torch-fused", "l1l2", big, 1.2, 0.8), _row("numpy", "l1l2", 1000, 0.02, 0.05)]
+            _row("torch-fused", "l1l2", big, 1.2, 0.8), _row("torch-foreach", "l1l2", 1000, 0.02, 0.05)]
     over = {"adam": {"noise": 0.01, "cases": {"fused": {"l1": {"overhead": 0.0}, "l2": {"overhead": 0.004},
                                                         "l1l2": {"overhead": 0.015}}}}}
     bw, peers, l1, l2, l1l2 = pc.targets_of("cuda", rows, over)
@@ -67,14 +69,14 @@ def test_targets_by_hand():
     assert [t["applies"] for t in cpu] == [False, False, True, True, True] and cpu[1]["verdict"] == "n/a"
 
 
-IMPLS = {name: (opt, mode, build, module) for name, opt, mode, build, _, module in pc.implementations(["adam", "sgd"])}
+IMPLS = {name: (opt, mode, build) for name, opt, mode, build in pc.implementations(["adam", "sgd"])}
 
 
 @pytest.mark.parametrize("name", list(IMPLS))
 def test_check_against_reference(name):
-    optimizer, mode, build, module = IMPLS[name]
-    if module:
-        pytest.importorskip(module)
+    optimizer, mode, build = IMPLS[name]
+    if name.startswith("torch"):
+        pytest.importorskip("torch")
     ok, errors = pc.check(build, optimizer, mode, np, name.startswith("pyregnet"))
     print(name, errors)
     assert ok and set(errors) == {"none", "l1", "l2", "l1l2"}
@@ -83,20 +85,20 @@ def test_check_against_reference(name):
 
 def test_a_peer_that_computes_something_else_is_refused(monkeypatch):
     def no_l1(w, g, state, pen, step0, into):   # forgets the L1 term
-        return pc.numpy_build(w, g, state, type(pen)("l2", 0.0, pen.l2) if pen.l2 else type(pen)(), step0, into)
+        adam = pc.pyregnet_build("adam", "fused")
+        return adam(w, g, state, type(pen)("l2", 0.0, pen.l2) if pen.l2 else type(pen)(), step0, into)
 
     ok, errors = pc.check(no_l1, "adam", "fused", np, False)
     assert not ok and errors["l2"] < 1e-7 and errors["l1"] > 1e-6
-    monkeypatch.setattr(pc, "implementations", lambda optimizers: [("numpy-no-l1", "adam", "fused", no_l1, "cpu", None)])
-    runnable, report = pc.prepare("cpu", ["adam"], {"numpy-no-l1"})
-    assert runnable == [] and "computes something else" in report["numpy-no-l1"]["skipped"]
+    monkeypatch.setattr(pc, "implementations", lambda optimizers: [("peer-no-l1", "adam", "fused", no_l1)])
+    runnable, report = pc.prepare("cpu", ["adam"], {"peer-no-l1"})
+    assert runnable == [] and "computes something else" in report["peer-no-l1"]["skipped"]
 
 
 def test_missing_peers_are_skipped_with_a_reason(monkeypatch, capsys):
-    for module in ("torch", "numba"):
-        monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     runnable, report = pc.prepare("cpu", ["adam"], set(pc.PEERS) - {"torch-foreach"})
-    assert [r[0] for r in runnable] == [f"pyregnet-adam-{m}" for m in optim.UPDATE_MODES] + ["numpy"]
+    assert [r[0] for r in runnable] == [f"pyregnet-adam-{m}" for m in optim.UPDATE_MODES]
     assert "not installed" in report["torch-fused"]["skipped"] and not report["torch-fused"]["available"]
     assert report["torch-foreach"]["skipped"] == "not selected (--peers)"
     assert "torch-fused              skipped" in capsys.readouterr().out
@@ -105,7 +107,7 @@ def test_missing_peers_are_skipped_with_a_reason(monkeypatch, capsys):
 # ---------------------------------------------------------------- a small --quick run
 
 SMALL = ["--quick", "--device", "cpu", "--batch-size", "32", "--epoch-images", "64", "--epochs", "2",
-         "--warmup-epochs", "0", "--sizes", "4096", "--repeats", "2", "--peers", "numpy"]
+         "--warmup-epochs", "0", "--sizes", "4096", "--repeats", "2", "--peers", "torch-foreach"]
 
 
 def test_quick_run_json(tmp_path):
@@ -124,23 +126,23 @@ def test_quick_run_json(tmp_path):
         l1 = next(c["samples_s"] for c in cases if (c["optimizer"], c["mode"], c["reg"]) == (o, "loss", "l1"))
         assert over["cases"]["loss"]["l1"]["overhead"] == pytest.approx(np.median(l1) / np.median(base) - 1)
     rows, bw = d["update"], d["roofline"]["bytes_per_s"]
-    names = {r["op"] for r in rows}
-    assert names == {f"pyregnet-{o}-{m}" for o in ("adam", "sgd") for m in optim.UPDATE_MODES} | {"numpy"}
-    assert len(rows) == 2 * (4 + 3 * 3) + 4          # without a penalty every mode is the fused update
+    impls, peer = d["implementations"], ["torch-foreach"] if TORCH else []
+    ours = {f"pyregnet-{o}-{m}" for o in ("adam", "sgd") for m in optim.UPDATE_MODES}
+    assert {r["op"] for r in rows} == ours | set(peer)
+    assert len(rows) == 2 * (4 + 3 * 3) + 4 * len(peer)   # without a penalty every mode is the fused update
     for r in rows:
         assert r["n"] == 4096 and r["bytes"] == (5 if "-sgd-" in r["op"] else 7) * 4 * 4096
         assert r["gb_per_s"] * 1e9 == pytest.approx(r["bytes"] / r["stats_s"]["median"])
         assert r["fraction_of_copy_bw"] == pytest.approx(r["gb_per_s"] * 1e9 / bw)
-    impls = d["implementations"]
-    assert impls["numpy"]["available"] and impls["torch-fused"]["skipped"] == "not selected (--peers)"
+    assert impls["torch-foreach"]["available"] == bool(TORCH)
+    assert impls["torch-fused"]["skipped"] == "not selected (--peers)"
     cpu = [t for t in d["targets"] if t["applies"]]
     assert [t["key"] for t in cpu] == ["epoch_l1", "epoch_l2", "epoch_l1l2"]
     assert all(t["verdict"] in ("PASS", "PASS (within noise)", "FAIL") for t in cpu)
 
 
 def test_update_only_without_optional_peers(tmp_path, monkeypatch, capsys):
-    for module in ("torch",):
-        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, "torch", None)
     out = tmp_path / "pc.json"
     assert pc.main(["--quick", "--device", "cpu", "--no-epochs", "--optimizers", "sgd", "--sizes", "1000",
                     "--repeats", "1", "--json", str(out)]) == 0
@@ -157,8 +159,3 @@ def test_bad_arguments(capsys):
         err = capsys.readouterr().err
         assert word in err and err.count("\n") == 1, err
 
-
-def test_numba_peer_computes_the_reference_update():
-    pytest.importorskip("numba", reason=missing("numba"))
-    runnable, report = pc.prepare("cpu", ["adam"], {"numba"})
-    assert "numba" in [r[0] for r in runnable] and report["numba"]["available"], report["numba"]

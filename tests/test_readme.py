@@ -30,7 +30,7 @@ SHORTER = {
                                    "--warmup", "0", "--no-ops", "--json", "step.json"], "step.json"),
     "python bench/penalty_cost.py": (["--device", "cpu", "--epoch-images", "64", "--batch-size", "32", "--epochs", "1",
                                       "--warmup-epochs", "0", "--optimizers", "adam", "--sizes", "4096", "--repeats",
-                                      "1", "--peers", "numpy", "--json", "penalty.json"], "penalty.json"),
+                                      "1", "--peers", "", "--json", "penalty.json"], "penalty.json"),
     "make -C dev/cuda": (["BUILD={scratch}/devcuda", "-j2"], "devcuda/adam_update"),
     "python bench/epoch_time.py": (["--device", "cpu", "--quick", "--train-size", "256", "--val-size", "128",
                                     "--epochs", "1", "--warmup", "0", "--out", "epoch.json"], "epoch.json"),
