@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU verification of pyregnet, one device-tool call per stage (bench/gpu_suite.py says
-# what each runs):
+# The GPU verification of pyregnet, one device-tool call per stage (dev/gpu_suite/gpu_suite.py
+# says what each runs):
 #   first   (<= 420 s) machine, build, smoke test, CUDA tests, real CIFAR-10 graph == eager,
 #           epoch time beside PyTorch eager, the conv and dense harnesses if time remains;
 #           writes gpu-first-contact.json
@@ -24,4 +24,4 @@ if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   exit 3
 fi
 export PYTHONUNBUFFERED=1
-exec python3 bench/gpu_suite.py "$@"
+exec python3 dev/gpu_suite/gpu_suite.py "$@"

@@ -1,5 +1,7 @@
 """The package's size and boundary rules (docs/design.md §3), checked on its source: no file over
-600 lines, no function over 80, and no module that reaches into another's private names."""
+600 lines, no function over 80, and no module that reaches into another's private names; the
+benchmarks (bench/*.py) at most 1,800 lines in all and none over 550, so that they stay measurements
+over the engine rather than a second copy of it."""
 
 import ast
 from pathlib import Path
@@ -10,6 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyregnet"
 FILES = sorted(PACKAGE.glob("*.py"))
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
+BENCH = sorted((PACKAGE.parent / "bench").glob("*.py"))
+MAX_BENCH_LINES, MAX_BENCH_FILE_LINES = 1800, 550
 # The compiled extension: private to the package, wrapped by pyregnet.ops (and build_info).
 EXTENSION = "_core"
 
@@ -78,3 +82,11 @@ def test_no_private_names_across_modules(path):
     uses = private_uses(tree(path))
     assert not uses, (f"{path.name} uses other modules' private names (make them public where they are "
                       f"shared, or move the code): {'; '.join(uses)}")
+
+
+def test_benchmarks_stay_small():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in BENCH}
+    assert {"step_time.py", "penalty_cost.py", "epoch_time.py", "common.py"} <= set(sizes)
+    over = {name: n for name, n in sizes.items() if n > MAX_BENCH_FILE_LINES}
+    assert not over, f"benchmarks over {MAX_BENCH_FILE_LINES} lines: {over}"
+    assert sum(sizes.values()) <= MAX_BENCH_LINES, f"bench/*.py: {sum(sizes.values())} lines, over {MAX_BENCH_LINES}"

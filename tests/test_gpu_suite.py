@@ -1,4 +1,4 @@
-"""bench/gpu_suite.sh and its Python (gpu_suite.py, suite_record.py) on the CPU, so that no GPU minute
+"""bench/gpu_suite.sh and its Python (dev/gpu_suite/: gpu_suite.py, suite_record.py) on the CPU, so that no GPU minute
 is lost to a script bug: the one-line refusal without a GPU; the pytest plugin that records, stops
 at a deadline and takes up the rest; the spill check, test counts, metric comparison and epoch times
 on made-up inputs; the summary JSON of a stage whose steps succeed, fail, stop the suite or run out
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "dev" / "gpu_suite"))
 import gpu_suite as steps  # noqa: E402
 import suite_record as rec  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_e(): pass
 
 def run_plugin(tmp_path, *args):
     (tmp_path / "test_fake.py").write_text(TESTS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "dev" / "gpu_suite")}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "suite_record",
                            "-o", "addopts=", str(tmp_path / "test_fake.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env=env)

@@ -1,5 +1,7 @@
 """The GPU verification of pyregnet, one device-tool call per stage (README, "On a GPU"), each under
-one shared deadline, run through bench/gpu_suite.sh. A step takes the stage's Suite and returns a
+one shared deadline, run through bench/gpu_suite.sh. It is a verification runner (the tests, the
+dev/cuda harnesses, compute-sanitizer, the benchmarks, real runs), not a benchmark: it lives in dev/
+beside the CUDA harnesses it drives, and calls bench/'s benchmarks as programs. A step takes the stage's Suite and returns a
 dict for the summary JSON in --out (at most 8 files land there), or raises (Stop: the suite cannot
 go on). The steps that run programs take the device (and data) as arguments, so that
 tests/test_gpu_suite.py runs them on the CPU. Imports neither pyregnet nor CuPy at module level.
@@ -18,8 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from suite_record import (ROOT, Stop, Suite, compare_histories, epoch_seconds, failures, first_contact,  # noqa: E402
+from suite_record import (ROOT, Stop, Suite, common, compare_histories, epoch_seconds, failures, first_contact,  # noqa: E402
                           spills)
 
 STATE = Path(os.environ.get("PYREGNET_SUITE_STATE", "/tmp/pyregnet-gpu-suite"))   # kept while the machine is warm

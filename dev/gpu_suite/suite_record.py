@@ -1,6 +1,6 @@
-"""The record of a bench/gpu_suite.py stage: one shared deadline, a log, and a summary JSON rewritten
+"""The record of a dev/gpu_suite/gpu_suite.py stage: one shared deadline, a log, and a summary JSON rewritten
 after every step (so a deadline or a crash still leaves what was done); the pure helpers that read
-the steps' outputs; and the pytest plugin (`-p suite_record`, bench/ on PYTHONPATH) that appends each
+the steps' outputs; and the pytest plugin (`-p suite_record`, this folder on PYTHONPATH) that appends each
 test's outcome to a JSON-lines file as it finishes (--record), stops at a deadline (--stop-at) and
 deselects what an earlier record holds (--skip-recorded). Imports neither pyregnet nor CuPy: it
 runs before the build.
@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-import common  # noqa: E402  -- imports nothing of pyregnet at module level
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: E402  -- bench/common.py: imports nothing of pyregnet at module level
 
 SUMMARY = {"first": "gpu-first-contact.json", "second": "gpu-second.json", "third": "gpu-third.json"}
 # metrics.jsonl fields that may differ run to run: pyregnet.train.TIMING_KEYS (a test keeps the two equal;
