@@ -13,6 +13,7 @@
 #include "core/arrays.h"
 #include "core/backend.h"
 #include "cpu/fp_mode.h"
+#include "cpu/gemm.h"
 #include "math/int_array.h"
 
 #ifdef _OPENMP
@@ -754,6 +755,24 @@ py::dict build_info() {
   info["cuda_archs"] = archs;
   // Subnormal float32 values flushed to zero by both backends (PYREGNET_FLUSH_DENORMALS).
   info["flush_denormals"] = cpu::kFlushDenormals;
+  // The instruction set the CPU backend was compiled for (-march=native: the building machine's).
+  // It is part of a result's identity: the vector width and the compiler's FMA contractions change
+  // rounding, so the same seed gives other bits on another instruction set (docs/design.md,
+  // Reproducibility).
+#if defined(__AVX512F__)
+  info["cpu_isa"] = "avx512f";
+#elif defined(__AVX2__) && defined(__FMA__)
+  info["cpu_isa"] = "avx2+fma";
+#elif defined(__AVX__)
+  info["cpu_isa"] = "avx";
+#elif defined(__SSE2__)
+  info["cpu_isa"] = "sse2";
+#elif defined(__ARM_NEON)
+  info["cpu_isa"] = "neon";
+#else
+  info["cpu_isa"] = "generic";
+#endif
+  info["cpu_vector_bytes"] = cpu::kVectorBytes;
 #ifdef _OPENMP
   info["openmp"] = true;
   info["cpu_threads"] = omp_get_max_threads();

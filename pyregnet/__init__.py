@@ -24,7 +24,9 @@ def build_info() -> dict:
     Keys: ``version``; ``cuda_compiled`` (the CUDA backend is in the module); ``cuda_available``
     (a usable GPU right now); ``cuda_device_count``; ``cuda_runtime_version`` (e.g. 13000, or
     None); ``cuda_archs`` (CMake architecture list the kernels were compiled for, e.g. ['90']);
-    ``openmp`` and ``cpu_threads`` (the CPU backend's threads).
+    ``flush_denormals``; ``cpu_isa`` and ``cpu_vector_bytes`` (the instruction set and vector
+    width the CPU backend was compiled for: same-seed runs give the same bits only on the same
+    one); ``openmp`` and ``cpu_threads`` (the CPU backend's threads).
     """
     return _build_info()
 

@@ -3,6 +3,8 @@
 import os
 import platform
 
+import pytest
+
 import pyregnet
 from conftest import CUDA_SKIP
 
@@ -15,6 +17,20 @@ def test_build_info_keys_and_types():
     assert isinstance(info["cuda_archs"], list)
     assert isinstance(info["flush_denormals"], bool)
     assert info["version"] == pyregnet.__version__
+    assert info["cpu_isa"] in ("avx512f", "avx2+fma", "avx", "sse2", "neon", "generic")
+    assert info["cpu_vector_bytes"] == {"avx512f": 64, "avx2+fma": 32, "avx": 32}.get(info["cpu_isa"], 16)
+
+
+def test_cpu_isa_is_this_machines_with_a_native_build():
+    # -march=native (PYREGNET_NATIVE, on by default) compiles for the building machine, this one
+    if platform.machine() not in ("x86_64", "AMD64") or os.environ.get("PYREGNET_NATIVE") == "OFF":
+        pytest.skip("not a native x86-64 build")
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(open("/proc/cpuinfo").read().split())
+    want = "avx512f" if "avx512f" in flags else "avx2+fma" if {"avx2", "fma"} <= flags else \
+        "avx" if "avx" in flags else "sse2"
+    assert pyregnet.build_info()["cpu_isa"] == want
 
 
 def test_cuda_fields_agree():
