@@ -25,10 +25,13 @@ inline constexpr int64_t kVectorBytes = 16;
 // the 16 AVX2 (or 32 AVX-512) vector registers, leaving room for the two B vectors and the A
 // broadcast. A wider tile than the register file spills every accumulator on every k: with
 // 6 x 32 floats on AVX2 (sized for AVX-512) a Zen 3 core ran conv2's forward GEMM at 41 GFLOP/s,
-// with 6 x 16 at 66 (docs/results.md, CPU speed work). Tile sizes change no sum's order.
+// with 6 x 16 at 66 (docs/results.md, CPU speed work). With AVX-512's 32 registers, 8 rows (16
+// accumulators) divide the layers' 16, 32 and 64 channels, where 6 leaves a latency-bound panel
+// of 2 or 4 rows: on an AVX-512 EPYC (2 threads) conv1's forward pass went from 0.391 to 0.359 ms,
+// conv2's from 1.616 to 1.505. Tile sizes change no sum's order.
 template <class T>
 struct GemmTiles {
-  static constexpr int64_t MR = 6;                              // rows of C per micro-kernel
+  static constexpr int64_t MR = kVectorBytes == 64 ? 8 : 6;     // rows of C per micro-kernel
   static constexpr int64_t NR = 2 * kVectorBytes / sizeof(T);   // columns: two vectors
   static constexpr int64_t KC = 256;                // k slice kept in cache while packed
   static constexpr int64_t NC = 3072;               // columns of B packed at once
