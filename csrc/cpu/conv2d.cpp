@@ -272,19 +272,35 @@ struct PaddedImage {
 template <class T>
 int64_t padded_buffer_size(const PaddedImage& im) { return im.elements() + GemmTiles<T>::NR; }
 
-// Whether an implicit GEMM over this padded image, computing `outputs` elements per plane in rows
-// of Q, is worth it: the image fits the per-thread scratch, and at least 3/4 of the arithmetic is
-// useful. The rest is the unstored columns of each row's last NR-column panel and, where the
-// padding is wider than the output needs (dx of a 'valid' conv), the products with the zeros
-// around the image that a GEMM over col would not do. Two Zen 3 cores, batch 64: conv2's forward
-// pass (13 of 16 columns used: 0.81) took 3.07 ms instead of 3.45 through im2col; ResNet-20's
-// stage-3 forward (8 of 16: 0.5) 3.43 instead of 2.90, and conv2's dx (0.94 x 169/225 = 0.70)
-// was slower too. A function of the shape alone, so a conv's bits never depend on the machine.
+// How an implicit GEMM lays out its columns. `rows`: one GEMM per output row p, its Q columns
+// written into the output in place. `wide`: one GEMM over the output rows laid end to end at the
+// padded width, (P - 1) * Wp + Q columns, column p * Wp + q being output (p, q) (the S - 1
+// columns between two rows are computed and dropped) into a scratch of M rows, copied out
+// after. The micro-kernel computes whole NR-column panels, so a narrow output row wastes most
+// of its last panel: on AVX-512 (NR = 32 floats) conv2's 13 columns used 13 of 32 per row, 169
+// of 224 laid end to end. Both sum every element over the same rows in the same order.
+struct ImplicitPlan {
+  bool pays;     // worth it: at least 3/4 of the arithmetic is useful, and the buffers fit
+  bool wide;     // the end-to-end layout (more useful arithmetic than one GEMM per row)
+  int64_t cols;  // the wide layout's columns, (P - 1) * Wp + Q
+};
+
+// The useful share of the arithmetic is what the output needs of the columns the panels compute
+// (times `outputs_used` where the padding is wider than the output needs, as for dx of a
+// 'valid' conv: products with zeros that a GEMM over col would not do). Two Zen 3 cores, batch
+// 64, one GEMM per row: conv2's forward pass (13 of 16 columns used: 0.81) took 3.07 ms instead
+// of 3.45 through im2col; ResNet-20's stage-3 forward (8 of 16: 0.5) 3.43 instead of 2.90, and
+// conv2's dx (0.94 x 169/225 = 0.70) was slower too. A function of the shape alone, so a conv's
+// bits never depend on the machine's thread count.
 template <class T>
-bool implicit_pays(const PaddedImage& im, int64_t Q, double outputs_used) {
+ImplicitPlan implicit_plan(const PaddedImage& im, int64_t M, int64_t P, int64_t Q, double outputs_used) {
   constexpr int64_t NR = GemmTiles<T>::NR;
-  const double useful = double(Q) / double((Q + NR - 1) / NR * NR) * outputs_used;
-  return padded_buffer_size<T>(im) <= scratch_elements<T>() && useful >= 0.75;
+  const auto useful = [](int64_t used, int64_t computed) { return double(used) / double((computed + NR - 1) / NR * NR); };
+  const int64_t cols = (P - 1) * im.Wp + Q;
+  const double per_row = useful(Q, Q), end_to_end = useful(P * Q, cols);
+  const bool wide = end_to_end > per_row;
+  const int64_t scratch = padded_buffer_size<T>(im) + (wide ? M * cols : 0);
+  return {scratch <= scratch_elements<T>() && std::max(per_row, end_to_end) * outputs_used >= 0.75, wide, cols};
 }
 
 // The interior of xp (whose border and tail stay zero from its allocation) = x (C x H x W).
@@ -304,14 +320,27 @@ inline std::vector<int64_t> implicit_rows(const PaddedImage& im, int64_t R, int6
   return rows;
 }
 
-// out (M x P x Q) = a (M x CRS, pack_a_whole's panels) . col(xp), one GEMM per output row p.
-template <class T>
-void implicit_gemm(const T* a_packed, int64_t M, const std::vector<int64_t>& rows, const T* xp, int64_t Wp,
-                   int64_t P, int64_t Q, T* out) {
+// out (M x P x Q) = a (M x CRS, pack_a_whole's panels) . col(xp), laid out as `plan` says
+// (`wide`: its scratch of M x plan.cols). `finish(out_m, m)` then runs on each of out's M planes
+// (the bias and ReLU of the forward pass), in the wide layout right after the plane is copied
+// out, while it is in cache.
+template <class T, class Finish>
+void implicit_gemm(const T* a_packed, int64_t M, const std::vector<int64_t>& rows, const T* xp, const PaddedImage& im,
+                   int64_t P, int64_t Q, const ImplicitPlan& plan, T* wide, T* out, Finish&& finish) {
   const int64_t CRS = int64_t(rows.size());
-  for (int64_t p = 0; p < P; ++p)
-    gemm<T>(M, Q, CRS, {a_packed, CRS, false, false, true}, {xp + p * Wp, Wp, false, true, false, rows.data()},
-            out + p * Q, P * Q, false, false);
+  if (!plan.wide) {
+    for (int64_t p = 0; p < P; ++p)
+      gemm<T>(M, Q, CRS, {a_packed, CRS, false, false, true}, {xp + p * im.Wp, im.Wp, false, true, false, rows.data()},
+              out + p * Q, P * Q, false, false);
+    for (int64_t m = 0; m < M; ++m) finish(out + m * P * Q, m);
+    return;
+  }
+  gemm<T>(M, plan.cols, CRS, {a_packed, CRS, false, false, true}, {xp, im.Wp, false, true, false, rows.data()}, wide,
+          plan.cols, false, false);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t p = 0; p < P; ++p) copy_run(out + (m * P + p) * Q, wide + m * plan.cols + p * im.Wp, Q);
+    finish(out + m * P * Q, m);
+  }
 }
 
 // Forward tiles. The GEMM sums over the rows of col (CRS) in slices of KC, adding each slice's
@@ -431,25 +460,25 @@ void add_bias(T* yn, const T* b, int64_t K, int64_t PQ, bool relu_out) {
     }
 }
 
-// The forward pass of a stride-1 conv as an implicit GEMM (see PaddedImage).
+// The forward pass of a stride-1 conv as an implicit GEMM (see PaddedImage), y = act(. + b).
 template <class T>
-void forward_implicit(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, bool relu_out) {
-  const PaddedImage im{sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad};
-  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q, image = padded_buffer_size<T>(im);
-  std::vector<T> scratch = buffer<T>(max_threads() * image);   // zero: the padding stays so
+void forward_implicit(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, const PaddedImage& im,
+                      const ImplicitPlan& plan, bool relu_out) {
+  const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
+  const int64_t image = padded_buffer_size<T>(im), wide = plan.wide ? sh.K * plan.cols : 0;
+  std::vector<T> scratch = buffer<T>(max_threads() * (image + wide));   // zero: the padding stays so
   std::vector<T> w_packed = buffer<T>(packed_a_size<T>(sh.K, CRS));
   pack_a_whole<T>({w, CRS, false}, sh.K, CRS, w_packed.data());
   const std::vector<int64_t> rows = implicit_rows(im, sh.R, sh.S);
   RegionErrors errors;
   parallel([&] {
-    T* const xp = scratch.data() + thread_id() * image;
+    T* const xp = scratch.data() + thread_id() * (image + wide);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < sh.N; ++n) {
       errors.run([&] {
-        T* yn = y + n * sh.K * PQ;
         pad_image(x + n * sh.C * sh.H * sh.W, sh.H, sh.W, im, xp);
-        implicit_gemm(w_packed.data(), sh.K, rows, xp, im.Wp, sh.P, sh.Q, yn);
-        add_bias(yn, b, sh.K, PQ, relu_out);
+        implicit_gemm(w_packed.data(), sh.K, rows, xp, im, sh.P, sh.Q, plan, xp + image, y + n * sh.K * PQ,
+                      [&](T* plane, int64_t k) { add_bias(plane, b + k, 1, PQ, relu_out); });
       });
     }
   });
@@ -458,8 +487,9 @@ void forward_implicit(const T* x, const T* w, const T* b, T* y, const ConvShape&
 
 template <class T>
 void conv2d_forward(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, bool relu_out) {
-  if (sh.stride == 1 && implicit_pays<T>({sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad}, sh.Q, 1.0))
-    return forward_implicit(x, w, b, y, sh, relu_out);
+  const PaddedImage im{sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad};
+  const ImplicitPlan plan = implicit_plan<T>(im, sh.K, sh.P, sh.Q, 1.0);
+  if (sh.stride == 1 && plan.pays) return forward_implicit(x, w, b, y, sh, im, plan, relu_out);
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
   const Tile size = forward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
@@ -504,9 +534,9 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   // 6.6 on two Zen 3 cores. Each dx element is then one sum over (k, r, s) rather than a sum of
   // K-long sums added row by row: other bits than col2im's, the same to rounding.
   const PaddedImage dyim{sh.K, sh.P + 2 * (sh.R - 1 - sh.pad), sh.Q + 2 * (sh.S - 1 - sh.pad), sh.R - 1 - sh.pad};
-  const bool implicit_dx = dx != nullptr && sh.stride == 1 && sh.R == sh.S && sh.pad < sh.R &&
-                           implicit_pays<T>(dyim, sh.W, double(PQ) / double(sh.H * sh.W));
-  const int64_t dy_image = implicit_dx ? padded_buffer_size<T>(dyim) : 0;
+  const ImplicitPlan dx_plan = implicit_plan<T>(dyim, sh.C, sh.H, sh.W, double(PQ) / double(sh.H * sh.W));
+  const bool implicit_dx = dx != nullptr && sh.stride == 1 && sh.R == sh.S && sh.pad < sh.R && dx_plan.pays;
+  const int64_t dy_image = implicit_dx ? padded_buffer_size<T>(dyim) + (dx_plan.wide ? sh.C * dx_plan.cols : 0) : 0;
   std::vector<T> dy_padded = buffer<T>(threads * dy_image);   // zero: the padding stays so
   std::vector<T> wt_turned = buffer<T>(implicit_dx ? packed_a_size<T>(sh.C, sh.K * sh.R * sh.S) : 0);
   std::vector<int64_t> dy_rows;
@@ -547,7 +577,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
           if (implicit_dx) {
             T* const dyp = dy_padded.data() + thread_id() * dy_image;
             pad_image(dyn, sh.P, sh.Q, dyim, dyp);
-            implicit_gemm(wt_turned.data(), sh.C, dy_rows, dyp, dyim.Wp, sh.H, sh.W, dx + n * CHW);
+            implicit_gemm(wt_turned.data(), sh.C, dy_rows, dyp, dyim, sh.H, sh.W, dx_plan, dyp + padded_buffer_size<T>(dyim),
+                          dx + n * CHW, [](T*, int64_t) {});
           }
           if (dx_col2im != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {
