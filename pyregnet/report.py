@@ -7,6 +7,7 @@ runs pruned with `python -m pyregnet.prune`, test accuracy against sparsity."""
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from . import experiments as ex
@@ -330,7 +331,12 @@ def provenance(root):
         return ", ".join(sorted({fmt(c.get(key)) for c in configs if c.get(key) is not None})) or "not recorded"
     dates = sorted(c["started_utc"] for c in configs if c.get("started_utc"))
     data = values("data_file", lambda f: f"{f['name']} (sha256 {f['sha256']})")
-    return (f"{len(configs)} runs. Processor: {values('processor')}; device: {values('device')}; commits: "
+    # the instruction set shapes a run's bits (docs/design.md, Reproducibility); builds before
+    # c9f3fec did not record it
+    isas = Counter((c.get("build") or {}).get("cpu_isa") or "not recorded" for c in configs)
+    isa = ", ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in sorted(isas.items()))
+    return (f"{len(configs)} runs. Processor: {values('processor')}; CPU instruction set: {isa}; "
+            f"device: {values('device')}; commits: "
             f"{values('commit')}; started {dates[0] if dates else '?'} – {dates[-1] if dates else '?'} UTC; "
             f"data: {data}.")
 

@@ -175,3 +175,16 @@ def test_report_e8_resnet20_grid_norms_and_claims(root):
     assert "| L2 | 1.20 ± 0.00 | 0.400 | 4.00 ± 0.00 | 1.000 |" in e8
     assert "| L1L2 | 1.00 ± 0.00 | 0.333 | 1.00 ± 0.00 | 0.250 |" in e8
     assert "endpoint test acc: L2 − none (claimed > 0), n = 2 | +1.50 |" in e8
+
+
+def test_provenance_counts_the_instruction_sets(tmp_path):
+    """The instruction set shapes a run's bits: the report says which ran where, and which runs
+    (older builds) did not record it."""
+    r = tmp_path / "results"
+    fake_run(r / "E1", "none", 0, 0.6, 0.7, build={"cpu_isa": "avx512f"})
+    fake_run(r / "E1", "none", 1, 0.6, 0.7, build={"cpu_isa": "avx512f"})
+    fake_run(r / "E3", "l1", 0, 0.6, 0.7, l1=1e-5, build={"cpu_isa": "avx2+fma"})
+    fake_run(r / "E3", "l1", 1, 0.6, 0.7, l1=1e-5)
+    line = report.provenance(r)
+    assert line.startswith("4 runs.")
+    assert "CPU instruction set: avx2+fma (1 run), avx512f (2 runs), not recorded (1 run);" in line
