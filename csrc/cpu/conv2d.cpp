@@ -15,7 +15,13 @@
 #include <cstring>
 #include <exception>
 #include <new>
+#include <type_traits>
+#include <utility>
 #include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -183,6 +189,49 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
   });
 }
 
+// Integers as wide as T: the lanes of masks and shuffle indices for vectors of T.
+template <class T>
+using LaneInt = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+
+// Lanes [0, n) of a vector from p[0, n), the other lanes 0 (0 < n < the lanes; `live`: lane < n),
+// reading nothing past p + n: the last of dy's rows ends where the caller's array does.
+template <class Vec, class T, class Ints>
+inline Vec load_head(const T* p, int64_t n, Ints live) {
+#if defined(__AVX512F__)
+  (void)live;
+  if constexpr (sizeof(T) == 4) return Vec(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
+  else return Vec(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p));
+#elif defined(__AVX__)
+  (void)n;
+  if constexpr (sizeof(T) == 4) return Vec(_mm256_maskload_ps(p, __m256i(live)));
+  else return Vec(_mm256_maskload_pd(p, __m256i(live)));
+#else
+  (void)live;
+  Vec v = {};
+  std::memcpy(&v, p, size_t(n) * sizeof(T));
+  return v;
+#endif
+}
+
+// Transposes the L x L matrix whose rows are the vectors v[0, L): v[l][i] becomes the old v[i][l].
+// Rounds H = L/2, L/4, ..., 1: each 2 x 2 matrix of H x H blocks in rows i and i + H (i & H == 0)
+// transposed, lanes [H, 2H) (mod 2H) of row i exchanged with lanes [0, H) of row i + H, by two
+// two-vector shuffles (log2(L) * L shuffles in all).
+template <class T, int64_t H, class Vec, int64_t L, size_t... k>
+inline void transpose(Vec (&v)[L], std::index_sequence<k...> lane_numbers) {
+  typedef LaneInt<T> Int;
+  typedef Int Ints __attribute__((vector_size(sizeof(Vec))));
+  // __builtin_shuffle(a, b, index): lane k is a[index[k]] for index[k] < L, else b[index[k] - L]
+  const Ints low = {Int(k & H ? L + k - H : k)...}, high = {Int(k & H ? L + k : k + H)...};
+  for (int64_t i = 0; i < L; ++i)
+    if (!(i & H)) {
+      const Vec a = v[i], b = v[i + H];
+      v[i] = __builtin_shuffle(a, b, low);
+      v[i + H] = __builtin_shuffle(a, b, high);
+    }
+  if constexpr (H > 1) transpose<T, H / 2>(v, lane_numbers);
+}
+
 // One block of weight_grad_tile: KB output channels' rows of dy (ldy apart) against RB rows of
 // the tile (ld apart, at aligned addresses: see backward_tile_size), the KB x RB sums each in L
 // lanes of a vector register. Per step KB + RB loads feed KB x RB FMAs. With 3 x 4 that is 7
@@ -199,27 +248,56 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
 template <int64_t KB, int64_t RB, class T>
 __attribute__((noinline)) void weight_grad_block(const T* dy, int64_t ldy, const T* tile, int64_t ld,
                                                  int64_t cols, T* dw, int64_t ld_dw, bool add) {
-  constexpr int64_t L = lanes<T>();
+  constexpr int64_t L = lanes<T>(), N = KB * RB;
   typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  typedef LaneInt<T> Int;
+  typedef Int Ints __attribute__((vector_size(kVectorBytes)));
   const auto load = [](const T* p) { Vec v; std::memcpy(&v, p, sizeof v); return v; };
   const auto in_register = [](Vec v) { asm("" : "+x"(v)); return v; };   // an opaque change of v
-  Vec acc[KB][RB] = {};
+  Vec acc[N] = {};   // the sum of (channel c, row b) in acc[c * RB + b]
   int64_t j = 0;
   for (; j + L <= cols; j += L) {
     Vec d[KB];
     for (int64_t c = 0; c < KB; ++c) d[c] = in_register(load(dy + c * ldy + j));
     for (int64_t b = 0; b < RB; ++b) {
       const Vec t = in_register(load(tile + b * ld + j));
-      for (int64_t c = 0; c < KB; ++c) acc[c][b] += d[c] * t;
+      for (int64_t c = 0; c < KB; ++c) acc[c * RB + b] += d[c] * t;
     }
+  }
+  // The last cols - j < L columns: in the lanes they reach, the same FMA per vector as above
+  // (GCC contracted the scalar loop this replaces to FMAs as well); the other lanes kept by a
+  // select, since a multiply-add of zeros would turn a -0.0 lane (flush-to-zero leaves them)
+  // into +0.0.
+  if (j < cols) {
+    Ints index;
+    for (int64_t l = 0; l < L; ++l) index[l] = Int(l);
+    const Ints live = index < Int(cols - j);
+    Vec d[KB];
+    for (int64_t c = 0; c < KB; ++c) d[c] = load_head<Vec>(dy + c * ldy + j, cols - j, live);
+    for (int64_t b = 0; b < RB; ++b) {
+      const Vec t = load_head<Vec>(tile + b * ld + j, cols - j, live);
+      for (int64_t c = 0; c < KB; ++c) acc[c * RB + b] = live ? acc[c * RB + b] + d[c] * t : acc[c * RB + b];
+    }
+  }
+  // Each sum's lanes added in order, ((acc[0] + acc[1]) + acc[2]) + ..., L sums at a time: with
+  // a group of L accumulators transposed, vector l holds lane l of each, and one vector addition
+  // advances all L sums by one lane (rows past the last accumulator are zeros, their sums unused).
+  // Lane by lane from the stack, after the last columns one at a time, these steps added 40% to
+  // the loop's time for conv1's 900 columns: on the AVX-512 EPYC (two threads) conv1's backward
+  // pass took 0.41 ms instead of 0.54.
+  T sums[N];
+  for (int64_t g = 0; g < N; g += L) {
+    Vec v[L] = {};
+    for (int64_t i = 0; g + i < N && i < L; ++i) v[i] = acc[g + i];
+    transpose<T, L / 2>(v, std::make_index_sequence<L>());
+    Vec sum = v[0];
+    for (int64_t l = 1; l < L; ++l) sum += v[l];
+    for (int64_t i = 0; g + i < N && i < L; ++i) sums[g + i] = sum[i];
   }
   for (int64_t c = 0; c < KB; ++c)
     for (int64_t b = 0; b < RB; ++b) {
-      for (int64_t l = 0; j + l < cols; ++l) acc[c][b][l] += dy[c * ldy + j + l] * tile[b * ld + j + l];
-      T sum = acc[c][b][0];
-      for (int64_t l = 1; l < L; ++l) sum += acc[c][b][l];
       T& out = dw[b * ld_dw + c];
-      out = add ? out + sum : sum;
+      out = add ? out + sums[c * RB + b] : sums[c * RB + b];
     }
 }
 
