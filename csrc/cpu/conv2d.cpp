@@ -44,8 +44,12 @@ constexpr int64_t kMinColumns = 64;
 // short row does not repay. On one Zen 3 core (batch 64): conv1's dw (900 columns) took 4.1 ms
 // as GEMMs and 2.1 ms along the rows, in blocks of 4 channels x 3 rows (the form below is
 // faster still); conv2's backward pass (169 columns) 8.3 ms with GEMMs and 15.7 ms along the
-// rows (docs/results.md, CPU speed work). The choice depends on the shape alone, not the threads.
-constexpr int64_t kMinDotColumns = 512;
+// rows (docs/results.md, CPU speed work). With the lanes summed L at a time (weight_grad_block),
+// on the AVX-512 EPYC (two threads) ResNet-20's stage-2 backward pass (256 columns) took 2.60 ms
+// along the rows against 3.07 as GEMMs, conv2's (169) 3.95 against 3.60: 256 there; the Zen 3's
+// 512 is kept for AVX2, where 256 was not measured. The choice depends on the shape and the
+// instruction set alone, not the threads.
+constexpr int64_t kMinDotColumns = kVectorBytes == 64 ? 256 : 512;
 
 // Elements of T in a vector register.
 template <class T>
