@@ -387,9 +387,10 @@ int64_t padded_buffer_size(const PaddedImage& im) { return im.elements() + GemmT
 // of its last panel: on AVX-512 (NR = 32 floats) conv2's 13 columns used 13 of 32 per row, 169
 // of 224 laid end to end. Both sum every element over the same rows in the same order.
 struct ImplicitPlan {
-  bool pays;     // worth it: at least 3/4 of the arithmetic is useful, and the buffers fit
-  bool wide;     // the end-to-end layout (more useful arithmetic than one GEMM per row)
-  int64_t cols;  // the wide layout's columns, (P - 1) * Wp + Q
+  bool pays;        // worth it: at least 3/4 of the arithmetic is useful, and the buffers fit
+  bool wide;        // the end-to-end layout (more useful arithmetic than one GEMM per row)
+  int64_t cols;     // the wide layout's columns, (P - 1) * Wp + Q
+  int64_t scratch;  // elements per thread: the padded image, then (wide) the M x cols output
 };
 
 // The useful share of the arithmetic is what the output needs of the columns the panels compute
@@ -407,7 +408,8 @@ ImplicitPlan implicit_plan(const PaddedImage& im, int64_t M, int64_t P, int64_t 
   const double per_row = useful(Q, Q), end_to_end = useful(P * Q, cols);
   const bool wide = end_to_end > per_row;
   const int64_t scratch = padded_buffer_size<T>(im) + (wide ? M * cols : 0);
-  return {scratch <= scratch_elements<T>() && std::max(per_row, end_to_end) * outputs_used >= 0.75, wide, cols};
+  return {scratch <= scratch_elements<T>() && std::max(per_row, end_to_end) * outputs_used >= 0.75, wide, cols,
+          scratch};
 }
 
 // The interior of xp (whose border and tail stay zero from its allocation) = x (C x H x W).
@@ -427,13 +429,14 @@ inline std::vector<int64_t> implicit_rows(const PaddedImage& im, int64_t R, int6
   return rows;
 }
 
-// out (M x P x Q) = a (M x CRS, pack_a_whole's panels) . col(xp), laid out as `plan` says
-// (`wide`: its scratch of M x plan.cols). `finish(out_m, m)` then runs on each of out's M planes
+// out (M x P x Q) = a (M x CRS, pack_a_whole's panels) . col(xp), laid out as `plan` says; xp
+// starts a thread's plan.scratch elements, the wide layout's output after the padded image.
+// `finish(out_m, m)` then runs on each of out's M planes
 // (the bias and ReLU of the forward pass), in the wide layout right after the plane is copied
 // out, while it is in cache.
 template <class T, class Finish>
-void implicit_gemm(const T* a_packed, int64_t M, const std::vector<int64_t>& rows, const T* xp, const PaddedImage& im,
-                   int64_t P, int64_t Q, const ImplicitPlan& plan, T* wide, T* out, Finish&& finish) {
+void implicit_gemm(const T* a_packed, int64_t M, const std::vector<int64_t>& rows, T* xp, const PaddedImage& im,
+                   int64_t P, int64_t Q, const ImplicitPlan& plan, T* out, Finish&& finish) {
   const int64_t CRS = int64_t(rows.size());
   if (!plan.wide) {
     for (int64_t p = 0; p < P; ++p)
@@ -442,6 +445,7 @@ void implicit_gemm(const T* a_packed, int64_t M, const std::vector<int64_t>& row
     for (int64_t m = 0; m < M; ++m) finish(out + m * P * Q, m);
     return;
   }
+  T* const wide = xp + padded_buffer_size<T>(im);
   gemm<T>(M, plan.cols, CRS, {a_packed, CRS, false, false, true}, {xp, im.Wp, false, true, false, rows.data()}, wide,
           plan.cols, false, false);
   for (int64_t m = 0; m < M; ++m) {
@@ -572,19 +576,18 @@ template <class T>
 void forward_implicit(const T* x, const T* w, const T* b, T* y, const ConvShape& sh, const PaddedImage& im,
                       const ImplicitPlan& plan, bool relu_out) {
   const int64_t CRS = sh.C * sh.R * sh.S, PQ = sh.P * sh.Q;
-  const int64_t image = padded_buffer_size<T>(im), wide = plan.wide ? sh.K * plan.cols : 0;
-  std::vector<T> scratch = buffer<T>(max_threads() * (image + wide));   // zero: the padding stays so
+  std::vector<T> scratch = buffer<T>(max_threads() * plan.scratch);   // zero: the padding stays so
   std::vector<T> w_packed = buffer<T>(packed_a_size<T>(sh.K, CRS));
   pack_a_whole<T>({w, CRS, false}, sh.K, CRS, w_packed.data());
   const std::vector<int64_t> rows = implicit_rows(im, sh.R, sh.S);
   RegionErrors errors;
   parallel([&] {
-    T* const xp = scratch.data() + thread_id() * (image + wide);
+    T* const xp = scratch.data() + thread_id() * plan.scratch;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < sh.N; ++n) {
       errors.run([&] {
         pad_image(x + n * sh.C * sh.H * sh.W, sh.H, sh.W, im, xp);
-        implicit_gemm(w_packed.data(), sh.K, rows, xp, im, sh.P, sh.Q, plan, xp + image, y + n * sh.K * PQ,
+        implicit_gemm(w_packed.data(), sh.K, rows, xp, im, sh.P, sh.Q, plan, y + n * sh.K * PQ,
                       [&](T* plane, int64_t k) { add_bias(plane, b + k, 1, PQ, relu_out); });
       });
     }
@@ -643,7 +646,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const PaddedImage dyim{sh.K, sh.P + 2 * (sh.R - 1 - sh.pad), sh.Q + 2 * (sh.S - 1 - sh.pad), sh.R - 1 - sh.pad};
   const ImplicitPlan dx_plan = implicit_plan<T>(dyim, sh.C, sh.H, sh.W, double(PQ) / double(sh.H * sh.W));
   const bool implicit_dx = dx != nullptr && sh.stride == 1 && sh.R == sh.S && sh.pad < sh.R && dx_plan.pays;
-  const int64_t dy_image = implicit_dx ? padded_buffer_size<T>(dyim) + (dx_plan.wide ? sh.C * dx_plan.cols : 0) : 0;
+  const int64_t dy_image = implicit_dx ? dx_plan.scratch : 0;
   std::vector<T> dy_padded = buffer<T>(threads * dy_image);   // zero: the padding stays so
   std::vector<T> wt_turned = buffer<T>(implicit_dx ? packed_a_size<T>(sh.C, sh.K * sh.R * sh.S) : 0);
   std::vector<int64_t> dy_rows;
@@ -684,8 +687,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
           if (implicit_dx) {
             T* const dyp = dy_padded.data() + thread_id() * dy_image;
             pad_image(dyn, sh.P, sh.Q, dyim, dyp);
-            implicit_gemm(wt_turned.data(), sh.C, dy_rows, dyp, dyim, sh.H, sh.W, dx_plan, dyp + padded_buffer_size<T>(dyim),
-                          dx + n * CHW, [](T*, int64_t) {});
+            implicit_gemm(wt_turned.data(), sh.C, dy_rows, dyp, dyim, sh.H, sh.W, dx_plan, dx + n * CHW,
+                          [](T*, int64_t) {});
           }
           if (dx_col2im != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {

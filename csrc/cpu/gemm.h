@@ -95,10 +95,11 @@ void pack_b(const MatrixView<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t 
 // acc = the first ROWS rows of Ap (an MR x kc panel) . B (kc x NR panel, row k at b_row(k));
 // C[:ROWS, :cols] = acc, or += acc when `add`. ROWS < MR for the last panel of an M that is no
 // multiple of MR: conv1's 32 channels are 5 panels of 6 and one of 2, computed as 2 rather than 6
-// rows. Two Zen 3 cores: ResNet-20's stem and stage-1 forward passes 5-8% faster, the stem's
-// backward (dx: 3 rows) 17%, conv1's forward 2% (within noise). The accumulators are zeroed by loops the compiler must not turn into a call to
-// memset (which it did for `= {}`: a call per micro-kernel, 6.5% of conv1's forward pass at K = 27
-// on one Zen 3 core; without it conv1's forward pass took 2-4% less on two).
+// rows (with MR = 6, AVX2). Two Zen 3 cores: ResNet-20's stem and stage-1 forward passes 5-8%
+// faster, the stem's backward (dx: 3 rows) 17%, conv1's forward 2% (within noise). The
+// accumulators are zeroed by loops the compiler must not turn into a call to memset (which it did
+// for `= {}`: a call per micro-kernel, 6.5% of conv1's forward pass at K = 27 on one Zen 3 core;
+// without it conv1's forward pass took 2-4% less on two).
 template <class T, int64_t ROWS, class BRow>
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 void micro_tile(int64_t kc, const T* ap, BRow b_row, T* c, int64_t ldc, int64_t cols, bool add) {
