@@ -17,7 +17,8 @@ from .tables import lambda_text
 ZEROS = "sparsity_0"
 SMALL = "sparsity_0.001"
 NAMES = {"endpoint_acc": "endpoint test acc", "gap": "gap", ZEROS: "exact zeros", SMALL: "\\|w\\| ≤ 1e-3",
-         report.TINY_KEY: "\\|w\\| < 1.18e-38", "within_1pp": "largest sparsity within 1 pp"}
+         report.TINY_KEY: "\\|w\\| < 1.18e-38", "within_1pp": "largest sparsity within 1 pp",
+         "acc_at_0.9": "test acc at 90% zeros"}
 E5_ZEROS_AT_LEAST = 0.10  # "makes exact zeros": at least this fraction of kernel weights on every seed
 E6_LAMBDA = 1e-3          # the λ at which E6 tests SGD's order
 
@@ -127,20 +128,65 @@ def e6_section(root):
     return lines
 
 
+PRUNED_LEVELS = (0.9, 0.95)  # the pruning levels whose test accuracy the E5 table shows
+
+
+def prune_numbers(runs):
+    """{seed: {"within_1pp": ..., "acc_at_<level>": ...}} of the runs that were pruned."""
+    out = {}
+    for r in runs:
+        curve = tables.prune_curve(r)
+        if curve is not None:
+            at = {p["level"]: p["test_acc"] for p in curve}
+            out[r["config"]["seed"]] = {"within_1pp": tables.largest_within(curve),
+                                        **{f"acc_at_{lv:g}": at.get(lv, math.nan) for lv in PRUNED_LEVELS}}
+    return out
+
+
+def _mean_std_or_dash(values):
+    """mean ± std (%) of the values, or "-" when any seed's curve lacks the level (NaN)."""
+    return "-" if any(math.isnan(v) for v in values) else report.mean_std_text(values, digits=1)
+
+
+def pruned_table(numbers, labels):
+    """Per method: seeds pruned, largest sparsity within 1 pp and test accuracy at PRUNED_LEVELS (%),
+    mean ± std over seeds."""
+    head = ["method", "seeds pruned", "largest sparsity within 1 pp (%)",
+            *(f"test acc at {100 * lv:g}% zeros (%)" for lv in PRUNED_LEVELS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, by_seed in numbers.items():
+        if by_seed:
+            values = list(by_seed.values())
+            lines.append("| " + " | ".join([labels[method], ",".join(map(str, sorted(by_seed))),
+                                            *(_mean_std_or_dash([v[q] for v in values])
+                                              for q in ("within_1pp", *(f"acc_at_{lv:g}" for lv in PRUNED_LEVELS)))])
+                         + " |")
+    return lines
+
+
 def e7_section(root):
-    """What sparsity is worth in E3: the largest sparsity within 1 pp, penalty − none, paired."""
-    groups = report.load_regime(root, "E3")
-    numbers = {}
-    for method, runs in groups.items():
-        for r in runs:
-            curve = tables.prune_curve(r)
-            if curve is not None:
-                numbers.setdefault(method, {})[r["config"]["seed"]] = {"within_1pp": tables.largest_within(curve)}
+    """What sparsity is worth once weights are removed: E3's penalties against none, and E5's
+    proximal step against the gradient step of the same seeds; paired by seed."""
+    numbers = {m: prune_numbers(runs) for m, runs in report.load_regime(root, "E3").items()}
     results = report.paired_tests(numbers, [("within_1pp", m, "none", 1) for m in ("l1", "l2", "l1l2")])
     if not results:
         return ["E7: fewer than 2 seeds of E3 pruned for any penalty and the baseline."]
-    return ["Largest sparsity whose test accuracy stays within 1 pp of the unpruned run's (E3, global magnitude "
-            "pruning), penalty − none:", "", *comparison_table(results, tables.METHOD_NAMES)]
+    prox = {f"prox-{k}": prune_numbers(finished(root, "E5", reg=k)) for k in ("l1", "l2")}
+    prox = {k: v for k, v in prox.items() if v}
+    labels = tables.METHOD_NAMES if not prox else {
+        **tables.METHOD_NAMES, "l1": "L1 (gradient)", "l2": "L2 (gradient)", "l1l2": "L1L2 (gradient)",
+        "prox-l1": "L1 (proximal, E5)", "prox-l2": "L2 (proximal, E5)"}
+    lines = ["Largest sparsity whose test accuracy stays within 1 pp of the unpruned run's (E3, global magnitude "
+             "pruning), penalty − none:", "", *comparison_table(results, labels), "",
+             "Per method (E3 with E1's baseline" + (", and E5's proximal runs" if prox else "") +
+             "; each row over the seeds it has pruned):", "", *pruned_table({**numbers, **prox}, labels)]
+    if not prox:
+        return lines
+    results = report.paired_tests({**numbers, **prox}, [
+        ("within_1pp", "prox-l1", "l1", 0), ("acc_at_0.9", "prox-l1", "l1", 0),
+        ("within_1pp", "prox-l1", "none", 1), ("within_1pp", "prox-l2", "none", 0)])
+    return lines + ["", "The proximal step against the gradient step and the baseline, paired by seed:", "",
+                    *comparison_table(results, labels)]
 
 
 def kernel_norms(run):

@@ -138,6 +138,7 @@ def test_report_beyond_the_paper_sections(root):
     for seed in range(2):
         fake_prune(root / "E3" / sweep.Spec("l1", 1e-5, 0.0, seed).name, [0.70, 0.70, 0.695 - 0.01 * seed, 0.5])
         fake_prune(root / "E1" / sweep.Spec("none", 0.0, 0.0, seed).name, [0.70, 0.70, 0.60, 0.5])
+        fake_prune(root / "E5" / sweep.Spec("l1", 1e-3, 0.0, seed).name, [0.70, 0.70, 0.65 - 0.02 * seed, 0.5])
     assert sweep.main(["report", "--root", str(root)]) == 0
     text = (root / "report.md").read_text()
     e5 = text.split("## E5")[1].split("## E6")[0]
@@ -150,7 +151,12 @@ def test_report_beyond_the_paper_sections(root):
     # E3's fixture has L1 and L2 equally sparse at 1e-3: Adam does not rank L1 first, SGD does
     assert "SGD supported, Adam (E3, at E2's λ) no difference: **met**" in e6
     e7 = text.split("## E7")[1]
-    assert "| largest sparsity within 1 pp: L1 − none (claimed > 0) | 2 | +20.00 |" in e7
+    assert "| largest sparsity within 1 pp: L1 (gradient) − none (claimed > 0) | 2 | +20.00 |" in e7
+    # E5's proximal L1, pruned on seeds 0-1: within 1 pp only at 50%; 90% zeros keep 65 and 63%
+    # (the gradient step's 69.5 and 68.5%); the curves have no 95% level
+    assert "| L1 (proximal, E5) | 0,1 | 50.0 ± 0.0 | 64.0 ± 1.4 | - |" in e7
+    assert "| L1 (gradient) | 0,1 | 70.0 ± 28.3 | 69.0 ± 0.7 | - |" in e7
+    assert "| test acc at 90% zeros: L1 (proximal, E5) − L1 (gradient) (two-sided) | 2 | -5.00 |" in e7
 
 
 def test_report_e8_resnet20_grid_norms_and_claims(root):
