@@ -1,7 +1,8 @@
 // conv2d on the CPU: any stride, zero padding, PyTorch layouts, through im2col + packed GEMM.
 // Shape letters: N, C, H, W (input), K (output channels), R, S (filter), P, Q (output H, W).
 //   forward:   y[n] (K x PQ)   = w (K x CRS) . col(x[n]) (CRS x PQ) + b
-//   backward:  dw^T (CRS x K)  = sum_n col(x[n]) (CRS x PQ) . dy[n]^T   (wide tiles: weight_grad_tile)
+//   backward:  dw^T (CRS x K)  = sum_n col(x[n]) (CRS x PQ) . dy[n]^T   (wide tiles: weight_grad_tile;
+//                                narrow ones: col's GEMM panels packed from the image, pack_col_panels)
 //              dx[n]           = col2im( w^T (CRS x K) . dy[n] (K x PQ) )
 //              db[k]           = sum_n sum_pq dy[n, k]
 // col is never built whole (it has C·R·S·P·Q elements, unbounded): each thread fills one tile
@@ -429,6 +430,98 @@ inline std::vector<int64_t> implicit_rows(const PaddedImage& im, int64_t R, int6
   return rows;
 }
 
+// dw's GEMM without an im2col tile. dw^T = col . dy^T packed col, the GEMM's A, into MR-row
+// panels (pack_a_whole's layout): each value was written twice, once into the tile and once into
+// a panel, and the panel's MR values per column were gathered from MR tile rows. Here col's rows
+// are taken in the order (r, s, c) instead of (c, r, s), from the image laid out channels-last:
+// row (r, s, c) at column (p, q) is xt[((p + r) * Wp + q + s) * C + c], so a panel's MR rows at one
+// column are MR consecutive channels, one contiguous copy where C is a multiple of MR. Each dw
+// element is still the same sum over (p, q) in the same order, only stored in another row of
+// dw^T (conv2d_backward puts it back): the same bits. Two threads, AVX-512 EPYC, batch 64, the
+// backward pass without dx (docs/results.md, CPU speed work): conv2 (288 rows, 169 columns) 1.91
+// -> 1.27 ms, ResNet-20's stage-3 conv (576 rows, 64 columns) 1.91 -> 0.98 ms.
+
+// The padded image channels-last: xt[(h * Wp + w) * C + c] = x[c, h - pad, w - pad]; the border
+// is left as it is (zero from the buffer's allocation). L channels at a time where C allows: an
+// L x L block (L channels' rows, up to L columns each) transposed in registers and stored as one
+// vector per column; one element at a time (a stride-C store each) it took as long as packing
+// col's panels from it.
+template <class T>
+void pad_image_channels_last(const T* x, int64_t H, int64_t W, const PaddedImage& im, T* xt) {
+  constexpr int64_t L = lanes<T>();
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  typedef LaneInt<T> Int;
+  typedef Int Ints __attribute__((vector_size(kVectorBytes)));
+  const int64_t C = im.C, c_blocks = C / L * L;
+  for (int64_t c = 0; c < c_blocks; c += L)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; w += L) {
+        const int64_t n = std::min(L, W - w);   // columns in this block
+        Ints index;
+        for (int64_t l = 0; l < L; ++l) index[l] = Int(l);
+        const Ints live = index < Int(n);
+        Vec v[L];
+        for (int64_t i = 0; i < L; ++i) {
+          const T* const src = x + ((c + i) * H + h) * W + w;
+          if (n == L) std::memcpy(&v[i], src, sizeof(Vec));
+          else v[i] = load_head<Vec>(src, n, live);   // reads nothing past the row's end
+        }
+        transpose<T, L / 2>(v, std::make_index_sequence<L>());
+        T* const dst = xt + ((h + im.pad) * im.Wp + im.pad + w) * C + c;
+        for (int64_t j = 0; j < n; ++j) std::memcpy(dst + j * C, &v[j], sizeof(Vec));
+      }
+  for (int64_t c = c_blocks; c < C; ++c)
+    for (int64_t h = 0; h < H; ++h) {
+      const T* const src = x + (c * H + h) * W;
+      T* const dst = xt + ((h + im.pad) * im.Wp + im.pad) * C + c;
+      for (int64_t w = 0; w < W; ++w) dst[w * C] = src[w];
+    }
+}
+
+// Offsets in a channels-last padded image of col's rows in the order (r, s, c), at output (0, 0).
+inline std::vector<int64_t> channels_last_rows(const PaddedImage& im, int64_t R, int64_t S) {
+  std::vector<int64_t> rows;
+  rows.reserve(size_t(R * S * im.C));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t c = 0; c < im.C; ++c) rows.push_back((r * im.Wp + s) * im.C + c);
+  return rows;
+}
+
+// pack_a_whole's panels of col (rows `rows` of a channels-last padded image xt, P x Q columns).
+template <class T>
+void pack_col_panels(const T* xt, const PaddedImage& im, const std::vector<int64_t>& rows, int64_t P, int64_t Q,
+                     T* out) {
+  constexpr int64_t MR = GemmTiles<T>::MR, KC = GemmTiles<T>::KC;
+  const int64_t M = int64_t(rows.size()), PQ = P * Q, m_padded = (M + MR - 1) / MR * MR, C = im.C;
+  for (int64_t k0 = 0; k0 < PQ; k0 += KC) {
+    const int64_t kc = std::min(KC, PQ - k0);
+    for (int64_t ip = 0; ip < M; ip += MR) {
+      T* const panel = out + m_padded * k0 + ip * kc;
+      // Calls copy(dst, src) for each column of the slice: dst its MR values in the panel, src
+      // the image at its (p, q).
+      const auto columns = [panel, xt, k0, kc, Q, C, Wp = im.Wp](auto copy) {
+        T* dst = panel;
+        for (int64_t p = k0 / Q, q = k0 % Q, left = kc; left > 0; ++p, q = 0) {
+          const int64_t n = std::min(Q - q, left);
+          const T* src = xt + (p * Wp + q) * C;
+          for (int64_t j = 0; j < n; ++j, src += C, dst += MR) copy(dst, src);
+          left -= n;
+        }
+      };
+      if (ip + MR <= M && rows[ip + MR - 1] == rows[ip] + MR - 1) {
+        // one copy of a constant size, which the compiler makes a single vector move (the loop
+        // it replaces stayed scalar: dst might alias the image, as far as GCC could tell)
+        columns([first = rows[ip]](T* dst, const T* src) { std::memcpy(dst, src + first, MR * sizeof(T)); });
+      } else {  // rows past the matrix are zero, as pack_a makes them
+        columns([&](T* dst, const T* src) {
+          for (int64_t i = 0; i < MR; ++i) dst[i] = ip + i < M ? src[rows[ip + i]] : T(0);
+        });
+      }
+    }
+  }
+}
+
 // out (M x P x Q) = a (M x CRS, pack_a_whole's panels) . col(xp), laid out as `plan` says; xp
 // starts a thread's plan.scratch elements, the wide layout's output after the padded image.
 // `finish(out_m, m)` then runs on each of out's M planes
@@ -662,15 +755,27 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
     dy_rows = implicit_rows(dyim, sh.R, sh.S);
   }
   T* const dx_col2im = implicit_dx ? nullptr : dx;
+  // dw as one GEMM per image whose col panels are packed from the image itself (pack_col_panels),
+  // with no im2col tile: where a tile holds all of col, dw goes through a GEMM (fewer columns than
+  // kMinDotColumns) and no col2im needs the tile afterwards.
+  const PaddedImage xim{sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad};
+  const bool dw_from_image = sh.stride == 1 && size.rows == CRS && size.cols == PQ && PQ < kMinDotColumns &&
+                             dx_col2im == nullptr;
+  const std::vector<int64_t> x_rows = dw_from_image ? channels_last_rows(xim, sh.R, sh.S) : std::vector<int64_t>();
+  const int64_t x_image = dw_from_image ? xim.elements() : 0;
+  std::vector<T> x_padded = buffer<T>(threads * x_image);   // zero: the padding stays so
   // w^T packed once when a tile holds every row of col (then each gemm multiplies all of it)
   const bool pack_wt = dx_col2im != nullptr && size.rows == CRS;
   std::vector<T> wt_packed = buffer<T>(pack_wt ? packed_a_size<T>(CRS, sh.K) : 0);
   if (pack_wt) pack_a_whole<T>({w, CRS, true}, CRS, sh.K, wt_packed.data());
-  std::vector<T> scratch = buffer<T>(threads * size.rows * size.ld + lanes<T>());
-  T* const aligned = vector_aligned(scratch);   // size.rows * size.ld is a multiple of the lanes
+  // per thread: the im2col tile, or col's packed panels (a multiple of the lanes, as the tile is)
+  const int64_t col_elements = dw_from_image ? (packed_a_size<T>(CRS, PQ) + lanes<T>() - 1) / lanes<T>() * lanes<T>()
+                                             : size.rows * size.ld;
+  std::vector<T> scratch = buffer<T>(threads * col_elements + lanes<T>());
+  T* const aligned = vector_aligned(scratch);
   RegionErrors errors;
   parallel([&] {
-    T* const col = aligned + thread_id() * size.rows * size.ld;
+    T* const col = aligned + thread_id() * col_elements;
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < n_partials; ++part) {
       errors.run([&] {
@@ -689,6 +794,13 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
             pad_image(dyn, sh.P, sh.Q, dyim, dyp);
             implicit_gemm(wt_turned.data(), sh.C, dy_rows, dyp, dyim, sh.H, sh.W, dx_plan, dx + n * CHW,
                           [](T*, int64_t) {});
+          }
+          if (dw_from_image) {
+            T* const xt = x_padded.data() + thread_id() * x_image;
+            pad_image_channels_last(x + n * CHW, sh.H, sh.W, xim, xt);
+            pack_col_panels(xt, xim, x_rows, sh.P, sh.Q, col);
+            gemm<T>(CRS, sh.K, PQ, {col, CRS, false, false, true}, {dyn, PQ, true}, dwt_part, sh.K, n > n_first, false);
+            continue;
           }
           if (dx_col2im != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {
@@ -711,10 +823,20 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
     }
   });
   errors.rethrow();
-  std::fill(dw, dw + sh.K * CRS, T(0));
-  for (int64_t part = 0; part < n_partials; ++part)
-    for (int64_t c = 0; c < CRS; ++c)
-      for (int64_t k = 0; k < sh.K; ++k) dw[k * CRS + c] += dwt_partial[(part * CRS + c) * sh.K + k];
+  // Row `row` of the partials (dw^T) holds column dw_column[row] of dw: (c, r, s) in order, or
+  // dw_from_image's (r, s, c).
+  std::vector<int64_t> dw_column(size_t(CRS), 0);
+  for (int64_t c = 0; c < sh.C; ++c)
+    for (int64_t rs = 0; rs < sh.R * sh.S; ++rs)
+      dw_column[size_t(dw_from_image ? rs * sh.C + c : c * sh.R * sh.S + rs)] = c * sh.R * sh.S + rs;
+  // Each element 0 + the partials in order, summed contiguously (vectors), then put in place.
+  std::vector<T> dwt = buffer<T>(CRS * sh.K);
+  for (int64_t part = 0; part < n_partials; ++part) {
+    const T* const partial = dwt_partial.data() + part * CRS * sh.K;
+    for (int64_t i = 0; i < CRS * sh.K; ++i) dwt[i] += partial[i];
+  }
+  for (int64_t row = 0; row < CRS; ++row)
+    for (int64_t k = 0; k < sh.K; ++k) dw[k * CRS + dw_column[row]] = dwt[row * sh.K + k];
   for (int64_t k = 0; k < sh.K; ++k) {
     double sum = 0.0;
     for (int64_t n = 0; n < sh.N; ++n) sum += plane_sums[n * sh.K + k];
