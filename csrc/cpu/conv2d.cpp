@@ -756,11 +756,10 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   }
   T* const dx_col2im = implicit_dx ? nullptr : dx;
   // dw as one GEMM per image whose col panels are packed from the image itself (pack_col_panels),
-  // with no im2col tile: where a tile holds all of col, dw goes through a GEMM (fewer columns than
-  // kMinDotColumns) and no col2im needs the tile afterwards.
+  // with no im2col: where a tile holds all of col and dw goes through a GEMM (fewer columns than
+  // kMinDotColumns). A col2im dx then uses the tile only for dcol = w^T . dy[n].
   const PaddedImage xim{sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad};
-  const bool dw_from_image = sh.stride == 1 && size.rows == CRS && size.cols == PQ && PQ < kMinDotColumns &&
-                             dx_col2im == nullptr;
+  const bool dw_from_image = sh.stride == 1 && size.rows == CRS && size.cols == PQ && PQ < kMinDotColumns;
   const std::vector<int64_t> x_rows = dw_from_image ? channels_last_rows(xim, sh.R, sh.S) : std::vector<int64_t>();
   const int64_t x_image = dw_from_image ? xim.elements() : 0;
   std::vector<T> x_padded = buffer<T>(threads * x_image);   // zero: the padding stays so
@@ -768,9 +767,11 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const bool pack_wt = dx_col2im != nullptr && size.rows == CRS;
   std::vector<T> wt_packed = buffer<T>(pack_wt ? packed_a_size<T>(CRS, sh.K) : 0);
   if (pack_wt) pack_a_whole<T>({w, CRS, true}, CRS, sh.K, wt_packed.data());
-  // per thread: the im2col tile, or col's packed panels (a multiple of the lanes, as the tile is)
-  const int64_t col_elements = dw_from_image ? (packed_a_size<T>(CRS, PQ) + lanes<T>() - 1) / lanes<T>() * lanes<T>()
-                                             : size.rows * size.ld;
+  // per thread: the im2col (or dcol) tile, also holding col's packed panels before dcol (a
+  // multiple of the lanes, as the tile is)
+  const int64_t col_elements =
+      std::max(size.rows * size.ld,
+               dw_from_image ? (packed_a_size<T>(CRS, PQ) + lanes<T>() - 1) / lanes<T>() * lanes<T>() : 0);
   std::vector<T> scratch = buffer<T>(threads * col_elements + lanes<T>());
   T* const aligned = vector_aligned(scratch);
   RegionErrors errors;
@@ -800,17 +801,19 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
             pad_image_channels_last(x + n * CHW, sh.H, sh.W, xim, xt);
             pack_col_panels(xt, xim, x_rows, sh.P, sh.Q, col);
             gemm<T>(CRS, sh.K, PQ, {col, CRS, false, false, true}, {dyn, PQ, true}, dwt_part, sh.K, n > n_first, false);
-            continue;
+            if (dx_col2im == nullptr) continue;
           }
           if (dx_col2im != nullptr) std::fill(dx + n * CHW, dx + (n + 1) * CHW, T(0));
           for_each_tile(sh, size, [&](const Tile& t) {
-            im2col(x + n * CHW, sh, t, col);
-            const bool add = n > n_first || t.col0 > 0;
-            if (t.cols >= kMinDotColumns)
-              weight_grad_tile(dyn, PQ, sh.K, col, t, dwt_part, add);
-            else  // dw^T = col . dy^T: the tile, the larger operand, packed as A, whose packing reads rows
-              gemm<T>(t.rows, sh.K, t.cols, {col, t.ld, false}, {dyn + t.col0, PQ, true}, dwt_part + t.row0 * sh.K, sh.K,
-                      add, false);
+            if (!dw_from_image) {
+              im2col(x + n * CHW, sh, t, col);
+              const bool add = n > n_first || t.col0 > 0;
+              if (t.cols >= kMinDotColumns)
+                weight_grad_tile(dyn, PQ, sh.K, col, t, dwt_part, add);
+              else  // dw^T = col . dy^T: the tile, the larger operand, packed as A, whose packing reads rows
+                gemm<T>(t.rows, sh.K, t.cols, {col, t.ld, false}, {dyn + t.col0, PQ, true}, dwt_part + t.row0 * sh.K,
+                        sh.K, add, false);
+            }
             if (dx_col2im == nullptr) return;  // the first layer needs no input gradient, or it is done
             // The tile now becomes dcol = w^T . dy[n] there, scattered back into dx[n].
             const MatrixView<T> wt = pack_wt ? MatrixView<T>{wt_packed.data(), CRS, true, false, true}
