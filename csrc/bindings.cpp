@@ -205,21 +205,32 @@ py::object maxpool2d_forward(py::handle x_, py::handle out_, py::handle argmax_)
   return y.owner;
 }
 
-py::object maxpool2d_backward(py::handle x_, py::handle dy_, py::handle out_, py::handle argmax_) {
+py::object maxpool2d_backward(py::handle x_, py::handle dy_, py::handle out_, py::handle argmax_,
+                              py::handle relu_y_) {
   Call call("maxpool2d_backward");
   Array x = call.array(x_, "x"), dy = call.array(dy_, "dy");
-  call.floats({&x, &dy});
+  Array relu_y = relu_y_.is_none() ? Array{} : call.array(relu_y_, "relu_y");
+  if (relu_y.data != nullptr) call.floats({&x, &dy, &relu_y});
+  else call.floats({&x, &dy});
   const PoolShape s = pool_shape(call, x);
   if (dy.shape != std::vector<int64_t>{s.N, s.C, s.P, s.Q})
     call.value_error("dy: expected the output shape (N, C, H//2, W//2) = " + shape_str({s.N, s.C, s.P, s.Q}) +
                      " but got " + shape_str(dy.shape));
+  if (relu_y.data != nullptr && relu_y.shape != dy.shape)
+    call.value_error("relu_y: expected dy's shape " + shape_str(dy.shape) + " but got " + shape_str(relu_y.shape));
   const Array argmax = pool_argmax(call, argmax_, s, false);
   Array dx = call.output(out_, x.shape, "out");
-  separate(call, dx, {&x, &dy});
+  // With the argmax given x only gives the shape, so dx may be x itself (the CNN's backward pass
+  // writes conv1's input gradient over conv1's output).
+  if (argmax.data == nullptr) separate(call, dx, {&x});
+  else same_or_separate(call, dx, x);
+  separate(call, dx, {&dy});
   if (argmax.data != nullptr) separate(call, dx, {&argmax});
+  if (relu_y.data != nullptr) separate(call, dx, {&relu_y});
   by_dtype(call, [&](auto t) {
     using T = decltype(t);
-    PYREGNET_RUN(call, maxpool2d_backward<T>, x.ptr<T>(), argmax.ptr<const uint8_t>(), dy.ptr<T>(), dx.ptr<T>(), s);
+    PYREGNET_RUN(call, maxpool2d_backward<T>, x.ptr<T>(), argmax.ptr<const uint8_t>(), dy.ptr<T>(),
+                 relu_y.ptr<const T>(), dx.ptr<T>(), s);
   });
   return dx.owner;
 }
@@ -795,7 +806,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("maxpool2d_forward", &maxpool2d_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none(),
         py::arg("argmax") = py::none());
   m.def("maxpool2d_backward", &maxpool2d_backward, py::arg("x"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none(),
-        py::arg("argmax") = py::none());
+        py::arg("argmax") = py::none(), py::arg("relu_y") = py::none());
   m.def("relu_forward", &relu_forward, py::arg("x"), py::kw_only(), py::arg("out") = py::none());
   m.def("relu_backward", &relu_backward, py::arg("y"), py::arg("dy"), py::kw_only(), py::arg("out") = py::none());
   m.def("dense_forward", &dense_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::kw_only(),

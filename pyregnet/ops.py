@@ -53,12 +53,15 @@ def maxpool2d_forward(x, *, out=None, argmax=None):
     return _core.maxpool2d_forward(x, out=out, argmax=argmax)
 
 
-def maxpool2d_backward(x, dy, *, out=None, argmax=None):
+def maxpool2d_backward(x, dy, *, out=None, argmax=None, relu_y=None):
     """dx: each dy element goes to its window's maximum in x (the first one on ties, in
     row-major order; a NaN counts as the maximum); everything else, odd trailing rows and
     columns included, gets 0. ``argmax`` from maxpool2d_forward of the same x: the positions
-    are read from it instead of recomputed from x (x then only gives the shape)."""
-    return _core.maxpool2d_backward(x, dy, out=out, argmax=argmax)
+    are read from it instead of recomputed from x (x then only gives the shape, and ``out`` may
+    be x itself). ``relu_y``, the pool's output y, where x is a ReLU's output: ReLU's backward
+    fused, dx = relu_backward(x, maxpool2d_backward(x, dy)) (dy passes where y > 0: at its
+    window's maximum x is y)."""
+    return _core.maxpool2d_backward(x, dy, out=out, argmax=argmax, relu_y=relu_y)
 
 
 def relu_forward(x, *, out=None):

@@ -111,6 +111,11 @@ def relu_forward(x):
     return np.maximum(x, 0.0)
 
 
+def maxpool2d_relu_backward(x, dy):
+    """maxpool2d_backward through the ReLU whose output x is: relu_backward(x, maxpool2d_backward(x, dy))."""
+    return relu_backward(x, maxpool2d_backward(x, dy))
+
+
 def relu_backward(y, dy):
     """Takes the forward OUTPUT y: dx = dy where y > 0, else 0."""
     y, dy = _f64(y), _f64(dy)

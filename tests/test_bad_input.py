@@ -491,6 +491,10 @@ SHAPE_CASES = [
     p("maxpool2d_backward", {"dy": arr(2, 4, 2, 3)}, VE, r"dy: expected the output shape", "dy-channels"),
     p("maxpool2d_backward", {"x": arr(0, 3, 4, 4), "dy": arr(0, 3, 2, 2)}, VE, r"x: expected every dimension",
       "batch-0"),
+    p("maxpool2d_backward", {"relu_y": arr(2, 3, 2, 2)}, VE, r"relu_y: expected dy's shape \(2, 3, 2, 3\)",
+      "relu_y-shape"),
+    p("maxpool2d_backward", {"relu_y": arr(2, 3, 2, 3, dtype=np.float64)}, TE, r"relu_y: expected float32",
+      "relu_y-dtype"),
     # relu_backward: y and dy disagree
     p("relu_backward", {"dy": arr(2, 3, 5)}, VE, r"dy: expected the shape of y", "dy-shape"),
     p("relu_backward", {"dy": arr(4, 3, 2)}, VE, r"dy: expected the shape of y", "dy-permuted"),

@@ -231,8 +231,8 @@ def test_layers_and_step_flops_by_hand():
 
 
 FORWARD = ["conv1.forward", "pool1.forward", "conv2.forward", "pool2.forward", "dense1.forward", "dense2.forward"]
-BACKWARD = ["dense2.backward", "relu3.backward", "dense1.backward", "pool2.backward", "relu2.backward",
-            "conv2.backward", "pool1.backward", "relu1.backward", "conv1.backward"]
+BACKWARD = ["dense2.backward", "relu3.backward", "dense1.backward", "pool2+relu2.backward", "conv2.backward",
+            "pool1+relu1.backward", "conv1.backward"]
 UPDATE = {"fused": ["update"], "proximal": ["update"], "unfused": ["penalty_gradient", "update"],
           "loss": ["penalty", "penalty_gradient", "update"]}
 

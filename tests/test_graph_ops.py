@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pyregnet import ops
+from pyregnet import reference as ref
 
 
 def rand(rng, *shape, dtype=np.float32):
@@ -118,6 +119,30 @@ def test_maxpool_stored_argmax(backend, dtype, shape):
     out = backend.to_device(np.full(shape, np.nan, dtype))
     assert ops.maxpool2d_backward(x, dy, argmax=argmax, out=out) is out
     same_bits(backend.to_host(out), backend.to_host(ops.maxpool2d_backward(x, dy)), "dx from the stored argmax")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 7, 6), (3, 5, 9, 11), (64, 32, 30, 30)])
+def test_maxpool_backward_through_relu(backend, dtype, shape):
+    # x as a ReLU leaves it (zeros, -0.0, NaN, ties) and dy of every sign: relu_y fuses ReLU's
+    # backward into the pool's, the same bits as the two ops one after the other, with the argmax
+    # stored or recomputed, and written over x itself when the argmax is stored.
+    rng = np.random.default_rng(11)
+    host = np.maximum(rng.integers(-2, 3, shape), 0).astype(dtype)
+    host.reshape(-1)[::13] = -0.0
+    host.reshape(-1)[::29] = np.nan
+    N, C, H, W = shape
+    x = backend.to_device(host)
+    argmax = backend.to_device(np.zeros((N, C, H // 2, W // 2), np.uint8))
+    y = ops.maxpool2d_forward(x, argmax=argmax)
+    dy = rand(rng, N, C, H // 2, W // 2, dtype=dtype)
+    dy.reshape(-1)[::7] = -0.0
+    dy = backend.to_device(dy)
+    two_ops = backend.to_host(ops.relu_backward(x, ops.maxpool2d_backward(x, dy)))
+    for stored in (None, argmax):
+        same_bits(backend.to_host(ops.maxpool2d_backward(x, dy, argmax=stored, relu_y=y)), two_ops, "fused")
+    np.testing.assert_array_equal(two_ops, ref.maxpool2d_relu_backward(host, backend.to_host(dy)).astype(dtype))
+    assert ops.maxpool2d_backward(x, dy, argmax=argmax, relu_y=y, out=x) is x
+    same_bits(backend.to_host(x), two_ops, "dx written over x")
 
 
 def sequential_window_rule(window):

@@ -37,7 +37,9 @@ template <class T> void conv2d_backward(const T* x, const T* w, const T* dy, T* 
 // argmax (may be nullptr): each window's maximum as 0..3 (math/maxpool.h), written by the
 // forward pass and read by the backward pass instead of recomputing it from x.
 template <class T> void maxpool2d_forward(const T* x, T* y, uint8_t* argmax, const PoolShape& s);
-template <class T> void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, T* dx,
+// relu_y (may be nullptr): the forward pass's y where x was a ReLU's output; dy then passes only
+// where y > 0 (ReLU's backward, fused: at the window's maximum x equals y).
+template <class T> void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, const T* relu_y, T* dx,
                                            const PoolShape& s);
 template <class T> void relu_forward(const T* x, T* y, int64_t n);
 template <class T> void relu_backward(const T* y, const T* dy, T* dx, int64_t n);
@@ -93,7 +95,7 @@ template <class T> void conv2d_backward(const T* x, const T* w, const T* dy, T* 
 // argmax (may be nullptr): each window's maximum as 0..3 (math/maxpool.h), written by the
 // forward pass and read by the backward pass instead of recomputing it from x.
 template <class T> void maxpool2d_forward(const T* x, T* y, uint8_t* argmax, const PoolShape& s, Stream st);
-template <class T> void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, T* dx,
+template <class T> void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, const T* relu_y, T* dx,
                                            const PoolShape& s, Stream st);
 template <class T> void relu_forward(const T* x, T* y, int64_t n, Stream st);
 template <class T> void relu_backward(const T* y, const T* dy, T* dx, int64_t n, Stream st);

@@ -12,6 +12,7 @@
 
 #include "core/backend.h"
 #include "cpu/fp_mode.h"
+#include "math/elementwise.h"
 #include "math/maxpool.h"
 
 namespace pyregnet::cpu {
@@ -150,19 +151,19 @@ void maxpool2d_forward(const T* x, T* y, uint8_t* argmax, const PoolShape& s) {
 }
 
 template <class T>
-void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, T* dx, const PoolShape& s) {
+void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, const T* relu_y, T* dx, const PoolShape& s) {
   parallel([&] {
 #pragma omp for schedule(static)
     for (int64_t plane = 0; plane < s.N * s.C; ++plane) {
       const T* xp = x + plane * s.H * s.W;
-      const T* dyp = dy + plane * s.P * s.Q;
       T* dxp = dx + plane * s.H * s.W;
       std::fill(dxp, dxp + s.H * s.W, T(0));
       for (int64_t p = 0; p < s.P; ++p)
         for (int64_t q = 0; q < s.Q; ++q) {
           const int64_t corner = 2 * p * s.W + 2 * q;
-          const int which = window_choice(argmax, plane * s.P * s.Q + p * s.Q + q, xp + corner, s.W);
-          dxp[corner + window_offset(which, s.W)] = dyp[p * s.Q + q];
+          const int64_t out = plane * s.P * s.Q + p * s.Q + q;
+          const int which = window_choice(argmax, out, xp + corner, s.W);
+          dxp[corner + window_offset(which, s.W)] = relu_y == nullptr ? dy[out] : relu_grad(relu_y[out], dy[out]);
         }
     }
   });
@@ -170,7 +171,9 @@ void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, T* dx, c
 
 template void maxpool2d_forward<float>(const float*, float*, uint8_t*, const PoolShape&);
 template void maxpool2d_forward<double>(const double*, double*, uint8_t*, const PoolShape&);
-template void maxpool2d_backward<float>(const float*, const uint8_t*, const float*, float*, const PoolShape&);
-template void maxpool2d_backward<double>(const double*, const uint8_t*, const double*, double*, const PoolShape&);
+template void maxpool2d_backward<float>(const float*, const uint8_t*, const float*, const float*, float*,
+                                        const PoolShape&);
+template void maxpool2d_backward<double>(const double*, const uint8_t*, const double*, const double*, double*,
+                                         const PoolShape&);
 
 }  // namespace pyregnet::cpu

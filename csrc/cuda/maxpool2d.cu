@@ -6,6 +6,7 @@
 // Shape letters: N, C, H, W input; P = H / 2, Q = W / 2 output (y and dy are N x C x P x Q).
 #include "core/backend.h"
 #include "cuda/check.cuh"
+#include "math/elementwise.h"
 #include "math/maxpool.h"
 
 namespace pyregnet::cuda {
@@ -33,8 +34,9 @@ __global__ void __launch_bounds__(kBlockThreads)
 // don't overlap, so each element has at most one contribution.
 template <class T>
 __global__ void __launch_bounds__(kBlockThreads)
-    maxpool2d_backward_kernel(const T* const x, const uint8_t* const argmax, const T* const dy, T* const dx,
-                              const int NC, const int H, const int W, const int P, const int Q) {
+    maxpool2d_backward_kernel(const T* const x, const uint8_t* const argmax, const T* const dy,
+                              const T* const relu_y, T* const dx, const int NC, const int H, const int W,
+                              const int P, const int Q) {
   const int total = NC * H * W;
   for (int64_t i = grid_start(); i < total; i += grid_stride()) {
     const int e = int(i);
@@ -44,7 +46,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     if (p < P && q < Q) {
       const int out = (nc * P + p) * Q + q;
       const int which = window_choice(argmax, out, x + (nc * H + 2 * p) * W + 2 * q, W);
-      if (which == 2 * (h - 2 * p) + (w - 2 * q)) g = dy[out];
+      if (which == 2 * (h - 2 * p) + (w - 2 * q)) g = relu_y == nullptr ? dy[out] : relu_grad(relu_y[out], dy[out]);
     }
     dx[e] = g;
   }
@@ -62,19 +64,20 @@ void maxpool2d_forward(const T* x, T* y, uint8_t* argmax, const PoolShape& s, St
 }
 
 template <class T>
-void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, T* dx, const PoolShape& s, Stream st) {
+void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, const T* relu_y, T* dx, const PoolShape& s,
+                        Stream st) {
   const int64_t total = s.N * s.C * s.H * s.W;
   if (total == 0) return;
   maxpool2d_backward_kernel<T><<<grid_blocks(total), kBlockThreads, 0, as_cuda_stream(st)>>>(
-      x, argmax, dy, dx, int(s.N * s.C), int(s.H), int(s.W), int(s.P), int(s.Q));
+      x, argmax, dy, relu_y, dx, int(s.N * s.C), int(s.H), int(s.W), int(s.P), int(s.Q));
   check_launch("maxpool2d_backward");
 }
 
 template void maxpool2d_forward<float>(const float*, float*, uint8_t*, const PoolShape&, Stream);
 template void maxpool2d_forward<double>(const double*, double*, uint8_t*, const PoolShape&, Stream);
-template void maxpool2d_backward<float>(const float*, const uint8_t*, const float*, float*, const PoolShape&,
-                                        Stream);
-template void maxpool2d_backward<double>(const double*, const uint8_t*, const double*, double*,
+template void maxpool2d_backward<float>(const float*, const uint8_t*, const float*, const float*, float*,
+                                        const PoolShape&, Stream);
+template void maxpool2d_backward<double>(const double*, const uint8_t*, const double*, const double*, double*,
                                          const PoolShape&, Stream);
 
 }  // namespace pyregnet::cuda

@@ -144,7 +144,7 @@ int run_case(const Case& c, double bw) {
     std::printf("  v1 package, argmax = nullptr (backward re-reads x)\n");
     poison();
     pyregnet::cuda::maxpool2d_forward<float>(x.get(), y.get(), nullptr, s, st);
-    pyregnet::cuda::maxpool2d_backward<float>(x.get(), nullptr, dy.get(), dx.get(), s, st);
+    pyregnet::cuda::maxpool2d_backward<float>(x.get(), nullptr, dy.get(), nullptr, dx.get(), s, st);
     cudaCheck(cudaDeviceSynchronize());
     bool ok = dev::validate_result(y.get(), ref.y.data(), ny, "y", kExact);
     ok &= dev::validate_result(dx.get(), ref.dx.data(), nx, "dx", kExact);
@@ -155,7 +155,7 @@ int run_case(const Case& c, double bw) {
       const dev::Timing f = dev::benchmark_kernel(
           repeats, [&] { pyregnet::cuda::maxpool2d_forward<float>(x.get(), y.get(), nullptr, s, st); });
       const dev::Timing b = dev::benchmark_kernel(repeats, [&] {
-        pyregnet::cuda::maxpool2d_backward<float>(x.get(), nullptr, dy.get(), dx.get(), s, st);
+        pyregnet::cuda::maxpool2d_backward<float>(x.get(), nullptr, dy.get(), nullptr, dx.get(), s, st);
       });
       dev::print_bytes_roofline("v1 forward", f, v1_fwd, bw);
       dev::print_bytes_roofline("v1 backward (from x)", b, v1_bwd, bw);
@@ -167,7 +167,7 @@ int run_case(const Case& c, double bw) {
     std::printf("  v2 package, stored uint8 argmax (backward reads argmax, not x)\n");
     poison();
     pyregnet::cuda::maxpool2d_forward<float>(x.get(), y.get(), argmax.get(), s, st);
-    pyregnet::cuda::maxpool2d_backward<float>(x_nan.get(), argmax.get(), dy.get(), dx.get(), s, st);
+    pyregnet::cuda::maxpool2d_backward<float>(x_nan.get(), argmax.get(), dy.get(), nullptr, dx.get(), s, st);
     cudaCheck(cudaDeviceSynchronize());
     bool ok = dev::validate_result(y.get(), ref.y.data(), ny, "y", kExact);
     ok &= dev::validate_result(argmax.get(), ref.argmax.data(), ny, "argmax", kExact);
@@ -179,7 +179,7 @@ int run_case(const Case& c, double bw) {
       const dev::Timing f = dev::benchmark_kernel(
           repeats, [&] { pyregnet::cuda::maxpool2d_forward<float>(x.get(), y.get(), argmax.get(), s, st); });
       const dev::Timing b = dev::benchmark_kernel(repeats, [&] {
-        pyregnet::cuda::maxpool2d_backward<float>(x.get(), argmax.get(), dy.get(), dx.get(), s, st);
+        pyregnet::cuda::maxpool2d_backward<float>(x.get(), argmax.get(), dy.get(), nullptr, dx.get(), s, st);
       });
       dev::print_bytes_roofline("v2 forward (+argmax)", f, v2_fwd, bw);
       dev::print_bytes_roofline("v2 backward (from argmax)", b, v2_bwd, bw);
