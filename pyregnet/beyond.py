@@ -218,6 +218,66 @@ def norms_table(groups):
     return lines
 
 
+E8_NORM_RATIO = 0.5   # "the penalty acts through the kernels' scale": BN-fed norm / none's below this, every seed
+
+
+def per_seed_rows(groups):
+    """[(method, seed, Δ endpoint acc, Δ gap, BN-fed norm ratio, dense norm ratio)] of each penalty's
+    run against the baseline run of the same seed (ratios None without recorded norms)."""
+    base = {r["config"]["seed"]: r for r in groups.get("none", [])}
+    rows = []
+    for method in ("l1", "l2", "l1l2"):
+        for r in groups.get(method, []):
+            b = base.get(r["config"]["seed"])
+            if b is None:
+                continue
+            mine, theirs = report.run_numbers(r["history"]), report.run_numbers(b["history"])
+            n, nb = kernel_norms(r), kernel_norms(b)
+            ratios = (n[0] / nb[0], n[1] / nb[1]) if n and nb else (None, None)
+            rows.append((method, r["config"]["seed"], mine["endpoint_acc"] - theirs["endpoint_acc"],
+                         mine["gap"] - theirs["gap"], *ratios))
+    return rows
+
+
+def claim_verdicts(rows):
+    """{claim id: the claim's verdict} of claims_rows' rows, as the claims table states it."""
+    out = {}
+    for cid, _, _ in report.CLAIMS:
+        directional = [r[-1] for r in rows if r[0] == cid and r[5] != 0]
+        if directional:
+            out[cid] = report.claim_verdict(directional)
+    return out
+
+
+def e8_criteria(root, groups, rows):
+    """The per-seed differences and docs/experiments.md's three E8 criteria, judged."""
+    seeds = per_seed_rows(groups)
+    ratio = lambda v: "-" if v is None else f"{v:.3f}"
+    lines = ["Per seed, each penalty against the baseline of the same seed:", "",
+             "| method | seed | Δ endpoint test acc (pp) | Δ gap (pp) | ‖BN-fed conv kernels‖ / none's | "
+             "‖dense kernel‖ / none's |", "|---|---|---|---|---|---|"]
+    lines += [f"| {tables.METHOD_NAMES[m]} | {seed} | {100 * da:+.2f} | {100 * dg:+.2f} | {ratio(rb)} | {ratio(rd)} |"
+              for m, seed, da, dg, rb, rd in seeds]
+    lines += ["", "Criteria (docs/experiments.md, E8):", ""]
+    for method in ("l1", "l2", "l1l2"):
+        mine = [rb for m, _, _, _, rb, _ in seeds if m == method and rb is not None]
+        if len(mine) >= 2:
+            met = all(v < E8_NORM_RATIO for v in mine)
+            lines.append(f"- The penalty acts through the kernels' scale, {tables.METHOD_NAMES[method]} (BN-fed "
+                         f"norm / none's < {E8_NORM_RATIO} on every seed: {', '.join(f'{v:.3f}' for v in mine)}): "
+                         f"**{'met' if met else 'not met'}**.")
+    for _, _, quantity, a, b, sign, res, p_holm, v in (r for r in rows if r[0] == "C3"):
+        lines.append(f"- It still regularizes, {tables.METHOD_NAMES[a]} (gap − none's gap < 0, paired, Holm): "
+                     f"{100 * res.mean:+.2f} pp [{100 * res.low:+.2f}, {100 * res.high:+.2f}], {v}: "
+                     f"**{'met' if v == 'supported' else 'not met'}**.")
+    here, cnn = claim_verdicts(rows), claim_verdicts(report.claims_rows(report.load_regime(root, "E3")))
+    for cid in here:
+        if cid in cnn:
+            lines.append(f"- {cid} carries over (the same verdict as on the CNN, E3): E3 {cnn[cid]}, E8 {here[cid]}: "
+                         f"**{'yes' if cnn[cid] == here[cid] else 'no'}**.")
+    return lines
+
+
 def e8_section(root):
     """ResNet-20: the grid, the four methods at seeds 0-1, their kernels' norms and the claims
     table's comparisons on its runs."""
@@ -239,5 +299,5 @@ def e8_section(root):
     if rows:
         lines += ["The paper's claims on ResNet-20, paired by seed (95% paired-t intervals, Holm across the table; "
                   "with two seeds an interval has one degree of freedom, so most verdicts can only be "
-                  "'inconclusive'):", "", *report.claims_table(rows)]
-    return lines
+                  "'inconclusive'):", "", *report.claims_table(rows), ""]
+    return lines + e8_criteria(root, groups, rows)

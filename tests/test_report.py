@@ -179,6 +179,14 @@ def test_report_e8_resnet20_grid_norms_and_claims(root):
     assert "| L1 | λ1=0.0001 | 0,1 | 71.50 ± 0.71 |" in e8
     assert "| none | 3.00 ± 0.00 | 1.000 | 4.00 ± 0.00 | 1.000 |" in e8
     assert "| L2 | 1.20 ± 0.00 | 0.400 | 4.00 ± 0.00 | 1.000 |" in e8
+    # per seed: L1 +1 pp on seed 0, +2 on seed 1; the clean accuracy 0.95 everywhere, so the gap
+    # moves by minus the same; norms as set above
+    assert "| L1 | 0 | +1.00 | -1.00 | 0.500 | 0.500 |" in e8 and "| L1 | 1 | +2.00 | -2.00 | 0.500 | 0.500 |" in e8
+    assert "scale, L2 (BN-fed norm / none's < 0.5 on every seed: 0.400, 0.400): **met**" in e8
+    assert "scale, L1 (BN-fed norm / none's < 0.5 on every seed: 0.500, 0.500): **not met**" in e8
+    assert "It still regularizes, L1L2 (gap − none's gap < 0, paired, Holm): -1.50 pp" in e8
+    # E3's fixture has its own verdicts; each claim E8 can judge is set beside it
+    assert "- C3 carries over (the same verdict as on the CNN, E3): E3 " in e8
     assert "| L1L2 | 1.00 ± 0.00 | 0.333 | 1.00 ± 0.00 | 0.250 |" in e8
     assert "endpoint test acc: L2 − none (claimed > 0), n = 2 | +1.50 |" in e8
 
