@@ -12,7 +12,6 @@
 
 #include "core/backend.h"
 #include "cpu/fp_mode.h"
-#include "math/elementwise.h"
 #include "math/maxpool.h"
 
 namespace pyregnet::cpu {
@@ -199,7 +198,7 @@ void unpool_row(const uint8_t* __restrict argmax, const T* __restrict dy, const 
   }
   if constexpr (kBytes > 16) return unpool_row<T, kRelu, kBytes / 2>(argmax, dy, y, upper, lower, Q);
   for (int64_t q = 0; q < Q; ++q) {  // a short row: zeros, then g where the argmax points (no branch
-    const T g = kRelu ? relu_grad(y[q], dy[q]) : dy[q];   // on it: it is as good as random)
+    const T g = window_grad(dy, kRelu ? y : nullptr, q);   // on it: it is as good as random)
     const int which = argmax[q] & 3;   // & 3 as window_choice: a corrupt byte stays in the window
     upper[2 * q] = upper[2 * q + 1] = lower[2 * q] = lower[2 * q + 1] = T(0);
     (which < 2 ? upper : lower)[2 * q + (which & 1)] = g;
@@ -231,7 +230,7 @@ void maxpool2d_backward(const T* x, const uint8_t* argmax, const T* dy, const T*
         for (int64_t q = 0; q < s.Q; ++q) {
           const int64_t corner = 2 * p * s.W + 2 * q, out = plane * s.P * s.Q + p * s.Q + q;
           const int which = window_choice(argmax, out, xp + corner, s.W);
-          dxp[corner + window_offset(which, s.W)] = relu_y == nullptr ? dy[out] : relu_grad(relu_y[out], dy[out]);
+          dxp[corner + window_offset(which, s.W)] = window_grad(dy, relu_y, out);
         }
     }
   });

@@ -6,7 +6,6 @@
 // Shape letters: N, C, H, W input; P = H / 2, Q = W / 2 output (y and dy are N x C x P x Q).
 #include "core/backend.h"
 #include "cuda/check.cuh"
-#include "math/elementwise.h"
 #include "math/maxpool.h"
 
 namespace pyregnet::cuda {
@@ -46,7 +45,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     if (p < P && q < Q) {
       const int out = (nc * P + p) * Q + q;
       const int which = window_choice(argmax, out, x + (nc * H + 2 * p) * W + 2 * q, W);
-      if (which == 2 * (h - 2 * p) + (w - 2 * q)) g = relu_y == nullptr ? dy[out] : relu_grad(relu_y[out], dy[out]);
+      if (which == 2 * (h - 2 * p) + (w - 2 * q)) g = window_grad(dy, relu_y, out);
     }
     dx[e] = g;
   }

@@ -1,5 +1,6 @@
 // The 2x2, stride-2 max-pool window: the one definition both backends call.
 #pragma once
+#include "math/elementwise.h"
 #include "math/hd.h"
 
 namespace pyregnet {
@@ -47,6 +48,13 @@ PYREGNET_HD int64_t window_offset(int which, int64_t W) { return (which >> 1) * 
 template <class T>
 PYREGNET_HD int window_choice(const uint8_t* stored, int64_t out, const T* top_left, int64_t W) {
   return stored != nullptr ? int(stored[out] & 3) : window_argmax(top_left, W);
+}
+
+// The gradient the maximum of window `out` receives: dy[out], or, with relu_y (the pool's output,
+// where the pooled x is a ReLU's output), ReLU's backward fused: at the maximum x equals relu_y.
+template <class T>
+PYREGNET_HD T window_grad(const T* dy, const T* relu_y, int64_t out) {
+  return relu_y == nullptr ? dy[out] : relu_grad(relu_y[out], dy[out]);
 }
 
 }  // namespace pyregnet
