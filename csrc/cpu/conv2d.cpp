@@ -279,7 +279,7 @@ inline void transpose(Vec (&v)[L], std::index_sequence<k...> lane_numbers) {
 //   FMAs, conv1's weight gradient 2.13 ms instead of 1.53): in_register pins the loaded vector;
 // - inlining the block into conv2d_backward, where with the rest of that function's values live
 //   it kept the row pointers, and even the pinned vectors, on the stack and reloaded them every
-//   step (1.76 ms); compiled on its own, all 16 vector registers and the pointers stay put.
+//   step (1.76 ms); compiled on its own, the vector registers and the pointers stay put.
 // Two Zen 3 cores, batch 64: conv1's weight gradient 1.00 ms (99 GFLOP/s) against 1.47 with
 // blocks of 7 rows x 1 channel inlined, ResNet-20's stage-1 conv's 3.3 ms against 5.0 (GCC's
 // vector types rather than arrays of lanes, which the compiler kept reloading from memory).
@@ -357,11 +357,17 @@ void weight_grad_edge(int64_t kb, int64_t rb, const T* dy, int64_t ldy, const T*
 // (dy . col^T) both operands had to be transposed into packed panels, which cost conv1 (27 rows
 // of 900 columns, 32 channels) more than its arithmetic. Each sum is kept in L lanes (column j
 // in lane j % L), the lanes added in order at the end: one fixed order whatever the block and
-// the thread count. The rows' loop is the outer one, so a block's 4 rows stay in L1 while the
+// the thread count. The rows' loop is the outer one, so a block's RB rows stay in L1 while the
 // channels' dy rows stream past them.
+// Blocks are KB channels x RB rows: as many sums as the vector registers hold beside the KB + 1
+// operands. AVX2's 16 registers: 3 x 4 (on Zen 3 against 4 x 3, 2 x 5, 2 x 6 and 3 x 3). AVX-512's
+// 32: 4 x 6, 10 loads per 24 FMAs instead of 7 per 12, and a block's lanes reduced 24 sums at a
+// time: on the AVX-512 EPYC (two threads) conv1's backward pass took 0.34-0.36 ms instead of
+// 0.37-0.38 (4 x 4: 0.35-0.37; 4 x 5, whose 27 rows end in a block of 2, no gain). The shape
+// changes no bit: each sum runs over its columns in one order whatever the block around it.
 template <class T>
 void weight_grad_tile(const T* dyn, int64_t PQ, int64_t K, const T* tile, const Tile& t, T* dwt, bool add) {
-  constexpr int64_t KB = 3, RB = 4;
+  constexpr int64_t KB = kVectorBytes == 64 ? 4 : 3, RB = kVectorBytes == 64 ? 6 : 4;
   for (int64_t i = 0; i < t.rows; i += RB)
     for (int64_t k = 0; k < K; k += KB)
       weight_grad_edge<KB, RB>(std::min(KB, K - k), std::min(RB, t.rows - i), dyn + k * PQ + t.col0, PQ,
@@ -736,8 +742,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int64_t n_partials = (sh.N + kImagesPerPartial - 1) / kImagesPerPartial;
   const Tile size = backward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
-  std::vector<T> dwt_partial = buffer<T>(n_partials * sh.K * CRS);   // each CRS x K: dw transposed
-  std::vector<double> plane_sums = buffer<double>(sh.N * sh.K);  // db's terms, one per (n, k)
+
   // dx of a stride-1 conv is the stride-1 conv of dy, zero-padded by R-1-pad, with the filter
   // turned by 180 degrees and its channels swapped, wt[c, k, r, s] = w[k, c, R-1-r, S-1-s]: an
   // implicit GEMM of C rows, K*R*S deep. Through col2im it was a GEMM only K deep, whose C*R*S
@@ -768,9 +773,19 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   // kMinDotColumns). A col2im dx then uses the tile only for dcol = w^T . dy[n].
   const PaddedImage xim{sh.C, sh.H + 2 * sh.pad, sh.W + 2 * sh.pad, sh.pad};
   const bool dw_from_image = sh.stride == 1 && size.rows == CRS && size.cols == PQ && PQ < kMinDotColumns;
+  // db from dw's own blocks: where weight_grad_tile sums dw over a tile holding all of col, the
+  // tile gets a row of ones after col's CRS rows, whose weight gradient is db[k] = sum of
+  // dy[n, k] * 1 (a product with one is exact, so each FMA is an addition), summed in the lanes
+  // and partials that dw's are. One more row of FMAs instead of a pass of its own over dy: on the
+  // AVX-512 EPYC (two threads) conv1's backward pass took 0.31 ms instead of 0.34 (docs/results.md,
+  // CPU speed work). Elsewhere db's terms are the planes' sums in double (plane_sums).
+  const bool db_in_tile = !dw_from_image && size.rows == CRS && size.cols == PQ && PQ >= kMinDotColumns;
+  const int64_t dw_rows = CRS + (db_in_tile ? 1 : 0);   // rows of each dw^T partial
   const std::vector<int64_t> x_rows = dw_from_image ? channels_last_rows(xim, sh.R, sh.S) : std::vector<int64_t>();
   const int64_t x_image = dw_from_image ? xim.elements() : 0;
   std::vector<T> x_padded = buffer<T>(threads * x_image);   // zero: the padding stays so
+  std::vector<T> dwt_partial = buffer<T>(n_partials * sh.K * dw_rows);   // each dw_rows x K: dw transposed
+  std::vector<double> plane_sums = buffer<double>(db_in_tile ? 0 : sh.N * sh.K);  // db's terms, one per (n, k)
   // w^T packed once when a tile holds every row of col (then each gemm multiplies all of it)
   const bool pack_wt = dx_col2im != nullptr && size.rows == CRS;
   std::vector<T> wt_packed = buffer<T>(pack_wt ? packed_a_size<T>(CRS, sh.K) : 0);
@@ -778,17 +793,18 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   // per thread: the im2col (or dcol) tile, also holding col's packed panels before dcol (a
   // multiple of the lanes, as the tile is)
   const int64_t col_elements =
-      std::max(size.rows * size.ld,
+      std::max((size.rows + (db_in_tile ? 1 : 0)) * size.ld,
                dw_from_image ? (packed_a_size<T>(CRS, PQ) + lanes<T>() - 1) / lanes<T>() * lanes<T>() : 0);
   std::vector<T> scratch = buffer<T>(threads * col_elements + lanes<T>());
   T* const aligned = vector_aligned(scratch);
   RegionErrors errors;
   parallel([&] {
     T* const col = aligned + thread_id() * col_elements;
+    if (db_in_tile) std::fill(col + CRS * size.ld, col + dw_rows * size.ld, T(1));
 #pragma omp for schedule(static)
     for (int64_t part = 0; part < n_partials; ++part) {
       errors.run([&] {
-        T* dwt_part = dwt_partial.data() + part * sh.K * CRS;
+        T* dwt_part = dwt_partial.data() + part * sh.K * dw_rows;
         const int64_t n_first = part * kImagesPerPartial, n_end = std::min(sh.N, n_first + kImagesPerPartial);
         for (int64_t n = n_first; n < n_end; ++n) {
           const T* dyn = dy + n * sh.K * PQ;
@@ -796,8 +812,9 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
           // region. One running sum kept this loop scalar, a chain of N*P*Q dependent additions
           // (1.8M for conv1, about 1 ms); summed here, dy[n] is read once more while in cache
           // rather than in a pass of its own over all of dy.
-          for (int64_t k = 0; k < sh.K; ++k)
-            plane_sums[n * sh.K + k] = lane_sum(0, PQ, [&](int64_t i) { return double(dyn[k * PQ + i]); });
+          if (!db_in_tile)
+            for (int64_t k = 0; k < sh.K; ++k)
+              plane_sums[n * sh.K + k] = lane_sum(0, PQ, [&](int64_t i) { return double(dyn[k * PQ + i]); });
           if (implicit_dx) {
             T* const dyp = dy_padded.data() + thread_id() * dy_image;
             pad_image(dyn, sh.P, sh.Q, dyim, dyp);
@@ -817,7 +834,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
               im2col(x + n * CHW, sh, t, col);
               const bool add = n > n_first || t.col0 > 0;
               if (t.cols >= kMinDotColumns)
-                weight_grad_tile(dyn, PQ, sh.K, col, t, dwt_part, add);
+                weight_grad_tile(dyn, PQ, sh.K, col, Tile{t.row0, t.rows + (db_in_tile ? 1 : 0), t.col0, t.cols, t.ld},
+                                 dwt_part, add);
               else  // dw^T = col . dy^T: the tile, the larger operand, packed as A, whose packing reads rows
                 gemm<T>(t.rows, sh.K, t.cols, {col, t.ld, false}, {dyn + t.col0, PQ, true}, dwt_part + t.row0 * sh.K,
                         sh.K, add, false);
@@ -841,13 +859,17 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
     for (int64_t rs = 0; rs < sh.R * sh.S; ++rs)
       dw_column[size_t(dw_from_image ? rs * sh.C + c : c * sh.R * sh.S + rs)] = c * sh.R * sh.S + rs;
   // Each element 0 + the partials in order, summed contiguously (vectors), then put in place.
-  std::vector<T> dwt = buffer<T>(CRS * sh.K);
+  std::vector<T> dwt = buffer<T>(dw_rows * sh.K);
   for (int64_t part = 0; part < n_partials; ++part) {
-    const T* const partial = dwt_partial.data() + part * CRS * sh.K;
-    for (int64_t i = 0; i < CRS * sh.K; ++i) dwt[i] += partial[i];
+    const T* const partial = dwt_partial.data() + part * dw_rows * sh.K;
+    for (int64_t i = 0; i < dw_rows * sh.K; ++i) dwt[i] += partial[i];
   }
   for (int64_t row = 0; row < CRS; ++row)
     for (int64_t k = 0; k < sh.K; ++k) dw[k * CRS + dw_column[row]] = dwt[row * sh.K + k];
+  if (db_in_tile) {
+    std::copy(dwt.begin() + CRS * sh.K, dwt.end(), db);
+    return;
+  }
   for (int64_t k = 0; k < sh.K; ++k) {
     double sum = 0.0;
     for (int64_t n = 0; n < sh.N; ++n) sum += plane_sums[n * sh.K + k];
