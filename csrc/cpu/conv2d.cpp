@@ -4,7 +4,7 @@
 //   backward:  dw^T (CRS x K)  = sum_n col(x[n]) (CRS x PQ) . dy[n]^T   (wide tiles: weight_grad_tile;
 //                                narrow ones: col's GEMM panels packed from the image, pack_col_panels)
 //              dx[n]           = col2im( w^T (CRS x K) . dy[n] (K x PQ) )
-//              db[k]           = sum_n sum_pq dy[n, k]
+//              db[k]           = sum_n sum_pq dy[n, k]                (wide tiles: a row of ones in col)
 // col is never built whole (it has C·R·S·P·Q elements, unbounded): each thread fills one tile
 // of it at a time, in a scratch buffer of at most kScratchBytes, allocated before the parallel
 // region. The tiles are cut so that every output element is still summed in the order of one
@@ -777,7 +777,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   // tile gets a row of ones after col's CRS rows, whose weight gradient is db[k] = sum of
   // dy[n, k] * 1 (a product with one is exact, so each FMA is an addition), summed in the lanes
   // and partials that dw's are. One more row of FMAs instead of a pass of its own over dy: on the
-  // AVX-512 EPYC (two threads) conv1's backward pass took 0.31 ms instead of 0.34 (docs/results.md,
+  // AVX-512 EPYC (two threads) conv1's backward pass took 0.32 ms instead of 0.34-0.36 (docs/results.md,
   // CPU speed work). Elsewhere db's terms are the planes' sums in double (plane_sums).
   const bool db_in_tile = !dw_from_image && size.rows == CRS && size.cols == PQ && PQ >= kMinDotColumns;
   const int64_t dw_rows = CRS + (db_in_tile ? 1 : 0);   // rows of each dw^T partial
