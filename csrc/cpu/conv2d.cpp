@@ -32,6 +32,7 @@
 #include "cpu/chunked_sum.h"
 #include "cpu/fp_mode.h"
 #include "cpu/gemm.h"
+#include "cpu/vector.h"
 
 namespace pyregnet::cpu {
 namespace {
@@ -51,10 +52,6 @@ constexpr int64_t kMinColumns = 64;
 // 512 is kept for AVX2, where 256 was not measured. The choice depends on the shape and the
 // instruction set alone, not the threads.
 constexpr int64_t kMinDotColumns = kVectorBytes == 64 ? 256 : 512;
-
-// Elements of T in a vector register.
-template <class T>
-constexpr int64_t lanes() { return kVectorBytes / int64_t(sizeof(T)); }
 
 // A tile of col: rows [row0, row0 + rows) of the CRS rows (c, r, s) and columns [col0, col0 + cols)
 // of the PQ columns (p, q), stored row-major with leading dimension ld >= cols.
@@ -227,10 +224,6 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
   });
 }
 
-// Integers as wide as T: the lanes of masks and shuffle indices for vectors of T.
-template <class T>
-using LaneInt = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-
 // Lanes [0, n) of a vector from p[0, n), the other lanes 0 (0 < n < the lanes; `live`: lane < n),
 // reading nothing past p + n: the last of dy's rows ends where the caller's array does.
 template <class Vec, class T, class Ints>
@@ -249,25 +242,6 @@ inline Vec load_head(const T* p, int64_t n, Ints live) {
   std::memcpy(&v, p, size_t(n) * sizeof(T));
   return v;
 #endif
-}
-
-// Transposes the L x L matrix whose rows are the vectors v[0, L): v[l][i] becomes the old v[i][l].
-// Rounds H = L/2, L/4, ..., 1: each 2 x 2 matrix of H x H blocks in rows i and i + H (i & H == 0)
-// transposed, lanes [H, 2H) (mod 2H) of row i exchanged with lanes [0, H) of row i + H, by two
-// two-vector shuffles (log2(L) * L shuffles in all).
-template <class T, int64_t H, class Vec, int64_t L, size_t... k>
-inline void transpose(Vec (&v)[L], std::index_sequence<k...> lane_numbers) {
-  typedef LaneInt<T> Int;
-  typedef Int Ints __attribute__((vector_size(sizeof(Vec))));
-  // __builtin_shuffle(a, b, index): lane k is a[index[k]] for index[k] < L, else b[index[k] - L]
-  const Ints low = {Int(k & H ? L + k - H : k)...}, high = {Int(k & H ? L + k : k + H)...};
-  for (int64_t i = 0; i < L; ++i)
-    if (!(i & H)) {
-      const Vec a = v[i], b = v[i + H];
-      v[i] = __builtin_shuffle(a, b, low);
-      v[i + H] = __builtin_shuffle(a, b, high);
-    }
-  if constexpr (H > 1) transpose<T, H / 2>(v, lane_numbers);
 }
 
 // One block of weight_grad_tile: KB output channels' rows of dy (ldy apart) against RB rows of

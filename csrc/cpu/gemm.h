@@ -6,20 +6,15 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/fp_mode.h"
+#include "cpu/vector.h"
 
 namespace pyregnet::cpu {
-
-// The widest vector register of the instruction set this file is compiled for, in bytes.
-#if defined(__AVX512F__)
-inline constexpr int64_t kVectorBytes = 64;
-#elif defined(__AVX__)
-inline constexpr int64_t kVectorBytes = 32;
-#else
-inline constexpr int64_t kVectorBytes = 16;
-#endif
 
 // The micro-kernel keeps MR x NR accumulators in registers: MR rows of two vectors each, 12 of
 // the 16 AVX2 (or 32 AVX-512) vector registers, leaving room for the two B vectors and the A
@@ -72,6 +67,30 @@ void pack_a(const MatrixView<T>& a, int64_t i0, int64_t rows, int64_t k0, int64_
   }
 }
 
+// One NR-column panel of a transposed op(B), kc x width (width <= NR, the other columns zero):
+// column j of the panel is the row src + j * ld of the stored matrix, k along it. Read a vector
+// of L k's from each of L rows at a time and turned by a register transpose into L vectors that
+// each hold L columns of one k. Element by element, each load from another row (the dense
+// layer's forward pass packs w^T, 128 rows of 2304), packing took as long as the arithmetic.
+template <class T>
+void pack_b_transposed_panel(const T* src, int64_t ld, int64_t kc, int64_t width, T* panel) {
+  constexpr int64_t NR = GemmTiles<T>::NR, L = lanes<T>();
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  int64_t k = 0;
+  for (; k + L <= kc; k += L)
+    for (int64_t j0 = 0; j0 < NR; j0 += L) {
+      Vec v[L];
+      for (int64_t i = 0; i < L; ++i) {
+        if (j0 + i < width) std::memcpy(&v[i], src + (j0 + i) * ld + k, sizeof(Vec));
+        else v[i] = Vec{};
+      }
+      transpose<T, L / 2>(v, std::make_index_sequence<L>());
+      for (int64_t i = 0; i < L; ++i) std::memcpy(panel + (k + i) * NR + j0, &v[i], sizeof(Vec));
+    }
+  for (; k < kc; ++k)
+    for (int64_t j = 0; j < NR; ++j) panel[k * NR + j] = j < width ? src[j * ld + k] : T(0);
+}
+
 // Packs k-slice [k0, k0 + kc) x columns [j0, j0 + cols) of op(B) as NR-column panels.
 template <class T>
 void pack_b(const MatrixView<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* out) {
@@ -79,14 +98,14 @@ void pack_b(const MatrixView<T>& b, int64_t k0, int64_t kc, int64_t j0, int64_t 
   for (int64_t jp = 0; jp < cols; jp += NR) {
     T* panel = out + jp * kc;
     const int64_t width = std::min(NR, cols - jp);
+    if (b.transposed) {
+      pack_b_transposed_panel(b.data + (j0 + jp) * b.ld + k0, b.ld, kc, width, panel);
+      continue;
+    }
     for (int64_t k = 0; k < kc; ++k) {
       T* dst = panel + k * NR;
-      if (!b.transposed) {
-        const T* src = b.data + (k0 + k) * b.ld + j0 + jp;
-        for (int64_t j = 0; j < width; ++j) dst[j] = src[j];
-      } else {
-        for (int64_t j = 0; j < width; ++j) dst[j] = b.data[(j0 + jp + j) * b.ld + k0 + k];
-      }
+      const T* src = b.data + (k0 + k) * b.ld + j0 + jp;
+      for (int64_t j = 0; j < width; ++j) dst[j] = src[j];
       for (int64_t j = width; j < NR; ++j) dst[j] = T(0);
     }
   }
@@ -162,8 +181,8 @@ T* pack_buffer(int64_t n) {
 }  // namespace detail
 
 // C (M x N, row-major, leading dimension ldc) = op(A) (M x K) . op(B) (K x N), plus the old C
-// when `accumulate`. `threaded` spreads the tiles of C over the OpenMP threads; callers that
-// already run in a parallel loop pass false.
+// when `accumulate`. `threaded` spreads the packing and the tiles of C over the OpenMP threads;
+// callers that already run in a parallel loop pass false.
 template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* c, int64_t ldc,
           bool accumulate, bool threaded) {
@@ -179,48 +198,68 @@ void gemm(int64_t M, int64_t N, int64_t K, MatrixView<T> a, MatrixView<T> b, T* 
   const bool direct = b.in_place && !b.transposed;
   T* ap = a.packed ? nullptr : detail::pack_buffer<T, 0>(m_panels * MR * kc_max);
   T* bp = direct ? nullptr : detail::pack_buffer<T, 1>(((std::min(N, NC) + NR - 1) / NR) * NR * kc_max);
-  for (int64_t j0 = 0; j0 < N; j0 += NC) {
-    const int64_t cols = std::min(NC, N - j0);
-    const int64_t n_panels = (cols + NR - 1) / NR;
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
-      const int64_t kc = std::min(KC, K - k0);
-      const bool add = accumulate || k0 > 0;
-      const T* const a_slice = a.packed ? a.data + m_panels * MR * k0 : ap;
-      if (!a.packed) detail::pack_a(a, 0, M, k0, kc, ap);
-      if (!direct) detail::pack_b(b, k0, kc, j0, cols, bp);
-      // The micro-kernel over every tile, its B rows found by b_row(jp)(k). Unthreaded (called in
-      // a conv's parallel region, in its FTZ/DAZ mode) without a region of its own: an inactive
-      // nested region still costs the OpenMP runtime about a microsecond per call, which doubled
-      // conv1's forward pass when it took one GEMM per output row (30 per image).
-      const auto tiles = [&](auto b_row) {
-        const auto tile = [&](int64_t jp, int64_t ip) {
-          detail::micro_kernel<T, MR>(kc, a_slice + ip * MR * kc, b_row(jp), c + ip * MR * ldc + j0 + jp * NR, ldc,
-                                      std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
+  // Every slice: its panels packed (A's, then B's), then the micro-kernel over every tile. With a
+  // team (`Team`), both loops are shared out, each ending in the team's barrier: the packing
+  // before any tile reads it, the tiles before the next slice's packing overwrites it. Packing
+  // by the calling thread alone, before a region per slice, left the other threads waiting: the
+  // dense layer's forward pass (w^T, 2304 x 128, packed in 9 slices) took 0.31 ms on two
+  // threads against 0.22 on one (docs/results.md, CPU speed work). Without a team the loops run
+  // as plain loops: a conv calls gemm inside its own parallel region, per image, where an orphaned
+  // `omp for` would bind to the conv's team, and an inactive nested region still costs the
+  // OpenMP runtime about a microsecond per call (it doubled conv1's forward pass when it took one
+  // GEMM per output row, 30 per image).
+  const auto slices = [&](auto team) {
+    constexpr bool Team = decltype(team)::value;
+    for (int64_t j0 = 0; j0 < N; j0 += NC) {
+      const int64_t cols = std::min(NC, N - j0);
+      const int64_t n_panels = (cols + NR - 1) / NR;
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = std::min(KC, K - k0);
+        const bool add = accumulate || k0 > 0;
+        const T* const a_slice = a.packed ? a.data + m_panels * MR * k0 : ap;
+        const int64_t a_packs = a.packed ? 0 : m_panels, packs = a_packs + (direct ? 0 : n_panels);
+        const auto pack = [&](int64_t p) {
+          if (p < a_packs) {
+            detail::pack_a(a, p * MR, std::min(MR, M - p * MR), k0, kc, ap + p * MR * kc);
+          } else {
+            const int64_t jp = p - a_packs;
+            detail::pack_b(b, k0, kc, j0 + jp * NR, std::min(NR, cols - jp * NR), bp + jp * NR * kc);
+          }
         };
-        if (!threaded) {
-          for (int64_t jp = 0; jp < n_panels; ++jp)
-            for (int64_t ip = 0; ip < m_panels; ++ip) tile(jp, ip);
-          return;
-        }
-        parallel([&] {
+        // The micro-kernel over every tile, its B rows found by b_row(jp)(k).
+        const auto tiles = [&](auto b_row) {
+          const auto tile = [&](int64_t jp, int64_t ip) {
+            detail::micro_kernel<T, MR>(kc, a_slice + ip * MR * kc, b_row(jp), c + ip * MR * ldc + j0 + jp * NR, ldc,
+                                        std::min(MR, M - ip * MR), std::min(NR, cols - jp * NR), add);
+          };
+          if constexpr (Team) {
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < packs; ++p) pack(p);
 #pragma omp for collapse(2) schedule(static)
-          for (int64_t jp = 0; jp < n_panels; ++jp)
-            for (int64_t ip = 0; ip < m_panels; ++ip) tile(jp, ip);
-        }, m_panels * n_panels > 1);
-      };
-      if (!direct) {
-        tiles([&](int64_t jp) { return [p = bp + jp * NR * kc](int64_t k) { return p + k * Tiles::NR; }; });
-      } else if (b.row_offsets == nullptr) {
-        tiles([&](int64_t jp) {
-          return [p = b.data + k0 * b.ld + j0 + jp * NR, ld = b.ld](int64_t k) { return p + k * ld; };
-        });
-      } else {
-        tiles([&](int64_t jp) {
-          return [p = b.data + j0 + jp * NR, rows = b.row_offsets + k0](int64_t k) { return p + rows[k]; };
-        });
+            for (int64_t jp = 0; jp < n_panels; ++jp)
+              for (int64_t ip = 0; ip < m_panels; ++ip) tile(jp, ip);
+          } else {
+            for (int64_t p = 0; p < packs; ++p) pack(p);
+            for (int64_t jp = 0; jp < n_panels; ++jp)
+              for (int64_t ip = 0; ip < m_panels; ++ip) tile(jp, ip);
+          }
+        };
+        if (!direct) {
+          tiles([&](int64_t jp) { return [p = bp + jp * NR * kc](int64_t k) { return p + k * Tiles::NR; }; });
+        } else if (b.row_offsets == nullptr) {
+          tiles([&](int64_t jp) {
+            return [p = b.data + k0 * b.ld + j0 + jp * NR, ld = b.ld](int64_t k) { return p + k * ld; };
+          });
+        } else {
+          tiles([&](int64_t jp) {
+            return [p = b.data + j0 + jp * NR, rows = b.row_offsets + k0](int64_t k) { return p + rows[k]; };
+          });
+        }
       }
     }
-  }
+  };
+  if (threaded && m_panels * ((N + NR - 1) / NR) > 1) parallel([&] { slices(std::true_type()); });
+  else slices(std::false_type());
 }
 
 // op(A) (M x K) packed once for gemm calls that share it (MatrixView::packed): pack_a's panels
