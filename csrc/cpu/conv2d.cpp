@@ -20,10 +20,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -224,26 +220,6 @@ void col2im_add(const T* tile, const ConvShape& sh, const Tile& t, T* dx) {
   });
 }
 
-// Lanes [0, n) of a vector from p[0, n), the other lanes 0 (0 < n < the lanes; `live`: lane < n),
-// reading nothing past p + n: the last of dy's rows ends where the caller's array does.
-template <class Vec, class T, class Ints>
-inline Vec load_head(const T* p, int64_t n, Ints live) {
-#if defined(__AVX512F__)
-  (void)live;
-  if constexpr (sizeof(T) == 4) return Vec(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
-  else return Vec(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p));
-#elif defined(__AVX__)
-  (void)n;
-  if constexpr (sizeof(T) == 4) return Vec(_mm256_maskload_ps(p, __m256i(live)));
-  else return Vec(_mm256_maskload_pd(p, __m256i(live)));
-#else
-  (void)live;
-  Vec v = {};
-  std::memcpy(&v, p, size_t(n) * sizeof(T));
-  return v;
-#endif
-}
-
 // One block of weight_grad_tile: KB output channels' rows of dy (ldy apart) against RB rows of
 // the tile (ld apart, at aligned addresses: see backward_tile_size), the KB x RB sums each in L
 // lanes of a vector register. Per step KB + RB loads feed KB x RB FMAs. With 3 x 4 that is 7
@@ -281,9 +257,7 @@ __attribute__((noinline)) void weight_grad_block(const T* dy, int64_t ldy, const
   // select, since a multiply-add of zeros would turn a -0.0 lane (flush-to-zero leaves them)
   // into +0.0.
   if (j < cols) {
-    Ints index;
-    for (int64_t l = 0; l < L; ++l) index[l] = Int(l);
-    const Ints live = index < Int(cols - j);
+    const Ints live = lanes_below<T, Ints>(cols - j);
     Vec d[KB];
     for (int64_t c = 0; c < KB; ++c) d[c] = load_head<Vec>(dy + c * ldy + j, cols - j, live);
     for (int64_t b = 0; b < RB; ++b) {
@@ -445,9 +419,7 @@ void pad_image_channels_last(const T* x, int64_t H, int64_t W, const PaddedImage
     for (int64_t h = 0; h < H; ++h)
       for (int64_t w = 0; w < W; w += L) {
         const int64_t n = std::min(L, W - w);   // columns in this block
-        Ints index;
-        for (int64_t l = 0; l < L; ++l) index[l] = Int(l);
-        const Ints live = index < Int(n);
+        const Ints live = lanes_below<T, Ints>(n);
         Vec v[L];
         for (int64_t i = 0; i < L; ++i) {
           const T* const src = x + ((c + i) * H + h) * W + w;

@@ -147,12 +147,32 @@ void micro_tile(int64_t kc, const T* ap, BRow b_row, T* c, int64_t ldc, int64_t 
     }
     return;
   }
+  // A panel narrower than NR (conv1's output rows: 30 of 32 columns, every tile): whole vectors
+  // while they fit, then one under a mask. As a loop to `cols`, GCC stored the last columns one
+  // at a time from the accumulators spilled to the stack: 30% of the micro-kernel's time in
+  // conv1's forward pass, whose k is only 27 deep (docs/results.md, CPU speed work).
+  constexpr int64_t L = lanes<T>();
+  typedef T Vec __attribute__((vector_size(kVectorBytes)));
+  typedef LaneInt<T> Ints __attribute__((vector_size(kVectorBytes)));
+  const int64_t whole = cols / L * L;
+  const Ints live = lanes_below<T, Ints>(cols - whole);
   for (int64_t i = 0; i < ROWS; ++i) {
     T* row = c + i * ldc;
-    if (add) {
-      for (int64_t j = 0; j < cols; ++j) row[j] += acc[i][j];
-    } else {
-      for (int64_t j = 0; j < cols; ++j) row[j] = acc[i][j];
+    for (int64_t j = 0; j < NR; j += L) {
+      if (j > whole || (j == whole && whole == cols)) break;
+      Vec a;
+      std::memcpy(&a, &acc[i][j], sizeof a);
+      if (j < whole) {
+        if (add) {
+          Vec old;
+          std::memcpy(&old, row + j, sizeof old);
+          a = old + a;
+        }
+        std::memcpy(row + j, &a, sizeof a);
+      } else {
+        if (add) a = load_head<Vec>(row + j, cols - j, live) + a;
+        store_head(row + j, a, cols - j, live);
+      }
     }
   }
 }
