@@ -727,7 +727,6 @@ void conv2d_backward(const T* x, const T* w, const T* dy, T* dx, T* dw, T* db, c
   const int64_t n_partials = (sh.N + kImagesPerPartial - 1) / kImagesPerPartial;
   const Tile size = backward_tile_size<T>(sh);
   const int threads = max_threads();  // parallel()'s team has at most this many: thread_id() < threads
-
   // dx of a stride-1 conv is the stride-1 conv of dy, zero-padded by R-1-pad, with the filter
   // turned by 180 degrees and its channels swapped, wt[c, k, r, s] = w[k, c, R-1-r, S-1-s]: an
   // implicit GEMM of C rows, K*R*S deep. Through col2im it was a GEMM only K deep, whose C*R*S

@@ -158,22 +158,20 @@ void micro_tile(int64_t kc, const T* ap, BRow b_row, T* c, int64_t ldc, int64_t 
   const Ints live = lanes_below<T, Ints>(cols - whole);
   for (int64_t i = 0; i < ROWS; ++i) {
     T* row = c + i * ldc;
-    for (int64_t j = 0; j < NR; j += L) {
-      if (j > whole || (j == whole && whole == cols)) break;
-      Vec a;
+    Vec a;
+    for (int64_t j = 0; j < whole; j += L) {
       std::memcpy(&a, &acc[i][j], sizeof a);
-      if (j < whole) {
-        if (add) {
-          Vec old;
-          std::memcpy(&old, row + j, sizeof old);
-          a = old + a;
-        }
-        std::memcpy(row + j, &a, sizeof a);
-      } else {
-        if (add) a = load_head<Vec>(row + j, cols - j, live) + a;
-        store_head(row + j, a, cols - j, live);
+      if (add) {
+        Vec old;
+        std::memcpy(&old, row + j, sizeof old);
+        a = old + a;
       }
+      std::memcpy(row + j, &a, sizeof a);
     }
+    if (whole == cols) continue;
+    std::memcpy(&a, &acc[i][whole], sizeof a);
+    if (add) a = load_head<Vec>(row + whole, cols - whole, live) + a;
+    store_head(row + whole, a, cols - whole, live);
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include "core/backend.h"
 #include "cpu/fp_mode.h"
+#include "cpu/vector.h"
 #include "math/maxpool.h"
 
 namespace pyregnet::cpu {
@@ -163,7 +164,7 @@ void unpool_row(const uint8_t* __restrict argmax, const T* __restrict dy, const 
                 T* __restrict lower, int64_t Q) {
   constexpr int L = kBytes / int(sizeof(T));
   typedef T Vec __attribute__((vector_size(kBytes)));
-  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Int;
+  typedef LaneInt<T> Int;
   typedef Int Ints __attribute__((vector_size(kBytes)));
   typedef uint8_t Bytes __attribute__((vector_size(L)));
   const auto interleave = [](Vec a, Vec b, T* out) {   // out[2i] = a[i], out[2i + 1] = b[i]
